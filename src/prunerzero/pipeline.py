@@ -1,0 +1,155 @@
+"""Sequential layer-by-layer pruning: the one calibration loop every method and the search use.
+
+For each decoder layer: run it on the current inputs while hooks gather the statistics the method
+needs, prune each linear, run the layer again so the next layer sees the *pruned* outputs (as
+Wanda and SparseGPT do). Methods that need no activation statistics skip the forward passes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calib.capture import capture_layer_inputs, run_layer
+from .calib.stats import LinearStats, StatsCollector, collect_input_stats
+from .masks import SparsityTarget
+from .methods.base import Method
+from .models import find_decoder_layers, find_linears, set_weight_matrix, weight_matrix
+
+# full linear name -> (grad_l1, grad_l2), each (out, in)
+GradientStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
+TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
+
+
+@dataclass
+class PruneReport:
+    layers: list[dict] = field(default_factory=list)  # per linear: name, shape, pruned, sparsity
+    seconds: dict[str, float] = field(default_factory=dict)
+    within_layer: str = ""  # how linears inside a layer were ordered: sequential / parallel / none
+
+    @property
+    def sparsity(self) -> float:
+        pruned = sum(row["pruned"] for row in self.layers)
+        total = sum(row["numel"] for row in self.layers)
+        return pruned / max(total, 1)
+
+
+def _attach_grads(stats: LinearStats, grads: GradientStats | None, full_name: str) -> LinearStats:
+    if grads is not None and full_name in grads:
+        stats.grad_l1, stats.grad_l2 = grads[full_name]
+    return stats
+
+
+def _prune_one(method, module, name, stats, target, prefix, report) -> None:
+    weight = weight_matrix(module)  # (out, in) view in the module's storage
+    with torch.autocast(weight.device.type, enabled=False):  # the pruning math stays in float32
+        new = method.prune(weight.float(), stats, target)
+    set_weight_matrix(module, new)
+    pruned = int((new == 0).sum())  # zeros now in the layer, as a user would count them
+    report.layers.append(
+        {"name": f"{prefix}.{name}", "shape": list(weight.shape), "numel": weight.numel(), "pruned": pruned,
+         "sparsity": pruned / weight.numel()}
+    )
+
+
+def _layer_two_pass(layer, linears, method, target, hidden, calls, grads, prefix, report, last: bool):
+    """Reference order (Wanda/SparseGPT code): all statistics from the dense layer, prune every
+    linear, then a second pass for the pruned outputs. Works with any number of batches."""
+    with collect_input_stats(linears, method.needs) as collector:
+        run_layer(layer, hidden, calls)
+    for name, module in linears.items():
+        stats = _attach_grads(collector.stats(name), grads, f"{prefix}.{name}")
+        _prune_one(method, module, name, stats, target, prefix, report)
+    del collector
+    return hidden if last else run_layer(layer, hidden, calls)
+
+
+def _layer_one_pass(layer, linears, method, target, hidden, calls, grads, prefix, report, last: bool):
+    """One forward pass: each linear is pruned by a pre-hook the moment its input arrives, so later
+    linears in the layer see the outputs of already-pruned ones (SparseGPT's "true sequential"),
+    and the pass's output is already the pruned output. Needs all samples in one batch."""
+    assert len(hidden) == 1, "one-pass pruning needs every calibration sample in one batch"
+    collector = StatsCollector(method.needs)
+    done: set[str] = set()
+
+    def pre_hook(name: str):
+        def fn(module: nn.Module, args: tuple) -> None:
+            if name in done:
+                return
+            collector.observe(name, args[0])
+            stats = _attach_grads(collector.stats(name), grads, f"{prefix}.{name}")
+            _prune_one(method, module, name, stats, target, prefix, report)
+            done.add(name)
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in linears.items()]
+    try:
+        hidden = run_layer(layer, hidden, calls)
+    finally:
+        for h in handles:
+            h.remove()
+    for name in linears.keys() - done:
+        raise RuntimeError(f"{prefix}.{name} was never called during the layer's forward pass")
+    return hidden
+
+
+@torch.no_grad()
+def prune_model(
+    model: nn.Module,
+    method: Method,
+    target: SparsityTarget | TargetFor,
+    calib_ids: torch.Tensor | None = None,
+    *,
+    batch_size: int = 8,
+    grads: GradientStats | None = None,
+    within_layer: str = "auto",
+    one_pass_max_tokens: int = 65536,
+    progress: bool = True,
+) -> PruneReport:
+    """Prune `model` in place. calib_ids (nsamples, seqlen) is needed when the method uses X or H.
+
+    within_layer: "sequential" (one forward per layer, linears pruned in call order),
+    "parallel" (the reference order, two forwards per layer), or "auto": sequential when all
+    calibration tokens fit in one batch of at most `one_pass_max_tokens`.
+    """
+    target_for: TargetFor = target if callable(target) else (lambda _i, t=target: t)
+    layers_name, layers = find_decoder_layers(model)
+    report = PruneReport()
+    if "G" in method.needs and grads is None:
+        raise ValueError(f"method {method.name} needs gradient statistics (G)")
+    start = time.perf_counter()
+
+    if not method.needs & {"X", "H"}:  # nothing to observe: no forward passes at all
+        for i, layer in enumerate(tqdm(layers, desc=method.name, disable=not progress)):
+            prefix = f"{layers_name}.{i}"
+            for name, module in find_linears(layer).items():
+                stats = _attach_grads(LinearStats(), grads, f"{prefix}.{name}")
+                _prune_one(method, module, name, stats, target_for(i), prefix, report)
+        report.seconds["prune"] = time.perf_counter() - start
+        report.within_layer = "none"
+        return report
+
+    if calib_ids is None:
+        raise ValueError(f"method {method.name} needs calibration data")
+    if within_layer == "auto":
+        within_layer = "sequential" if calib_ids.numel() <= one_pass_max_tokens else "parallel"
+    if within_layer not in ("sequential", "parallel"):
+        raise ValueError(f"within_layer must be auto, sequential or parallel, not {within_layer!r}")
+    report.within_layer = within_layer
+    one_pass = within_layer == "sequential"
+    captured = capture_layer_inputs(model, layers, calib_ids, calib_ids.shape[0] if one_pass else batch_size)
+    report.seconds["capture"] = time.perf_counter() - start
+    hidden = captured.hidden
+    prune_layer = _layer_one_pass if one_pass else _layer_two_pass
+    for i, layer in enumerate(tqdm(layers, desc=f"{method.name} layers", disable=not progress)):
+        hidden = prune_layer(
+            layer, find_linears(layer), method, target_for(i), hidden, captured.calls[i], grads,
+            f"{layers_name}.{i}", report, last=i == len(layers) - 1,
+        )
+    report.seconds["prune"] = time.perf_counter() - start
+    return report

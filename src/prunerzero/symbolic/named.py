@@ -1,0 +1,160 @@
+"""Named pruning metrics written in the metric language, the saved :class:`Metric`, and loading.
+
+A ``Metric`` is an expression plus the :class:`TerminalSpec` that says what W, X, G mean,
+so a saved metric reproduces the same scores later.  Named metrics (defaults spec unless
+noted; W = |w|, X = mean x^2 per input channel, G = 100 * l2 gradient norm):
+
+* ``magnitude``   ``W``                                   (|w|)
+* ``wanda``       ``W * sqrt(X)``                         (Sun et al. 2023: |w| * ||x||)
+* ``gblm``        ``W * sqrt(X) + W * G``                 (GBLM-Pruner ``prune_gblm``: |w| *
+  sqrt(scaler_row) + |w| * |grad|, grad = sqrt(sum_n (100 g_n)^2) = 100 * l2 norm)
+* ``ria``         ``(coln(W) + rown(W)) * sqrt(sqrt(X))`` (RIA, Zhang et al. ICLR 2024:
+  (|w|/colsum|w| + |w|/rowsum|w|) * sqrt(scaler_row)^a, a = 0.5; see ``ria_expr``)
+* ``pruner-zero`` ``abs(W * W) * mms(G)``                 (the paper's ``data/best_tree.json``)
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import UserError
+from ..registry import Registry
+from .expr import MetricSyntaxError, Node, call, format_expr, from_json, parse, terminals_used, to_json, var
+from .primitives import evaluate
+from .terminals import TerminalSpec, prepare_terminals
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A formula with the meaning of its terminals; ``name`` is set for named metrics."""
+
+    expr: Node
+    spec: TerminalSpec = field(default_factory=TerminalSpec)
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return format_expr(self.expr)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the formula text, the Pruner-Zero tree and the terminal spec."""
+        return {"name": self.name, "formula": format_expr(self.expr), "tree": to_json(self.expr),
+                "terminals": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "Metric":
+        if not isinstance(obj, dict):
+            raise UserError(f"a saved metric must be a JSON object, got {type(obj).__name__}")
+        unknown = sorted(set(obj) - {"name", "formula", "tree", "terminals"})
+        if unknown:
+            raise UserError(f"saved metric: unknown key(s) {', '.join(unknown)} (allowed: name, formula, tree, terminals)")
+        if obj.get("formula") is None and obj.get("tree") is None:
+            raise UserError("saved metric needs a 'formula' or a 'tree'")
+        expr = parse(obj["formula"]) if obj.get("formula") is not None else from_json(obj["tree"])
+        if obj.get("formula") is not None and obj.get("tree") is not None and from_json(obj["tree"]) != expr:
+            raise UserError(f"saved metric: 'formula' {obj['formula']!r} and 'tree' disagree")
+        spec = TerminalSpec.from_dict(obj["terminals"]) if obj.get("terminals") is not None else TerminalSpec()
+        name = obj.get("name")
+        if name is not None and not isinstance(name, str):
+            raise UserError(f"saved metric: 'name' must be a string, got {name!r}")
+        return cls(expr, spec, name)
+
+    def scores(self, weight: Tensor, x_mean_sq: Tensor | None = None, grad_l1: Tensor | None = None,
+               grad_l2: Tensor | None = None) -> Tensor:
+        """Scores (out, in) for one layer; raises InvalidMetricError (see ``evaluate``)."""
+        terms = prepare_terminals(self.spec, weight, x_mean_sq, grad_l1, grad_l2, needed=terminals_used(self.expr))
+        return evaluate(self.expr, terms)
+
+
+def _power(base: Node, p: float) -> Node | None:
+    """``base ** p`` (base >= 0) as products of nested sqrts, for dyadic p = k / 2^j, j <= 8."""
+    whole, frac = int(p), p - int(p)
+    factors = [base] * whole
+    root = base
+    for _ in range(8):
+        root = call("sqrt", root)
+        frac *= 2
+        if frac >= 1:
+            factors.append(root)
+            frac -= 1
+    if frac != 0:
+        raise UserError(f"ria exponent must be a multiple of 1/256 (expressible with sqrt), got {2 * p}")
+    if not factors:
+        return None
+    out = factors[0]
+    for f in factors[1:]:
+        out = call("mul", out, f)
+    return out
+
+
+def ria_expr(a: float = 0.5) -> Node:
+    """RIA's score (|W|/colsum + |W|/rowsum) * sqrt(X)^a; X^(a/2) is built from sqrt and mul."""
+    if not (math.isfinite(a) and 0 <= a <= 16):
+        raise UserError(f"ria exponent must be in [0, 16], got {a}")
+    relative = call("add", call("coln", var("W")), call("rown", var("W")))
+    act = _power(var("X"), a / 2)
+    return relative if act is None else call("mul", relative, act)
+
+
+# Pruner-Zero's data/best_tree.json (github.com/pprp/Pruner-Zero), verbatim.
+PRUNER_ZERO_BEST_TREE: dict[str, Any] = {
+    "data": "mul",
+    "left": {"data": "abs", "left": {"data": "mul", "left": {"data": "W"}, "right": {"data": "W"}}},
+    "right": {"data": "mms", "left": {"data": "G"}},
+}
+
+_REGISTRY: Registry[Metric] = Registry("metric")
+for _name, _expr in {
+    "magnitude": parse("W"),
+    "wanda": parse("W * sqrt(X)"),
+    "gblm": parse("W * sqrt(X) + W * G"),
+    "ria": ria_expr(0.5),
+    "pruner-zero": from_json(PRUNER_ZERO_BEST_TREE),
+}.items():
+    _REGISTRY.register(_name)(Metric(_expr, TerminalSpec(), _name))
+
+NAMED_METRICS: tuple[str, ...] = tuple(_REGISTRY.names())
+
+
+def named_metric(name: str) -> Metric:
+    """A named metric; an unknown name raises UserError with the closest name."""
+    return _REGISTRY.get(name)
+
+
+def _read_json(path: Path) -> Metric:
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MetricSyntaxError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if isinstance(obj, dict) and "data" in obj:
+        return Metric(from_json(obj))
+    return Metric.from_dict(obj)
+
+
+def load_metric(text_or_path: str | Path, spec: TerminalSpec | None = None) -> Metric:
+    """A metric from a named metric, a formula, a ``.json`` file (a Pruner-Zero tree or a
+    ``Metric.to_dict``) or a ``.txt`` file holding a formula (``#`` lines are comments).
+    ``spec`` overrides the terminal spec (a saved metric's own spec otherwise, else defaults)."""
+    if not isinstance(text_or_path, (str, Path)):
+        raise UserError(f"a metric must be a name, formula or file path, got {type(text_or_path).__name__}")
+    if isinstance(text_or_path, Path) or str(text_or_path).strip().lower().endswith((".json", ".txt")):
+        path = Path(str(text_or_path).strip())
+        if not path.is_file():
+            raise UserError(f"metric file {str(path)!r} not found")
+        try:
+            if path.suffix.lower() == ".json":
+                metric = _read_json(path)
+            else:
+                lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+                metric = Metric(parse(" ".join(lines)))
+        except MetricSyntaxError as exc:
+            raise MetricSyntaxError(f"{path}: {exc}") from None
+    elif text_or_path.strip() in _REGISTRY:
+        metric = named_metric(text_or_path.strip())
+    else:
+        metric = Metric(parse(text_or_path))
+    return metric if spec is None else Metric(metric.expr, spec, metric.name)

@@ -1,0 +1,200 @@
+"""The one table of primitives of the metric language, and their exact torch semantics.
+
+Every primitive takes and returns float32 tensors that broadcast against each other:
+W and G are (out, in), X is (1, in), a numeric constant is a 0-d tensor.  The
+reducing primitives (``mms``, ``zsn``, ``div``, ``rown``, ``coln``) reduce over the
+tensor *as it is at that point* (so ``coln(X)`` sums a (1, in) tensor over dim 0).
+
+Semantics follow Pruner-Zero's ``lib/gptree.py`` (eps-protected where it divides):
+
+=======  =====  ==========================================================================
+name     arity  value
+=======  =====  ==========================================================================
+sqr      1      x * x
+neg      1      -x
+abs      1      |x|
+log      1      log(|x| + 1e-3)
+exp      1      exp(min(x, 100))    (float32 overflows past ~88.7 -> inf -> invalid metric)
+sqrt     1      sqrt(|x|)
+tanh     1      tanh(x)
+pow      1      x ** 2              (same as sqr, as in Pruner-Zero)
+skp      1      x                   (identity, "skip")
+mms      1      (x - min x) / (max x - min x + EPS)            over the whole tensor
+zsn      1      (x - mean x) / (std x + EPS)   unbiased std over the whole tensor (0 if 1 elt)
+rown     1      x / max(sum_j |x[i, j]|, EPS)  row sum (last dim, keepdim)
+coln     1      x / max(sum_i |x[i, j]|, EPS)  column sum (dim 0, keepdim)
+add      2      x + y
+sub      2      x - y
+mul      2      x * y
+div      2      x / max(||y||_F, EPS)  Frobenius norm of y broadcast to x's shape (Pruner-Zero)
+pdiv     2      x / y where |y| > EPS, else x / (EPS * s), s = -1 if y < 0 else +1
+=======  =====  ==========================================================================
+
+``EPS = 1e-8``.  In the infix form ``+ - * /`` are add, sub, mul and **pdiv**.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .expr import Node
+
+EPS = 1e-8
+LOG_EPS = 1e-3
+EXP_CLAMP = 100.0
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One operator: ``name`` in trees/JSON, ``symbol`` its infix operator if it has one."""
+
+    name: str
+    arity: int
+    fn: Callable[..., Tensor]
+    doc: str
+    symbol: str | None = None
+
+
+def _log(x: Tensor) -> Tensor:
+    return torch.log(x.abs() + LOG_EPS)
+
+
+def _exp(x: Tensor) -> Tensor:
+    return torch.exp(x.clamp(max=EXP_CLAMP))
+
+
+def _mms(x: Tensor) -> Tensor:
+    lo, hi = x.min(), x.max()  # scalars over the whole tensor
+    return (x - lo) / (hi - lo + EPS)
+
+
+def _zsn(x: Tensor) -> Tensor:
+    std = x.std() if x.numel() > 1 else torch.zeros((), dtype=x.dtype, device=x.device)
+    return (x - x.mean()) / (std + EPS)
+
+
+def _rown(x: Tensor) -> Tensor:
+    if x.dim() == 0:  # a scalar is its own (only) row
+        return x / x.abs().clamp_min(EPS)
+    return x / x.abs().sum(dim=-1, keepdim=True).clamp_min(EPS)  # (out, 1) or (1, 1)
+
+
+def _coln(x: Tensor) -> Tensor:
+    if x.dim() == 0:
+        return x / x.abs().clamp_min(EPS)
+    return x / x.abs().sum(dim=0, keepdim=True).clamp_min(EPS)  # (1, in)
+
+
+def _div(x: Tensor, y: Tensor) -> Tensor:
+    xb, yb = torch.broadcast_tensors(x, y)  # Pruner-Zero takes the norm of the broadcast y
+    return xb / torch.linalg.vector_norm(yb).clamp_min(EPS)
+
+
+def _pdiv(x: Tensor, y: Tensor) -> Tensor:
+    small = torch.where(y < 0, -EPS, EPS).to(y.dtype)
+    # `y.abs() <= EPS` is False for NaN, so a NaN divisor still propagates.
+    return x / torch.where(y.abs() <= EPS, small, y)
+
+
+def _table(*prims: Primitive) -> dict[str, Primitive]:
+    return {p.name: p for p in prims}
+
+
+PRIMITIVES: dict[str, Primitive] = _table(
+    Primitive("sqr", 1, lambda x: x * x, "x^2"),
+    Primitive("neg", 1, torch.neg, "-x", symbol="-"),
+    Primitive("abs", 1, torch.abs, "|x|"),
+    Primitive("log", 1, _log, "log(|x| + 1e-3)"),
+    Primitive("exp", 1, _exp, "exp(min(x, 100))"),
+    Primitive("sqrt", 1, lambda x: torch.sqrt(x.abs()), "sqrt(|x|)"),
+    Primitive("tanh", 1, torch.tanh, "tanh(x)"),
+    Primitive("pow", 1, lambda x: torch.pow(x, 2), "x^2 (as sqr)"),
+    Primitive("skp", 1, lambda x: x, "identity"),
+    Primitive("mms", 1, _mms, "min-max scale over the tensor"),
+    Primitive("zsn", 1, _zsn, "z-score over the tensor"),
+    Primitive("rown", 1, _rown, "x / row sum of |x|"),
+    Primitive("coln", 1, _coln, "x / column sum of |x|"),
+    Primitive("add", 2, torch.add, "x + y", symbol="+"),
+    Primitive("sub", 2, torch.sub, "x - y", symbol="-"),
+    Primitive("mul", 2, torch.mul, "x * y", symbol="*"),
+    Primitive("div", 2, _div, "x / ||y||_F"),
+    Primitive("pdiv", 2, _pdiv, "x / y, protected", symbol="/"),
+)
+
+UNARY: tuple[str, ...] = tuple(n for n, p in PRIMITIVES.items() if p.arity == 1)
+BINARY: tuple[str, ...] = tuple(n for n, p in PRIMITIVES.items() if p.arity == 2)
+# Pruner-Zero's own function set (the default GP search space).
+PRUNER_ZERO_OPS: tuple[str, ...] = (
+    "sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn",
+    "add", "sub", "mul", "div",
+)
+COMMUTATIVE: frozenset[str] = frozenset({"add", "mul"})
+
+
+# ----------------------------------------------------------------------------- evaluation
+class InvalidMetricError(Exception):
+    """A metric whose scores cannot rank weights; ``reason`` is short ("nan", "inf", ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid metric: {reason}")
+        self.reason = reason
+
+
+def _run(node: "Node", env: dict[str, Tensor], dev: torch.device) -> Tensor:
+    if node.op == "const":
+        return torch.tensor(node.value, dtype=torch.float32, device=dev)  # 0-d
+    if not node.children:
+        if node.op not in env:
+            raise UserError(f"the metric uses terminal {node.op} but it was not given (got {', '.join(sorted(env))})")
+        return env[node.op]
+    return PRIMITIVES[node.op].fn(*(_run(c, env, dev) for c in node.children))
+
+
+def evaluate(expr: "Node", terminals: dict[str, Tensor]) -> Tensor:
+    """Scores of shape W.shape (out, in), float32, on W's device; raises InvalidMetricError.
+
+    ``terminals`` must hold "W" (it fixes the shape even if the formula does not use it)
+    and every other terminal the formula uses (see ``prepare_terminals``).
+    """
+    if "W" not in terminals:
+        raise UserError("evaluate needs terminals['W'] (it fixes the score shape)")
+    dev = terminals["W"].device
+    env = {k: v.to(dev, torch.float32) for k, v in terminals.items()}
+    shape = env["W"].shape  # (out, in)
+    try:
+        with torch.no_grad():
+            out = _run(expr, env, dev)
+            try:
+                ok = torch.broadcast_shapes(out.shape, shape) == shape
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise InvalidMetricError(f"shape {tuple(out.shape)} does not broadcast to {tuple(shape)}")
+            if torch.isnan(out).any():
+                raise InvalidMetricError("nan")
+            if torch.isinf(out).any():
+                raise InvalidMetricError("inf")
+            if out.numel() == 0 or bool(out.min() == out.max()):
+                raise InvalidMetricError("constant")
+    except (InvalidMetricError, UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # torch errors (e.g. out of memory) become invalid metrics
+        raise InvalidMetricError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if any(out is t for t in env.values()) or any(out is t for t in terminals.values()):
+        out = out.clone()  # never hand back a caller's tensor: callers may edit scores in place
+    return out.expand(shape).contiguous()  # (out, in)
+
+
+def check(expr: "Node", terminals: dict[str, Tensor]) -> str | None:
+    """The reason ``evaluate`` would reject ``expr`` on these terminals, or None if valid."""
+    try:
+        evaluate(expr, terminals)
+    except InvalidMetricError as exc:
+        return exc.reason
+    return None
