@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from .cli_search import register as register_search
 from .errors import UserError
 
 
@@ -169,17 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_metric_convert)
 
-    _register_more(sub)
+    register_search(sub)
     return parser
-
-
-def _register_more(sub: Any) -> None:
-    """Subcommands that live in their own modules (search, analysis, sweeps)."""
-    try:
-        from .cli_search import register
-    except ImportError:
-        return
-    register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

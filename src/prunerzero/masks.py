@@ -11,6 +11,7 @@ groups take floor/ceil shares by cumulative rounding so the rows add up to that 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from dataclasses import dataclass
 
 import torch
@@ -60,15 +61,16 @@ def parse_target(sparsity: float, pattern: str = "unstructured", group: str = "r
     return SparsityTarget(n / m, n, m, group)
 
 
-def round_half_up(x: torch.Tensor) -> torch.Tensor:
-    """Deterministic rounding (Python's round() rounds half to even)."""
-    return torch.floor(x + 0.5).long()
-
-
 def cumulative_counts(stops: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Counts to prune in consecutive spans ending at `stops` (ascending, element offsets), so
-    that the spans add up to exactly round(stops[-1] * sparsity): (len(stops),)."""
-    bounds = round_half_up(torch.cat([torch.zeros(1, dtype=torch.float64), stops.double()]) * sparsity)
+    that the spans add up to exactly round(stops[-1] * sparsity), halves rounded up: (len(stops),).
+
+    Integer arithmetic on the sparsity as a fraction: in floating point 50 * 0.29 is
+    14.499999999999998, which would round down.
+    """
+    frac = Fraction(sparsity).limit_denominator(1_000_000)
+    ends = torch.cat([torch.zeros(1, dtype=torch.long), stops.long().cpu()])
+    bounds = (2 * ends * frac.numerator + frac.denominator) // (2 * frac.denominator)
     return bounds[1:] - bounds[:-1]
 
 

@@ -118,6 +118,7 @@ def prune_model(
     calibration tokens fit in one batch of at most `one_pass_max_tokens`.
     """
     target_for: TargetFor = target if callable(target) else (lambda _i, t=target: t)
+    model.eval()  # dropout off: statistics must not depend on random masks
     layers_name, layers = find_decoder_layers(model)
     report = PruneReport()
     if "G" in method.needs and grads is None:
@@ -153,3 +154,26 @@ def prune_model(
         )
     report.seconds["prune"] = time.perf_counter() - start
     return report
+
+
+@torch.no_grad()
+def collect_dense_stats(
+    model: nn.Module, calib_ids: torch.Tensor, needs: frozenset[str], *, batch_size: int = 8, progress: bool = True
+) -> dict[str, LinearStats]:
+    """Statistics of every prunable linear of the *dense* model, one forward pass per layer.
+
+    The search's fast path: computed once per run, reused by every candidate metric.
+    Keys are full linear names (as in GradientStats).
+    """
+    model.eval()
+    layers_name, layers = find_decoder_layers(model)
+    captured = capture_layer_inputs(model, layers, calib_ids, batch_size)
+    hidden = captured.hidden
+    out: dict[str, LinearStats] = {}
+    for i, layer in enumerate(tqdm(layers, desc="statistics", disable=not progress)):
+        linears = find_linears(layer)
+        with collect_input_stats(linears, needs) as collector:
+            hidden = run_layer(layer, hidden, captured.calls[i])
+        for name in linears:
+            out[f"{layers_name}.{i}.{name}"] = collector.stats(name)
+    return out

@@ -1,0 +1,78 @@
+"""`prunerzero search`: the Pruner-Zero metric search from the command line."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search.config import SearchConfig
+    from .search.job import SearchJob, run_job
+    from .search.leaderboard import LEADERBOARD_MD
+
+    if args.resume:
+        out, job = Path(args.resume), SearchJob()
+    else:
+        if not args.out:
+            raise UserError("pass --out DIR for a new search, or --resume DIR to continue one")
+        out = Path(args.out)
+        settings = args.settings or (f"{args.sparsity}:{args.pattern}" if args.pattern == "unstructured" else args.pattern,)
+        search = SearchConfig(population=args.population, generations=args.generations, seed=args.seed,
+                              seed_named=not args.no_seed_named, max_depth=args.max_depth, max_size=args.max_size)
+        job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
+                        seqlen=args.seqlen, seed=args.seed, fitness_data=args.fitness_data,
+                        fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, report_data=args.report_data,
+                        report_tokens=args.report_tokens, leaderboard_top=args.leaderboard_top,
+                        baselines=args.baselines, search=search)
+    outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    result = outcome["result"]
+    print(f"best metric: {result.best}   (saved to {out}/best_metric.txt and best_tree.json)")
+    s = result.stats
+    print(f"evaluations {s['evaluations']}, cache hits {s['cache_hits']}, duplicates replaced "
+          f"{s['duplicates_replaced']}, invalid {s['invalid']}; fidelity agreement {s.get('fidelity_spearman')}")
+    board = out / LEADERBOARD_MD
+    if board.exists():
+        print(board.read_text())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="discover a pruning metric by genetic programming (Pruner-Zero)")
+    p.add_argument("--out", help="run folder (evaluations.jsonl, checkpoint.json, leaderboard.md, ...)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR after a crash or kill")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier search in --out")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--pattern", default="unstructured")
+    p.add_argument("--settings", type=_names, default=None,
+                   help='several settings scored together by geometric-mean perplexity, e.g. "0.5,2:4"')
+    p.add_argument("--population", type=int, default=40)
+    p.add_argument("--generations", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-depth", type=int, default=6)
+    p.add_argument("--max-size", type=int, default=25)
+    p.add_argument("--no-seed-named", action="store_true", help="do not put the named metrics in generation 0")
+    p.add_argument("--calib-data", default="lambada")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--fitness-data", default="lambada", help="scored on its search split (lambada: last 20%%)")
+    p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096), help="token budgets, cheapest first")
+    p.add_argument("--eval-dtype", default="float32", help="float32 or bfloat16 for fitness forwards")
+    p.add_argument("--report-data", default="wikitext2", help="reporting set for the leaderboard (wikitext2 or a file)")
+    p.add_argument("--report-tokens", type=int, default=None, help="first N tokens of the reporting set")
+    p.add_argument("--leaderboard-top", type=int, default=3)
+    p.add_argument("--baselines", type=_names, default=("magnitude", "wanda", "gblm", "ria", "pruner-zero"))
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,14 @@
+"""Genetic-programming search for pruning metrics (Pruner-Zero, arXiv 2406.02924).
+
+``run_search(fitness, SearchConfig(...), out_dir)`` evolves trees of the ``symbolic`` metric
+language against any object implementing ``Fitness`` (lower is better, several fidelities,
+cheapest first); everything is logged to ``out_dir`` as it happens and a killed run resumes
+to the same result (``resume=True``).  ``load_run(out_dir)`` reads a run back; the file
+formats are documented in ``checkpoint``.  ``toy.ToyFitness`` is a cheap real fitness
+(pruning one random layer) for tests and demos.
+"""
+from .checkpoint import load_run
+from .config import SEED_METRICS, SearchConfig
+from .engine import Fitness, SearchResult, run_search
+
+__all__ = ["SEED_METRICS", "Fitness", "SearchConfig", "SearchResult", "load_run", "run_search"]

@@ -1,0 +1,82 @@
+"""The search settings: one frozen :class:`SearchConfig`, saved to ``<out>/config.json``.
+
+Frozen and JSON-round-trippable so that a resumed run can prove it continues the *same*
+search: ``run_search(..., resume=True)`` compares the saved dict with the new one and
+refuses (``UserError``) on any difference.  Defaults follow Pruner-Zero where it says
+(initial depth 2..4, its function set); the rest are small enough for a proxy model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import UserError
+from ..symbolic import PRIMITIVES, PRUNER_ZERO_OPS
+
+# Generation 0 gets these when ``seed_named`` (the order is part of the run).
+SEED_METRICS: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    population: int = 40
+    generations: int = 15
+    seed: int = 0
+    tournament_size: int = 3
+    crossover_rate: float = 0.7  # an offspring is a crossover child with this probability...
+    mutation_rate: float = 0.3  # ...and is then mutated with this one (always, if it equals its parent)
+    elitism: int = 2  # best members (cheapest fidelity) copied unchanged into the next generation
+    init_min_depth: int = 2
+    init_max_depth: int = 4
+    max_depth: int = 6
+    max_size: int = 25
+    seed_named: bool = True
+    use_constants: bool = False
+    rescore_fraction: float = 0.25
+    hall_of_fame_size: int = 10
+    ops: tuple[str, ...] = PRUNER_ZERO_OPS  # primitives random trees and point mutation use
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+        ints = {"population": 1, "generations": 1, "tournament_size": 1, "elitism": 0, "init_min_depth": 0,
+                "init_max_depth": 0, "max_depth": 0, "max_size": 1, "hall_of_fame_size": 1, "seed": -(2**63)}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserError(f"search config {name}={v!r}: must be an integer >= {low}")
+        for name in ("crossover_rate", "mutation_rate", "rescore_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 1):
+                raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
+        for name in ("seed_named", "use_constants"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"search config {name}={getattr(self, name)!r}: must be true or false")
+        if self.elitism >= self.population:
+            raise UserError(f"search config elitism={self.elitism} must be < population={self.population}")
+        if not self.init_min_depth <= self.init_max_depth <= self.max_depth:
+            raise UserError(f"search config needs init_min_depth <= init_max_depth <= max_depth, got "
+                            f"{self.init_min_depth}, {self.init_max_depth}, {self.max_depth}")
+        bad = [o for o in self.ops if not isinstance(o, str) or o not in PRIMITIVES]
+        if bad or not self.ops:
+            raise UserError(f"search config ops: unknown primitive(s) {bad} (choose from {', '.join(PRIMITIVES)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ops"] = list(self.ops)
+        return d
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "SearchConfig":
+        if not isinstance(obj, dict):
+            raise UserError(f"search config must be a JSON object, got {type(obj).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(obj) - set(names))
+        if unknown:
+            raise UserError(f"search config: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(names)})")
+        kw = dict(obj)
+        if "ops" in kw:
+            if not isinstance(kw["ops"], (list, tuple)):
+                raise UserError(f"search config ops={kw['ops']!r}: must be a list of primitive names")
+            kw["ops"] = tuple(kw["ops"])
+        return cls(**kw)

@@ -1,0 +1,304 @@
+"""The GP loop of Pruner-Zero: evolve metric trees, score them with a multi-fidelity fitness.
+
+Each generation: build the population (generation 0: named seeds + ramped half-and-half;
+later: elites + offspring by tournament, subtree crossover and subtree/point/hoist
+mutation), simplify every new tree (``symbolic.simplify``) and replace any whose canonical
+key is already in the population or was evaluated before (bounded retries: new random
+operators, then fresh random trees).  Score every member at the cheapest fidelity
+(cache first), then successive halving: for each next fidelity, the best
+``ceil(rescore_fraction * n)`` of the n valid members not yet scored there (ranked by the
+previous fidelity) are scored there.
+
+Fidelities and ranking: *selection* (tournaments, elitism) uses the cheapest fidelity,
+which every candidate has.  The *hall of fame* ranks candidates by the highest fidelity
+they were scored at first (anything proven at "high" outranks anything only seen at
+"low", since scores of different fidelities are not comparable), then by that score.
+
+Determinism: all randomness is one ``random.Random(config.seed)`` whose state is
+checkpointed after each generation; nothing random depends on wall time, set order or
+fitness values of the generation in progress, so a crash + resume gives the same run
+(see ``checkpoint`` for the replay rules).  ``Exception`` from the fitness marks the
+candidate invalid; ``BaseException`` (KeyboardInterrupt, SystemExit) stops the run, resumable.
+Not DEAP: its operators draw from the global ``random`` module (no per-run RNG state to
+checkpoint) and it compiles trees via ``eval``; see ``operators``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..symbolic import InvalidMetricError, Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify
+from ..symbolic import named_metric, to_json
+from . import checkpoint as ck
+from .config import SEED_METRICS, SearchConfig
+from .operators import Language, Limits, crossover, mutate, ramped_half_and_half, tournament
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 30  # per offspring slot: the first half vary parents, the rest draw fresh trees
+Member = tuple[Node, str]  # (simplified tree, canonical key)
+
+
+class Fitness(Protocol):
+    fidelities: tuple[str, ...]  # cheapest first, e.g. ("low", "high")
+
+    def evaluate(self, metric: Metric, fidelity: str) -> float:
+        """Lower is better; raise InvalidMetricError(reason) for an invalid candidate (any other
+        Exception, or a non-finite value, also marks it invalid, with the reason logged)."""
+        ...
+
+    def describe(self) -> dict:
+        """Settings recorded in config.json (resume refuses a different description)."""
+        ...
+
+
+@dataclass
+class SearchResult:
+    hall_of_fame: list[dict[str, Any]]  # {"expression", "key", "generation", "fitness": {fidelity: float | None}}
+    best: Metric
+    stats: dict[str, Any]  # counters, "generations" (summaries), "fidelity_spearman"
+    population: list[str]  # final population, formulas
+    out_dir: Path
+
+
+def run_search(fitness: Fitness, config: SearchConfig, out_dir: Path | str, resume: bool = False,
+               overwrite: bool = False, progress: bool = True) -> SearchResult:
+    """Run (or with ``resume`` continue) a search writing to ``out_dir``; see the module doc.
+    ``fitness.spec`` (a TerminalSpec), if present, is the meaning of W, X, G for every metric."""
+    fids = tuple(fitness.fidelities)
+    if not fids or len(set(fids)) != len(fids) or not all(isinstance(f, str) for f in fids):
+        raise UserError(f"fitness fidelities must be distinct names, cheapest first; got {fids!r}")
+    run_config = {"format": 1, "search": config.to_dict(), "fidelities": list(fids),
+                  "fitness": ck.json_roundtrip(fitness.describe())}
+    records, checkpoint = ck.prepare_out_dir(Path(out_dir), run_config, resume, overwrite)
+    return _Search(fitness, config, Path(out_dir), fids, records, checkpoint, progress).run()
+
+
+class _Search:
+    def __init__(self, fitness: Fitness, cfg: SearchConfig, out: Path, fids: tuple[str, ...],
+                 records: list[dict[str, Any]], saved: dict[str, Any] | None, progress: bool) -> None:
+        self.fitness, self.cfg, self.out, self.fids = fitness, cfg, out, fids
+        self.spec: TerminalSpec = getattr(fitness, "spec", None) or TerminalSpec()
+        self.lang = Language(cfg.ops, cfg.use_constants)
+        self.limits = Limits(cfg.max_depth, cfg.max_size)
+        self.rng = random.Random(cfg.seed)
+        done = saved["generation"] if saved else -1
+        self.cache = ck.FitnessCache(records, done)
+        self.stats: dict[str, int] = dict(saved["stats"]) if saved else {
+            "evaluations": 0, "cache_hits": 0, "duplicates_replaced": 0, "invalid": 0, "rescored": 0}
+        self.summaries: list[dict[str, Any]] = list(saved["generations"]) if saved else []
+        self.pop: list[Member] = []
+        if saved:
+            self.rng.setstate(ck.rng_state_from_json(saved["rng_state"]))
+            self.pop = [(parse(m["expression"]), m["key"]) for m in saved["population"]]
+        self.start, self.gen, self.progress = done + 1, done + 1, progress
+        self.bar: Any = None
+        self.best_seen = min((e.fitness for (_, f), e in self.cache.entries.items() if f == fids[0]), default=math.inf)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> SearchResult:
+        cfg = self.cfg
+        self.bar = tqdm(total=cfg.generations, initial=min(self.start, cfg.generations), unit="gen",
+                        desc="metric search", disable=not self.progress)
+        self.log = ck.EvaluationLog(self.out / ck.LOG)
+        try:
+            for g in range(self.start, cfg.generations):
+                self.gen = g
+                before = dict(self.stats)
+                pop, created = self._initial() if g == 0 else self._breed()
+                for e, k in pop:
+                    self._score(e, k, self.fids[0])
+                self._rescore(pop)
+                self.pop = pop
+                self.cache.end_generation()
+                self._finish_generation(g, before, created)
+                self.bar.update(1)
+        finally:
+            self.log.close()
+            self.bar.close()
+        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size)
+        if not hof:
+            raise UserError(f"the search in {self.out} found no valid metric (every candidate was invalid)")
+        best = Metric(parse(hof[0]["expression"]), self.spec)
+        return SearchResult(hof, best, {**self.stats, "generations": self.summaries,
+                                        "fidelity_spearman": ck.fidelity_spearman(self.cache, self.fids)},
+                            [format_expr(e) for e, _ in self.pop], self.out)
+
+    def _finish_generation(self, g: int, before: dict[str, int], created: int) -> None:
+        cheap = [self._cheap(k) for _, k in self.pop]
+        valid = [f for f in cheap if math.isfinite(f)]
+        dups = self.stats["duplicates_replaced"] - before["duplicates_replaced"]
+        best_i = min(range(len(cheap)), key=lambda i: (cheap[i], i))
+        self.summaries.append({
+            "generation": g, "best": min(valid) if valid else None,
+            "best_expression": format_expr(self.pop[best_i][0]),
+            "median": statistics.median(valid) if valid else None,
+            "invalid_share": 1 - len(valid) / len(cheap),
+            "duplicates_replaced": dups, "duplicate_share": dups / (dups + created) if dups + created else 0.0,
+            **{f"new_{c}": self.stats[c] - before[c] for c in ("evaluations", "cache_hits", "invalid", "rescored")},
+        })
+        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size)
+        ck.atomic_write_json(self.out / ck.HALL_OF_FAME, hof)
+        finished = g == self.cfg.generations - 1
+        if finished and hof:  # best files before the checkpoint: "finished" implies they exist
+            expr = parse(hof[0]["expression"])
+            ck.atomic_write_text(self.out / ck.BEST_METRIC, format_expr(expr) + "\n")
+            ck.atomic_write_json(self.out / ck.BEST_TREE, to_json(expr))
+        ck.atomic_write_json(self.out / ck.CHECKPOINT, {
+            "format": 1, "generation": g, "finished": finished,
+            "rng_state": ck.rng_state_to_json(self.rng.getstate()),
+            "population": [{"expression": format_expr(e), "key": k, "fitness": self._fitness_dict(k)}
+                           for e, k in self.pop],
+            "stats": self.stats, "generations": self.summaries, "hall_of_fame": hof})
+
+    # ------------------------------------------------------------------ populations
+    def _initial(self) -> tuple[list[Member], int]:
+        cfg, pop, taken = self.cfg, [], set()
+        if cfg.seed_named:
+            for name in SEED_METRICS[: cfg.population]:
+                e = simplify(named_metric(name).expr, self.spec)
+                k = canonical_key(e, self.spec)
+                if self.limits.ok(e) and k not in taken:
+                    pop.append((e, k))
+                    taken.add(k)
+        seeds, index = len(pop), 0
+        while len(pop) < cfg.population:
+            for _ in range(MAX_ATTEMPTS):
+                e = simplify(ramped_half_and_half(self.rng, self.lang, index, cfg.init_min_depth,
+                                                  cfg.init_max_depth), self.spec)
+                index += 1
+                if not self.limits.ok(e):
+                    continue
+                k = canonical_key(e, self.spec)
+                if k not in taken:
+                    pop.append((e, k))
+                    taken.add(k)
+                    break
+                self.stats["duplicates_replaced"] += 1
+            else:
+                raise self._too_small()
+        return pop, len(pop) - seeds
+
+    def _breed(self) -> tuple[list[Member], int]:
+        cfg = self.cfg
+        fit = [self._cheap(k) for _, k in self.pop]
+        order = sorted(range(len(fit)), key=lambda i: (fit[i], i))
+        new = [self.pop[i] for i in order[: cfg.elitism] if math.isfinite(fit[i])]
+        taken = {k for _, k in new}
+        elites = len(new)
+        while len(new) < cfg.population:
+            new.append(self._offspring(fit, taken))
+        return new, len(new) - elites
+
+    def _offspring(self, fit: list[float], taken: set[str]) -> Member:
+        """A new member whose key is neither in ``taken`` nor seen before (bounded tries; as a
+        last resort a seen-before key re-enters, served from the cache)."""
+        fallback: Member | None = None
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt < MAX_ATTEMPTS // 2:
+                e = self._vary(fit)
+            else:
+                e = ramped_half_and_half(self.rng, self.lang, attempt, self.cfg.init_min_depth, self.cfg.init_max_depth)
+            e = simplify(e, self.spec)
+            if not self.limits.ok(e):
+                continue
+            k = canonical_key(e, self.spec)
+            if k not in taken and k not in self.cache.seen:
+                taken.add(k)
+                return e, k
+            self.stats["duplicates_replaced"] += 1
+            if k not in taken and fallback is None:
+                fallback = (e, k)
+        if fallback is None:
+            raise self._too_small()
+        taken.add(fallback[1])
+        return fallback
+
+    def _vary(self, fit: list[float]) -> Node:
+        """Crossover with probability crossover_rate (else a tournament winner's copy), then
+        mutation with probability mutation_rate -- always if the child equals its parent."""
+        cfg, rng = self.cfg, self.rng
+        parent = self.pop[tournament(rng, fit, cfg.tournament_size)][0]
+        child = parent
+        if rng.random() < cfg.crossover_rate:
+            other = self.pop[tournament(rng, fit, cfg.tournament_size)][0]
+            child = crossover(rng, parent, other, self.limits)
+        if child == parent or rng.random() < cfg.mutation_rate:
+            child = mutate(rng, child, self.lang, self.limits)
+        return child
+
+    def _too_small(self) -> UserError:
+        return UserError(f"cannot find {self.cfg.population} distinct metrics in generation {self.gen}: the "
+                         f"search space (ops, max_depth={self.cfg.max_depth}, max_size={self.cfg.max_size}) "
+                         "is too small")
+
+    # ------------------------------------------------------------------ fitness
+    def _score(self, e: Node, k: str, fid: str) -> float:
+        cached = self.cache.get(k, fid)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            return cached.fitness
+        replayed = self.cache.take_pending(k, fid)
+        if replayed is not None:  # logged by the interrupted attempt of this generation
+            value = replayed.fitness
+        else:
+            value, reason, seconds = self._call(e, fid)
+            self.log.append({"generation": self.gen, "expression": format_expr(e), "key": k, "fidelity": fid,
+                             "fitness": ck.finite_or_none(value), "reason": reason, "seconds": seconds,
+                             "time": time.time()})
+            self.cache.add(k, fid, ck.Entry(value, reason, format_expr(e), self.gen))
+            if reason is not None:
+                log.debug("invalid metric %s at %s: %s", format_expr(e), fid, reason)
+        self.stats["evaluations"] += 1
+        self.stats["invalid"] += not math.isfinite(value)
+        if fid == self.fids[0] and value < self.best_seen:
+            self.best_seen = value
+        self.bar.set_postfix(gen=self.gen, evals=self.stats["evaluations"], hits=self.stats["cache_hits"],
+                             dups=self.stats["duplicates_replaced"], best=f"{self.best_seen:.4g}", refresh=False)
+        return value
+
+    def _call(self, e: Node, fid: str) -> tuple[float, str | None, float]:
+        t0 = time.perf_counter()
+        try:
+            value, reason = float(self.fitness.evaluate(Metric(e, self.spec), fid)), None
+            if not math.isfinite(value):
+                value, reason = math.inf, f"non-finite fitness {value}"
+        except InvalidMetricError as exc:
+            value, reason = math.inf, exc.reason
+        except Exception as exc:  # noqa: BLE001 -- any failure of one candidate must not stop the run
+            value, reason = math.inf, f"{type(exc).__name__}: {exc}"
+        return value, reason, time.perf_counter() - t0
+
+    def _rescore(self, pop: list[Member]) -> None:
+        for level in range(1, len(self.fids)):
+            prev, cur = self.fids[level - 1], self.fids[level]
+            todo = []
+            for i, (e, k) in enumerate(pop):
+                entry = self.cache.get(k, prev)
+                if entry is not None and math.isfinite(entry.fitness) and self.cache.get(k, cur) is None:
+                    todo.append((entry.fitness, i))
+            todo.sort()
+            n = math.ceil(self.cfg.rescore_fraction * len(todo))
+            for _, i in todo[:n]:
+                self._score(*pop[i], cur)
+                self.stats["rescored"] += 1
+
+    def _cheap(self, k: str) -> float:
+        entry = self.cache.get(k, self.fids[0])
+        return math.inf if entry is None else entry.fitness
+
+    def _fitness_dict(self, k: str) -> dict[str, float | None]:
+        out = {}
+        for f in self.fids:
+            entry = self.cache.get(k, f)
+            if entry is not None:
+                out[f] = ck.finite_or_none(entry.fitness)
+        return out

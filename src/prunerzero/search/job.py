@@ -1,0 +1,197 @@
+"""A whole search job: proxy model, statistics once, the GP run, then the leaderboard.
+
+Everything lands in the run folder as it happens:
+  job.json            the job's settings (resume reads them back; a different job is refused)
+  stats.safetensors   X and G of the dense proxy model, computed once
+  evaluations.jsonl, checkpoint.json, hall_of_fame.json, best_metric.txt, best_tree.json  (engine)
+  leaderboard.jsonl   one line per (metric, setting) re-evaluated on the reporting data
+  leaderboard.md      the final side-by-side table
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import atomic
+from ..calib.stats import LinearStats
+from ..data import calibration_windows, describe_source, load_text, tokenize
+from ..errors import UserError
+from ..models import LoadedModel, load_model
+from ..pipeline import collect_dense_stats
+from .config import SearchConfig
+from .fitness import FitnessSettings, ProxyFitness, parse_setting
+
+JOB_FILE = "job.json"
+STATS_FILE = "stats.safetensors"
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    model: str = "smollm2-135m"
+    settings: tuple[str, ...] = ("0.5",)  # "0.5" (unstructured), "2:4", "0.6:unstructured", ...
+    calib_data: str = "lambada"
+    nsamples: int = 32
+    seqlen: int = 512
+    seed: int = 0
+    fitness_data: str = "lambada"  # its search split: disjoint from calibration and reporting text
+    fidelity_tokens: tuple[int, ...] = (1024, 4096)
+    eval_dtype: str = "float32"
+    report_data: str | None = "wikitext2"
+    report_tokens: int | None = None
+    leaderboard_top: int = 3
+    baselines: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "search"}
+        d = json.loads(json.dumps(d))  # tuples -> lists
+        d["search"] = self.search.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"job.json: unknown setting(s) {', '.join(unknown)}")
+        data = dict(data)
+        for key in ("settings", "fidelity_tokens", "baselines"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if "search" in data:
+            data["search"] = SearchConfig.from_dict(data["search"])
+        return cls(**data)
+
+    def fitness_settings(self) -> FitnessSettings:
+        return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype)
+
+
+def fitness_split(source: str, calib_source: str) -> str:
+    """The split of `source` that scores candidates: never the calibration text, never a test set."""
+    if source == "lambada":
+        return "search"
+    if source in ("c4", "wikitext2", "ptb"):
+        return "validation"
+    if Path(source).expanduser().resolve() == Path(calib_source).expanduser().resolve():
+        raise UserError("--fitness-data must be different text from --calib-data")
+    return "file"
+
+
+def validate_job(job: SearchJob) -> None:
+    for s in job.settings:
+        parse_setting(s)
+    if not job.fidelity_tokens or list(job.fidelity_tokens) != sorted(job.fidelity_tokens):
+        raise UserError("--fidelity-tokens must be ascending token budgets, e.g. 1024,4096")
+    if job.fidelity_tokens[0] < job.seqlen:
+        raise UserError(f"the cheapest fidelity ({job.fidelity_tokens[0]} tokens) is less than one window of {job.seqlen}")
+    if job.report_data and job.fitness_data == job.report_data:
+        raise UserError("the reporting data cannot also be the search fitness data")
+    if job.eval_dtype not in ("float32", "bfloat16"):
+        raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
+    from ..methods import METHODS
+
+    for name in job.baselines:
+        METHODS.get(name)
+
+
+def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) -> SearchJob:
+    """Claim the folder for this job, or read the job back when resuming."""
+    job_file = out / JOB_FILE
+    if resume:
+        if not job_file.exists():
+            raise UserError(f"nothing to resume in {out} (no {JOB_FILE})")
+        return SearchJob.from_dict(json.loads(job_file.read_text()))
+    if job_file.exists() and not overwrite:
+        raise UserError(f"{out} already holds a search; pass --resume to continue it or --overwrite to replace it")
+    if overwrite and out.exists():
+        for name in ("leaderboard.jsonl", "leaderboard.md", STATS_FILE):
+            (out / name).unlink(missing_ok=True)
+    atomic.write_json(job_file, job.to_dict())
+    return job
+
+
+def _save_stats(path: Path, stats: dict[str, LinearStats]) -> None:
+    tensors = {}
+    for name, s in stats.items():
+        for key in ("x_mean_sq", "grad_l1", "grad_l2"):
+            value = getattr(s, key)
+            if value is not None:
+                tensors[f"{name}.{key}"] = value.contiguous()
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+
+
+def _load_stats(path: Path) -> dict[str, LinearStats]:
+    out: dict[str, LinearStats] = {}
+    for key, value in load_file(str(path)).items():
+        name, attr = key.rsplit(".", 1)
+        setattr(out.setdefault(name, LinearStats()), attr, value)
+    return out
+
+
+def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, out: Path,
+                     progress: bool) -> dict[str, LinearStats]:
+    """X from the dense model and G from backprop, once per run (kept in the run folder)."""
+    path = out / STATS_FILE
+    if path.exists():
+        return _load_stats(path)
+    from ..calib.gradients import load_or_compute_gradients
+
+    stats = collect_dense_stats(lm.model, calib_ids, frozenset({"X"}), batch_size=job.nsamples, progress=progress)
+    grads, _info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
+                                            seed=job.seed, progress=progress)
+    for name, (l1, l2) in grads.items():
+        stats[name].grad_l1, stats[name].grad_l2 = l1, l2
+    _save_stats(path, stats)
+    return stats
+
+
+@dataclass
+class JobContext:
+    """What the search and the leaderboard share: the loaded model and the tokenised data."""
+
+    lm: LoadedModel
+    calib_ids: torch.Tensor
+    fitness: ProxyFitness
+    report_tokens: torch.Tensor | None
+    report_info: dict | None
+
+
+def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
+    lm = load_model(job.model)
+    calib_split = "calib" if job.calib_data == "lambada" else "train"
+    calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split)),
+                                    job.nsamples, job.seqlen, job.seed)
+    split = fitness_split(job.fitness_data, job.calib_data)
+    search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split))
+    report_tokens = report_info = None
+    if job.report_data:
+        report_split = "test" if job.report_data in ("wikitext2", "c4", "ptb") else "file"
+        report_tokens = tokenize(lm.tokenizer, load_text(job.report_data, report_split))
+        report_info = describe_source(job.report_data, report_split)
+    stats = proxy_statistics(lm, job, calib_ids, out, progress)
+    fitness = ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
+                           data_info=describe_source(job.fitness_data, split))
+    return JobContext(lm, calib_ids, fitness, report_tokens, report_info)
+
+
+def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Search, then the leaderboard. Returns {"result": SearchResult, "leaderboard": rows}."""
+    from .engine import run_search
+    from .leaderboard import run_leaderboard
+
+    out = Path(out)
+    if not resume:
+        validate_job(job)
+    job = prepare_out_dir(out, job, resume, overwrite)
+    ctx = build_context(job, out, progress)
+    result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress)
+    rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress) if ctx.report_tokens is not None else []
+    return {"result": result, "leaderboard": rows, "job": job}

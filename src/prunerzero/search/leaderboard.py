@@ -1,0 +1,127 @@
+"""Re-evaluate the best searched metrics next to the baselines with the full sequential pipeline
+on the reporting data, and write the side-by-side table.
+
+Each (metric, setting) result is appended to leaderboard.jsonl as soon as it is measured, so a
+killed leaderboard resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..eval.perplexity import perplexity
+from ..methods import get_method
+from ..methods.symbolic import symbolic_method
+from ..pipeline import prune_model
+from ..symbolic import Metric, canonical_key, format_expr, load_metric, named_metric
+from .fitness import parse_setting
+from .job import JobContext, SearchJob
+
+LEADERBOARD_LOG = "leaderboard.jsonl"
+LEADERBOARD_MD = "leaderboard.md"
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill: measured again
+    return rows
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict]) -> list[tuple[str, Metric | None, str]]:
+    """(label, metric, method name) for the top searched metrics, then the baselines."""
+    entries: list[tuple[str, Metric | None, str]] = []
+    for rank, row in enumerate(hall_of_fame[: job.leaderboard_top], start=1):
+        entries.append((f"searched #{rank}", load_metric(row["expression"]), "metric"))
+    for name in job.baselines:
+        if name in ("magnitude", "wanda", "sparsegpt"):
+            entries.append((name, None, name))  # direct implementations
+        else:
+            entries.append((name, named_metric(name), name))
+    return entries
+
+
+def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], out: Path,
+                    progress: bool = True) -> list[dict]:
+    log_path = out / LEADERBOARD_LOG
+    rows = _read_log(log_path)
+    done = {(r["label"], r["setting"]) for r in rows}
+    model, stats = ctx.lm.model, ctx.fitness.stats
+    grads = {n: (s.grad_l1, s.grad_l2) for n, s in stats.items() if s.grad_l1 is not None}
+    fitness_of = {row["expression"]: row["fitness"] for row in hall_of_fame}
+    todo = [("dense", None, "dense", None)] + [
+        (label, metric, method, setting) for label, metric, method in leaderboard_entries(job, hall_of_fame)
+        for setting in job.settings
+    ]
+    todo = [t for t in todo if (t[0], t[3]) not in done]
+    for label, metric, method_name, setting in tqdm(todo, desc="leaderboard", disable=not progress):
+        ctx.fitness.restore()
+        start = time.perf_counter()
+        record: dict = {"label": label, "setting": setting}
+        if setting is not None:
+            method = symbolic_method(metric) if metric is not None else get_method(method_name)
+            prune_model(model, method, parse_setting(setting), ctx.calib_ids, grads=grads, progress=False)
+            formula = format_expr(metric.expr) if metric is not None else method.describe.get("score", method_name)
+            record.update(formula=formula, key=canonical_key(metric.expr, metric.spec) if metric else None,
+                          search_fitness=fitness_of.get(formula))
+        record["prune_seconds"] = time.perf_counter() - start
+        result = perplexity(model, ctx.report_tokens, job.seqlen, job.report_tokens, progress=False)
+        record.update(ppl=result["ppl"], tokens=result["tokens"], seqlen=result["seqlen"])
+        _append(log_path, record)
+        rows.append(record)
+    ctx.fitness.restore()
+    write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info)
+    return rows
+
+
+def format_table(rows: list[dict], job: SearchJob) -> str:
+    settings = list(job.settings)
+    by_label: dict[str, dict] = {}
+    for r in rows:
+        entry = by_label.setdefault(r["label"], {"label": r["label"], "formula": r.get("formula", ""), "ppl": {}})
+        entry["ppl"][r["setting"]] = r["ppl"]
+    dense = by_label.pop("dense", None)
+
+    def score(entry: dict) -> float:  # geometric mean over the settings, as the search's fitness
+        values = [entry["ppl"].get(s) for s in settings]
+        return math.exp(sum(math.log(v) for v in values) / len(values)) if all(values) else math.inf
+
+    ranked = sorted(by_label.values(), key=score)
+    head = "| rank | metric | formula | " + " | ".join(f"ppl {s}" for s in settings) + " |"
+    lines = [head, "|" + "---|" * (3 + len(settings))]
+    for i, entry in enumerate(ranked, start=1):
+        cells = " | ".join(f"{entry['ppl'][s]:.2f}" if s in entry["ppl"] else "-" for s in settings)
+        lines.append(f"| {i} | {entry['label']} | `{entry['formula']}` | {cells} |")
+    if dense:
+        lines.append(f"| - | dense | | " + " | ".join(f"{dense['ppl'][None]:.2f}" for _ in settings) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict | None) -> None:
+    tokens = rows[0]["tokens"] if rows else 0
+    where = report_info.get("path") or report_info.get("source") if report_info else "-"
+    text = (
+        f"# Leaderboard\n\nModel `{job.model}`; each metric pruned with the full sequential pipeline "
+        f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, seed {job.seed}) and measured on "
+        f"{where} ({tokens} tokens, seqlen {job.seqlen}). Settings: {', '.join(job.settings)} "
+        "(a bare number is unstructured sparsity).\n\n" + format_table(rows, job) + "\n"
+    )
+    atomic.write_text(path, text)

@@ -1,0 +1,114 @@
+"""The command line end to end on a tiny saved model: results, saved checkpoints, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunerzero.cli import main
+from prunerzero.data import load_text, tokenize
+from prunerzero.eval.perplexity import perplexity
+from prunerzero.models import find_decoder_layers, find_linears, weight_matrix
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _prune_args(model_dir, wikitext, *extra: str) -> list[str]:
+    return ["--quiet", "prune", "--model", str(model_dir), "--nsamples", "4", "--seqlen", "32",
+            "--eval-data", str(wikitext), "--eval-tokens", "256", *extra]
+
+
+def test_prune_writes_results_and_a_reloadable_model(tiny_model_dir, wikitext_test, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(_prune_args(tiny_model_dir, wikitext_test, "--method", "wanda", "--pattern", "2:4",
+                          "--save", str(out), "--save-model"))
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "wanda" and results["pattern"] == "2:4"
+    assert results["actual_sparsity"] == pytest.approx(0.5, abs=1e-9)
+    assert all(row["sparsity"] == pytest.approx(0.5) for row in results["layers"])
+    assert results["calibration"] == {"data": "lambada", "nsamples": 4, "seqlen": 32, "seed": 0, "dtype": "float32"}
+    for key in ("dense", "pruned", "eval", "seconds", "versions", "config"):
+        assert key in results
+    assert results["eval"]["tokens"] == 256
+    assert "pruned" in capsys.readouterr().out
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model")
+    _, layers = find_decoder_layers(reloaded)
+    for linear in find_linears(layers[0]).values():
+        groups = weight_matrix(linear).reshape(-1, 4)
+        assert ((groups == 0).sum(1) >= 2).all()
+    tokens = tokenize(__import__("transformers").AutoTokenizer.from_pretrained(out / "model"),
+                      load_text(str(wikitext_test)))
+    again = perplexity(reloaded, tokens, 32, 256, progress=False)["ppl"]
+    assert again == pytest.approx(results["pruned"]["ppl"], rel=1e-5)
+
+
+def test_same_seed_same_result_and_metric_equals_method(tiny_model_dir, wikitext_test, tmp_path):
+    runs = {}
+    for label, extra in {"a": ["--method", "wanda"], "b": ["--method", "wanda"],
+                         "formula": ["--metric", "abs(W) * sqrt(X)"]}.items():
+        assert main(_prune_args(tiny_model_dir, wikitext_test, *extra, "--save", str(tmp_path / label),
+                                "--save-model")) == 0
+        runs[label] = AutoModelForCausalLM.from_pretrained(tmp_path / label / "model").state_dict()
+    for name, tensor in runs["a"].items():
+        assert torch.equal(tensor, runs["b"][name])
+        assert torch.equal(tensor == 0, runs["formula"][name] == 0), name
+    saved = json.loads((tmp_path / "formula" / "results.json").read_text())
+    assert saved["method_details"]["canonical_key"]
+    assert saved["method_details"]["metric"]["terminals"]["x"] == "mean_sq"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+    (["--pattern", "2:4", "--sparsity", "0.6"], "means sparsity 0.5"),
+    (["--pattern", "diagonal"], "unknown pattern"),
+    (["--method", "wandda"], "did you mean 'wanda'"),
+    (["--metric", "abs(W * "], "position"),
+    (["--seqlen", "256", "--eval-tokens", "512"], "longer than the model's context"),
+    (["--calib-data", "/no/such/file.txt"], "data not found"),
+    (["--zero-shot", "mmlu"], "unknown zero-shot task"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tiny_model_dir, wikitext_test, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    rc = main(_prune_args(tiny_model_dir, wikitext_test, "--save", str(out), *extra))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_missing_model_and_unreachable_data(tmp_path, tiny_model_dir, capsys):
+    assert main(["prune", "--model", str(tmp_path / "nope")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    rc = main(["--quiet", "prune", "--model", str(tiny_model_dir), "--eval-data", "wikitext2", "--method", "magnitude",
+               "--seqlen", "32", "--save", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--eval-data path/to/wiki.test.raw" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_results_need_overwrite(tiny_model_dir, wikitext_test, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_prune_args(tiny_model_dir, wikitext_test, "--method", "magnitude", "--save", str(out))) == 0
+    before = (out / "results.json").read_text()
+    assert main(_prune_args(tiny_model_dir, wikitext_test, "--method", "magnitude", "--save", str(out))) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+    assert main(_prune_args(tiny_model_dir, wikitext_test, "--method", "magnitude", "--save", str(out),
+                            "--overwrite")) == 0
+
+
+def test_metric_show_and_convert_round_trip(tmp_path, capsys):
+    assert main(["metric", "show", "abs(W*W) * mms(G)"]) == 0
+    shown = capsys.readouterr().out
+    assert "key:" in shown and '"data": "mul"' in shown
+    tree = tmp_path / "tree.json"
+    assert main(["metric", "convert", "abs(W*W) * mms(G)", "--to", "json", "-o", str(tree)]) == 0
+    assert json.loads(tree.read_text())["data"] == "mul"
+    assert main(["metric", "convert", str(tree), "--to", "text"]) == 0
+    assert capsys.readouterr().out.strip() == "abs(W * W) * mms(G)"
+    assert main(["metric", "show", "mul(W,"]) == 2
+    assert "position" in capsys.readouterr().err

@@ -1,0 +1,306 @@
+"""Golden tests for the mask module: expected masks are written out by hand (True = removed).
+
+Rules under test (masks.py): the lowest scores are pruned within each comparison group (an output
+row, the whole layer, or each group of M consecutive inputs); among equal scores the LOWER INDEX
+is pruned first (stable sort); a layer of `numel` weights loses exactly round_half_up(numel *
+sparsity) weights, per-row shares come from cumulative rounding so the rows add up to that total.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+from prunerzero.errors import UserError
+from prunerzero.masks import (
+    SparsityTarget,
+    make_mask,
+    nm_mask,
+    parse_target,
+    prune_lowest,
+    row_counts,
+    unstructured_mask,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+T, F = True, False
+
+
+def mask_of(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def unstructured(s: float, group: str = "row") -> SparsityTarget:
+    return parse_target(s, "unstructured", group)
+
+
+# ----------------------------------------------------------------- unstructured, hand-computed
+
+def test_per_row_50pct_2x4():
+    score = torch.tensor([[0.4, 0.1, 0.3, 0.2],
+                          [5.0, 7.0, 6.0, 8.0]])
+    expected = mask_of([[F, T, F, T],   # 0.1 and 0.2 are the two lowest of row 0
+                        [T, F, T, F]])  # 5 and 6 of row 1
+    assert torch.equal(make_mask(score, unstructured(0.5)), expected)
+
+
+def test_per_layer_50pct_2x4_compares_across_rows():
+    score = torch.tensor([[0.4, 0.1, 0.3, 0.2],
+                          [5.0, 7.0, 6.0, 8.0]])
+    expected = mask_of([[T, T, T, T],   # the four lowest of the whole layer are all in row 0
+                        [F, F, F, F]])
+    assert torch.equal(make_mask(score, unstructured(0.5, "layer")), expected)
+
+
+def test_per_row_50pct_3x6_with_a_tie():
+    score = torch.tensor([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+                          [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                          [3.0, 1.0, 4.0, 1.0, 5.0, 9.0]])
+    expected = mask_of([[F, F, F, T, T, T],
+                        [T, T, T, F, F, F],
+                        [T, T, F, T, F, F]])  # 1, 1, then 3
+    assert torch.equal(make_mask(score, unstructured(0.5)), expected)
+
+
+def test_awkward_3x5_at_half_prunes_8_split_3_2_3():
+    # 15 * 0.5 = 7.5 -> 8 (half rounds up). Cumulative bounds round(5*0.5, 10*0.5, 15*0.5) =
+    # (3, 5, 8) -> rows prune 3, 2, 3.
+    assert row_counts(3, 5, 0.5).tolist() == [3, 2, 3]
+    score = torch.tensor([[5.0, 1.0, 4.0, 2.0, 3.0],
+                          [10.0, 6.0, 9.0, 7.0, 8.0],
+                          [11.0, 15.0, 12.0, 14.0, 13.0]])
+    expected = mask_of([[F, T, F, T, T],   # 1, 2, 3
+                        [F, T, F, T, F],   # 6, 7
+                        [T, F, T, F, T]])  # 11, 12, 13
+    got = make_mask(score, unstructured(0.5))
+    assert torch.equal(got, expected)
+    assert int(got.sum()) == 8
+
+
+def test_awkward_3x5_at_half_per_layer():
+    score = torch.tensor([[5.0, 1.0, 4.0, 2.0, 3.0],
+                          [10.0, 6.0, 9.0, 7.0, 8.0],
+                          [11.0, 15.0, 12.0, 14.0, 13.0]])
+    expected = mask_of([[T, T, T, T, T],   # 1..5
+                        [F, T, F, T, T],   # 6, 7, 8
+                        [F, F, F, F, F]])
+    assert torch.equal(make_mask(score, unstructured(0.5, "layer")), expected)
+
+
+@pytest.mark.parametrize("rows, cols, sparsity, expected", [
+    (3, 5, 0.5, [3, 2, 3]),          # bounds 2.5, 5, 7.5 -> 3, 5, 8
+    (4, 3, 0.5, [2, 1, 2, 1]),       # bounds 1.5, 3, 4.5, 6 -> 2, 3, 5, 6
+    (3, 4, 0.25, [1, 1, 1]),
+    (5, 2, 0.3, [1, 0, 1, 0, 1]),    # bounds 0.6, 1.2, 1.8, 2.4, 3 -> 1, 1, 2, 2, 3
+    (2, 7, 0.0, [0, 0]),
+])
+def test_row_counts_hand_computed(rows, cols, sparsity, expected):
+    assert row_counts(rows, cols, sparsity).tolist() == expected
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 5), (7, 3), (5, 11), (13, 17), (64, 100)])
+@pytest.mark.parametrize("sparsity", [0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 0.99])
+def test_counts_add_up_exactly_for_awkward_sizes(rows, cols, sparsity):
+    total = math.floor(Fraction(str(sparsity)) * rows * cols + Fraction(1, 2))
+    counts = row_counts(rows, cols, sparsity)
+    assert int(counts.sum()) == total
+    lo, hi = math.floor(cols * sparsity), math.ceil(cols * sparsity)
+    assert all(lo <= int(c) <= hi for c in counts)  # each row gets floor or ceil of its share
+    score = torch.rand(rows, cols, generator=torch.Generator().manual_seed(rows * 100 + cols))
+    for group in ("row", "layer"):
+        mask = make_mask(score, unstructured(sparsity, group))
+        assert int(mask.sum()) == total, group
+    assert torch.equal(make_mask(score, unstructured(sparsity)).sum(1), counts)
+
+
+@pytest.mark.parametrize("numel, sparsity, expected", [
+    (50, 0.29, 15),   # 14.5 exactly -> 15, but 50 * 0.29 == 14.499999999999998 in float64
+    (90, 0.35, 32),   # 31.5 exactly -> 32, but 90 * 0.35 == 31.499999999999996
+])
+def test_half_counts_round_up_despite_float_error(numel, sparsity, expected):
+    """The documented rule is round-half-up of numel * sparsity for the sparsity the user typed.
+    Decimal sparsities are not exact in binary, so a plain float product can land just below .5."""
+    assert math.floor(Fraction(str(sparsity)) * numel + Fraction(1, 2)) == expected
+    assert int(row_counts(1, numel, sparsity).sum()) == expected
+    score = torch.arange(numel, dtype=torch.float32).reshape(1, numel)
+    assert int(make_mask(score, unstructured(sparsity)).sum()) == expected
+
+
+def test_sparsity_zero_prunes_nothing():
+    score = torch.randn(3, 8)
+    for group in ("row", "layer"):
+        assert not make_mask(score, unstructured(0.0, group)).any()
+        assert not unstructured_mask(score, 0.0, group).any()
+
+
+# ----------------------------------------------------------------- N:M, hand-computed
+
+def test_2_4_hand_computed():
+    score = torch.tensor([[1.0, 2.0, 3.0, 4.0, 8.0, 7.0, 6.0, 5.0],
+                          [4.0, 1.0, 3.0, 2.0, 0.5, 0.25, 1.0, 0.75]])
+    expected = mask_of([[T, T, F, F, F, F, T, T],
+                        [F, T, F, T, T, T, F, F]])
+    got = make_mask(score, parse_target(0.5, "2:4"))
+    assert torch.equal(got, expected)
+    assert torch.equal(nm_mask(score, 2, 4), expected)
+
+
+def test_4_8_hand_computed_with_tie():
+    score = torch.tensor([[1.0, 2.0, 3.0, 4.0, 8.0, 7.0, 6.0, 5.0],
+                          [4.0, 1.0, 3.0, 2.0, 0.5, 0.25, 1.0, 0.75]])
+    # row 1: 0.25, 0.5, 0.75, then 1.0 appears at index 1 and 6 -> index 1 is pruned
+    expected = mask_of([[T, T, T, T, F, F, F, F],
+                        [F, T, F, F, T, T, F, T]])
+    assert torch.equal(make_mask(score, parse_target(0.5, "4:8")), expected)
+
+
+def test_1_4_hand_computed():
+    score = torch.tensor([[3.0, 1.0, 2.0, 4.0, -1.0, 0.0, 5.0, 6.0]])
+    expected = mask_of([[F, T, F, F, T, F, F, F]])
+    assert torch.equal(make_mask(score, parse_target(0.25, "1:4")), expected)
+
+
+# ----------------------------------------------------------------- ties
+
+def test_all_equal_scores_prune_the_lowest_indices():
+    score = torch.ones(2, 4)
+    assert torch.equal(make_mask(score, unstructured(0.5)), mask_of([[T, T, F, F], [T, T, F, F]]))
+    assert torch.equal(make_mask(score, unstructured(0.5, "layer")), mask_of([[T, T, T, T], [F, F, F, F]]))
+    assert torch.equal(make_mask(torch.ones(1, 8), parse_target(0.5, "2:4")), mask_of([[T, T, F, F, T, T, F, F]]))
+    assert torch.equal(make_mask(torch.ones(1, 8), parse_target(0.75, "6:8")), mask_of([[T, T, T, T, T, T, F, F]]))
+
+
+def test_partial_ties_prune_the_lower_index_first():
+    score = torch.tensor([[2.0, 1.0, 1.0, 1.0],
+                          [0.0, 5.0, 0.0, 5.0]])
+    # row 0: three 1s tie for the two slots -> indices 1 and 2. row 1: zeros at 0 and 2.
+    assert torch.equal(make_mask(score, unstructured(0.5)), mask_of([[F, T, T, F], [T, F, T, F]]))
+    score = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]])
+    assert torch.equal(make_mask(score, unstructured(0.5)), mask_of([[F, T, F, T, F, T]]))
+    assert torch.equal(make_mask(score, unstructured(1 / 6)), mask_of([[F, T, F, F, F, F]]))
+
+
+def test_masks_are_deterministic_on_quantised_scores():
+    score = torch.randint(0, 3, (16, 32), generator=torch.Generator().manual_seed(0)).float()
+    a = make_mask(score, unstructured(0.5))
+    for _ in range(3):
+        assert torch.equal(make_mask(score.clone(), unstructured(0.5)), a)
+
+
+def test_prune_lowest_counts_per_row():
+    score = torch.tensor([[3.0, 2.0, 1.0],
+                          [1.0, 2.0, 3.0],
+                          [1.0, 1.0, 1.0]])
+    got = prune_lowest(score, torch.tensor([0, 2, 3]))
+    assert torch.equal(got, mask_of([[F, F, F], [T, T, F], [T, T, T]]))
+
+
+# ----------------------------------------------------------------- parse_target and errors
+
+def test_parse_target_valid():
+    t = parse_target(0.5)
+    assert (t.sparsity, t.n, t.m, t.group, t.structured, t.pattern) == (0.5, 0, 0, "row", False, "unstructured")
+    t = parse_target(0.5, "2:4")
+    assert (t.n, t.m, t.structured, t.pattern) == (2, 4, True, "2:4")
+    t = parse_target(0.5, "4:8", "layer")
+    assert (t.n, t.m, t.group) == (4, 8, "layer")
+    assert parse_target(0.0).sparsity == 0.0
+    assert parse_target(0.3).with_sparsity(0.6) == SparsityTarget(0.6)
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan")])
+def test_sparsity_outside_unit_interval_is_a_user_error(sparsity):
+    with pytest.raises(UserError):
+        parse_target(sparsity)
+
+
+@pytest.mark.parametrize("sparsity, pattern", [
+    (0.6, "2:4"),     # 2:4 means 0.5
+    (0.5, "5:4"),     # N > M
+    (0.5, "4:4"),     # N == M
+    (0.0, "0:4"),     # N == 0
+    (0.5, "abc"),
+    (0.5, "2:"),
+    (0.5, "2-4"),
+    (0.5, " 2:4"),
+])
+def test_bad_patterns_are_user_errors(sparsity, pattern):
+    with pytest.raises(UserError):
+        parse_target(sparsity, pattern)
+
+
+def test_unknown_group_is_a_user_error():
+    with pytest.raises(UserError):
+        parse_target(0.5, group="column")
+    with pytest.raises(UserError):
+        unstructured_mask(torch.rand(2, 4), 0.5, group="column")
+
+
+def test_nm_needs_width_divisible_by_m():
+    with pytest.raises(UserError, match="divisible"):
+        make_mask(torch.rand(2, 6), parse_target(0.5, "2:4"))
+    with pytest.raises(UserError):
+        make_mask(torch.rand(2, 12), parse_target(0.5, "4:8"))
+
+
+def test_score_must_be_2d():
+    with pytest.raises(ValueError):
+        make_mask(torch.rand(8), parse_target(0.5))
+
+
+# ----------------------------------------------------------------- random vs a slow reference loop
+
+def _reference_row_counts(rows: int, cols: int, sparsity: str) -> list[int]:
+    s = Fraction(sparsity)
+    bounds = [math.floor(s * cols * r + Fraction(1, 2)) for r in range(rows + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def _reference_lowest(values: list[float], k: int) -> set[int]:
+    """Indices of the k lowest values; ties broken towards the lower index."""
+    order = sorted(range(len(values)), key=lambda j: (values[j], j))
+    return set(order[:k])
+
+
+def _reference_mask(score: torch.Tensor, sparsity: str, pattern: str, group: str) -> torch.Tensor:
+    rows, cols = score.shape
+    s = score.tolist()
+    out = [[False] * cols for _ in range(rows)]
+    if pattern != "unstructured":
+        n, m = map(int, pattern.split(":"))
+        for r in range(rows):
+            for g in range(0, cols, m):
+                for j in _reference_lowest(s[r][g:g + m], n):
+                    out[r][g + j] = True
+    elif group == "row":
+        for r, k in enumerate(_reference_row_counts(rows, cols, sparsity)):
+            for j in _reference_lowest(s[r], k):
+                out[r][j] = True
+    else:
+        k = math.floor(Fraction(sparsity) * rows * cols + Fraction(1, 2))
+        flat = [v for row in s for v in row]
+        for idx in _reference_lowest(flat, k):
+            out[idx // cols][idx % cols] = True
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("sparsity, pattern, group", [
+    ("0.5", "unstructured", "row"),
+    ("0.3", "unstructured", "row"),
+    ("0.7", "unstructured", "layer"),
+    ("0.5", "unstructured", "layer"),
+    ("0.5", "2:4", "row"),
+    ("0.5", "4:8", "row"),
+    ("0.25", "1:4", "row"),
+])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_random_64x128_matches_slow_reference(sparsity, pattern, group, quantised):
+    gen = torch.Generator().manual_seed(7)
+    score = torch.randn(64, 128, generator=gen).abs()
+    if quantised:  # many exact ties
+        score = torch.round(score * 4) / 4
+    got = make_mask(score, parse_target(float(sparsity), pattern, group))
+    assert torch.equal(got, _reference_mask(score, sparsity, pattern, group))
