@@ -55,6 +55,13 @@ def check_output_dir(save: str | None, overwrite: bool) -> None:
         raise UserError(f"{save} already holds a run's results; pass --overwrite or choose another --save")
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     """Every cheap check, before loading anything big."""
     target = parse_target(cfg.sparsity, cfg.pattern, cfg.group)
@@ -187,6 +194,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
 
     timings["total"] = time.perf_counter() - started
     results["seconds"] = timings
+    results["peak_rss_mib"] = peak_rss_mib()
     if cfg.save:
         save_results(cfg, lm, results)
     return results

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from .cli_analysis import register as register_analysis
 from .cli_search import register as register_search
 from .errors import UserError
 
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metric_convert)
 
     register_search(sub)
+    register_analysis(sub)
     return parser
 
 

@@ -13,4 +13,4 @@ def magnitude_score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
 
 @METHODS.register("magnitude")
 def make_magnitude() -> Method:
-    return metric_method("magnitude", frozenset(), magnitude_score, {"score": "|W|"})
+    return metric_method("magnitude", frozenset(), magnitude_score, {"formula": "abs(W)"})

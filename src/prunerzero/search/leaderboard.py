@@ -79,7 +79,7 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
         if setting is not None:
             method = symbolic_method(metric) if metric is not None else get_method(method_name)
             prune_model(model, method, parse_setting(setting), ctx.calib_ids, grads=grads, progress=False)
-            formula = format_expr(metric.expr) if metric is not None else method.describe.get("score", method_name)
+            formula = format_expr(metric.expr) if metric is not None else method.describe.get("formula", method_name)
             record.update(formula=formula, key=canonical_key(metric.expr, metric.spec) if metric else None,
                           search_fitness=fitness_of.get(formula))
         record["prune_seconds"] = time.perf_counter() - start

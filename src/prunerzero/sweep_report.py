@@ -1,0 +1,78 @@
+"""sweep.json, sweep.md and sweep.png from the measured points of ``sweep.jsonl``.
+
+Rewritten (atomically) after every point, so the reports of a killed sweep show what it had.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .sweep import JSON, MD, PNG, VARIANT, SweepConfig, point_key
+
+WHY = ("This is the **one-shot variant**: the dense model's statistics (X, H for SparseGPT, G when a metric uses "
+       "it) are collected once, in one calibration pass for the whole sweep, and every (method, sparsity) is pruned "
+       "from a kept copy of the dense weights with them. `prunerzero prune` instead re-collects each layer's "
+       "statistics after the earlier layers are pruned (the papers' sequential pipeline). Why one-shot: speed -- one "
+       "calibration pass instead of one per point. The numbers can therefore differ from `prunerzero prune`'s, most "
+       "at high sparsity, where pruning early layers changes later layers' inputs the most; magnitude pruning uses "
+       "no statistics and is identical either way.")
+
+
+def _table(cfg: SweepConfig, grid: list[float], by_method: dict[str, dict[float, Any]], dense: float | None) -> str:
+    cols = sorted({s for row in by_method.values() for s in row} | set(grid))
+    head = "| method | " + " | ".join(f"{100 * s:g}%" for s in cols) + " |"
+    lines = [head, "|---|" + "---|" * len(cols)]
+    if dense is not None:
+        lines.append("| dense | " + " | ".join(f"{dense:.2f}" for _ in cols) + " |")
+    for method, row in by_method.items():
+        cells = []
+        for s in cols:
+            rec = row.get(s)
+            cells.append("-" if rec is None else "invalid" if rec.get("ppl") is None else f"{rec['ppl']:.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[dict[str, Any]],
+                  info: dict[str, Any], figure: bool = True) -> dict[str, Any]:
+    """Write the reports from every point measured in ``out``; returns sweep.json's object.
+    ``figure=False`` skips sweep.png (rendering costs more than a tiny model's point)."""
+    from .analysis_plots import plot_sweep
+
+    dense_rec = next((r for r in records if r["method"] == "dense"), None)
+    dense = dense_rec["ppl"] if dense_rec else None
+    by_method: dict[str, dict[float, Any]] = {}
+    for name in cfg.methods:  # requested order first, then any earlier method in the folder
+        by_method.setdefault(name, {})
+    for r in records:
+        if r["method"] != "dense":
+            by_method.setdefault(r["method"], {})[point_key(r["method"], r["sparsity"])[1]] = r
+    by_method = {k: v for k, v in by_method.items() if v}
+    if not info and (out / JSON).exists():  # a rerun with nothing to do keeps the statistics' record
+        try:
+            info = json.loads((out / JSON).read_text()).get("statistics") or {}
+        except (OSError, json.JSONDecodeError):
+            info = {}
+    obj = {"settings": cfg.settings(), "methods": list(cfg.methods), "sparsities": grid, "variant": VARIANT,
+           "dense": dense_rec, "statistics": info,
+           "results": [r for row in by_method.values() for _, r in sorted(row.items())]}
+    atomic.write_json(out / JSON, obj)
+
+    title = f"{Path(cfg.model).name}, {cfg.pattern}, {Path(cfg.eval_data).name}"  # names: paths can be long
+    png = None if not figure else plot_sweep({m: {s: r.get("ppl") for s, r in row.items()} for m, row in by_method.items()}, dense,
+                     out / PNG, title)
+    tokens = dense_rec["tokens"] if dense_rec else "-"
+    lines = [
+        "# Perplexity vs sparsity", "",
+        f"Model `{cfg.model}`, pattern {cfg.pattern}, perplexity on {cfg.eval_data} ({tokens} tokens, windows of "
+        f"{cfg.effective_eval_seqlen}); calibration {cfg.calib_data}, {cfg.nsamples} x {cfg.seqlen} tokens, "
+        f"seed {cfg.seed}.", "",
+        WHY, "",
+        _table(cfg, grid, by_method, dense), "",
+    ]
+    if png is not None or (out / PNG).exists():
+        lines += [f"![perplexity vs sparsity]({PNG})", ""]
+    atomic.write_text(out / MD, "\n".join(lines))
+    return obj
