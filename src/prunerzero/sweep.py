@@ -1,0 +1,311 @@
+"""Perplexity of several methods over a range of sparsities, with one calibration pass in all.
+
+The one-shot variant, on purpose: the dense model's statistics (X, H when SparseGPT is swept,
+G when a method's metric uses it) are computed ONCE, a copy of the dense weights is kept, and
+every (method, sparsity) writes its pruned weights from that copy with ``Method.prune`` per
+linear -- the same per-linear function ``prunerzero prune`` calls -- then measures perplexity.
+``prunerzero prune`` instead re-collects each layer's statistics after the earlier layers are
+pruned (the papers' sequential pipeline); doing that here would cost one calibration pass per
+point, i.e. 30 passes for 4 methods x 8 sparsities instead of one.
+
+Files in the out dir: ``sweep_settings.json`` (what the numbers depend on; a rerun must match it
+unless ``overwrite``), ``sweep.jsonl`` (one line per measured point, appended and fsync'd as it is
+measured, so a killed sweep resumes where it stopped), and the reports ``sweep.json``,
+``sweep.md`` and ``sweep.png``, rewritten atomically after every point.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import atomic
+from .errors import UserError
+from .eval.perplexity import perplexity
+
+SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
+DEFAULT_SPARSITIES = "0.1:0.8:0.1"
+VARIANT = ("one-shot: statistics of the dense model collected once and reused for every (method, sparsity); "
+           "not re-collected after each layer is pruned")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str = "smollm2-135m"
+    methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "pruner-zero")
+    sparsities: str | None = None  # "a:b:step" (inclusive) or "a,b,c"; None = default for the pattern
+    pattern: str = "unstructured"
+    group: str = "row"
+    calib_data: str = "lambada"
+    nsamples: int = 32
+    seqlen: int = 512
+    seed: int = 0
+    batch_size: int = 8
+    percdamp: float = 0.01
+    blocksize: int = 128
+    gradients: str | None = None  # precomputed gradient file
+    eval_data: str = "wikitext2"
+    eval_seqlen: int | None = None  # default: seqlen
+    eval_tokens: int | None = None
+
+    @property
+    def effective_eval_seqlen(self) -> int:
+        return self.eval_seqlen or self.seqlen
+
+    def settings(self) -> dict[str, Any]:
+        """What the measured numbers depend on. Methods and sparsities are left out: they only
+        choose grid points, so a rerun may add some and reuse every point already measured."""
+        d = asdict(self)
+        for k in ("methods", "sparsities", "batch_size"):  # batch size changes speed, not results
+            d.pop(k)
+        d["eval_seqlen"] = self.effective_eval_seqlen
+        return {"format": 1, "variant": "one-shot-dense-stats", **d}
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_sparsities(text: str) -> list[float]:
+    """'0.1:0.8:0.1' (start:stop:step, stop included) or '0.2,0.5,0.7' -> sorted distinct values.
+    Rounded to 6 decimals so 0.1 + 2 * 0.1 is 0.3, and each must lie in [0, 1)."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            parts = [float(v) for v in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise UserError(f"--sparsities {text!r}: need start <= stop and a positive step")
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + i * step, 6) for i in range(count)]
+        else:
+            values = [round(float(v), 6) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--sparsities {text!r}: use start:stop:step such as 0.1:0.8:0.1, or a comma list") from None
+    if not values:
+        raise UserError("--sparsities is empty")
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if bad:
+        raise UserError(f"--sparsities: {bad[0]:g} is outside [0, 1)")
+    return sorted(set(values))
+
+
+def sparsity_grid(cfg: SweepConfig) -> list[float]:
+    """The sweep's sparsities; an N:M pattern has exactly one (N/M), so it is the default and the
+    only value allowed."""
+    from .masks import parse_target
+
+    if cfg.pattern == "unstructured":
+        values = parse_sparsities(cfg.sparsities or DEFAULT_SPARSITIES)
+        for v in values:
+            parse_target(v, cfg.pattern, cfg.group)
+        return values
+    parse_target(0.0, "unstructured", cfg.group)  # checks the group
+    parts = cfg.pattern.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) == 0:
+        raise UserError(f"unknown pattern {cfg.pattern!r} (use unstructured or N:M such as 2:4)")
+    own = round(int(parts[0]) / int(parts[1]), 6)
+    values = parse_sparsities(cfg.sparsities) if cfg.sparsities else [own]
+    for v in values:
+        parse_target(v, cfg.pattern, cfg.group)  # raises "pattern 2:4 means sparsity 0.5, ..." (and N < M)
+    return [own]
+
+
+def build_methods(cfg: SweepConfig) -> dict[str, Any]:
+    """name -> Method; unknown names fail here with a did-you-mean, before anything is loaded."""
+    from .methods import METHODS, get_method
+
+    if not cfg.methods:
+        raise UserError("--methods is empty")
+    out = {}
+    for name in cfg.methods:
+        METHODS.get(name)  # raises UserError
+        out[name] = get_method(name, percdamp=cfg.percdamp, blocksize=cfg.blocksize) if name == "sparsegpt" \
+            else get_method(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- out dir
+def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[str, Any]]:
+    """Check DIR against this sweep's settings; returns the points already measured there."""
+    from .search.checkpoint import read_log
+
+    settings = json.loads(json.dumps(cfg.settings()))
+    saved_path = out / SETTINGS
+    if saved_path.exists() and not overwrite:
+        try:
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {saved_path}: {exc}") from None
+        diffs = [f"{k}: saved {saved.get(k)!r}, now {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
+                 if saved.get(k) != settings.get(k)]
+        if diffs:
+            raise UserError(f"{out} holds a sweep with other settings ({'; '.join(diffs)}); "
+                            "pass --overwrite or choose another --out")
+        return read_log(out / LOG, repair=True)  # a torn last line (killed mid-write) is cut off
+    if overwrite:
+        for name in (SETTINGS, LOG, JSON, MD, PNG):
+            (out / name).unlink(missing_ok=True)
+    elif (out / LOG).exists():
+        raise UserError(f"{out} has a {LOG} but no {SETTINGS}; pass --overwrite or choose another --out")
+    atomic.write_json(saved_path, settings)
+    return []
+
+
+def point_key(method: str, sparsity: float) -> tuple[str, float]:
+    return method, round(float(sparsity), 6)
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# ----------------------------------------------------------------------------- the sweep
+class DenseState:
+    """The loaded model, its dense weights and the cached statistics every point reuses."""
+
+    def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
+        from .api import check_seqlen, eval_split
+        from .data import calibration_windows, load_text, tokenize
+        from .models import find_decoder_layers, find_linears, load_model, weight_matrix
+
+        self.lm = load_model(cfg.model)
+        check_seqlen(self.lm, cfg.seqlen)
+        check_seqlen(self.lm, cfg.effective_eval_seqlen)
+        tok = self.lm.tokenizer
+        self.test_tokens = tokenize(tok, load_text(cfg.eval_data, eval_split(cfg.eval_data)))
+        layers_name, layers = find_decoder_layers(self.lm.model)
+        self.linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers)
+                        for n, m in find_linears(layer).items()}
+        # (out, in) float32 copies: every point is pruned from these, never from a pruned model
+        self.dense = {n: weight_matrix(m).detach().float().clone() for n, m in self.linears.items()}
+        self.needs = frozenset().union(*(m.needs for m in methods.values()))
+        self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}}
+        self.calib_ids = None
+        if self.needs & {"X", "H", "G"}:
+            split = "calib" if cfg.calib_data == "lambada" else "train"
+            self.calib_ids = calibration_windows(tokenize(tok, load_text(cfg.calib_data, split)),
+                                                 cfg.nsamples, cfg.seqlen, cfg.seed)
+        self.stats = self._statistics(cfg, progress)
+
+    def _statistics(self, cfg: SweepConfig, progress: bool) -> dict[str, Any]:
+        from .calib.stats import LinearStats
+        from .pipeline import collect_dense_stats
+
+        t = time.perf_counter()
+        act = self.needs & {"X", "H"}
+        if act:
+            stats = collect_dense_stats(self.lm.model, self.calib_ids, frozenset(act), batch_size=cfg.batch_size,
+                                        progress=progress)
+        else:
+            stats = {n: LinearStats() for n in self.linears}
+        self.info["seconds"]["activations"] = time.perf_counter() - t
+        if "G" in self.needs:  # only when a swept metric reads G: gradients cost a backward per sample
+            from .calib.gradients import load_gradient_file, load_or_compute_gradients
+
+            t = time.perf_counter()
+            if cfg.gradients:
+                grads, ginfo = load_gradient_file(cfg.gradients, self.lm.model), {"file": cfg.gradients}
+            else:
+                grads, ginfo = load_or_compute_gradients(self.lm.model, self.calib_ids, model_id=self.lm.path,
+                                                         data_id=cfg.calib_data, seed=cfg.seed, progress=progress)
+            for name, (g1, g2) in grads.items():
+                if name in stats:
+                    stats[name].grad_l1, stats[name].grad_l2 = g1, g2
+            self.info["gradients"] = {k: v for k, v in ginfo.items() if k in ("file", "cache_file", "cached")}
+            self.info["seconds"]["gradients"] = time.perf_counter() - t
+        return stats
+
+    @torch.no_grad()
+    def apply(self, method: Any, target: Any) -> float:
+        """Write ``method``'s pruned weights (from the dense copy) into the model; returns the
+        share of zeros in the prunable linears."""
+        from .models import set_weight_matrix
+
+        zeros = total = 0
+        for name, module in self.linears.items():
+            new = method.prune(self.dense[name], self.stats[name], target)  # (out, in)
+            set_weight_matrix(module, new)
+            zeros += int((new == 0).sum())
+            total += new.numel()
+        return zeros / max(total, 1)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        from .models import set_weight_matrix
+
+        for name, module in self.linears.items():
+            set_weight_matrix(module, self.dense[name])
+
+
+def _measure(state: DenseState, cfg: SweepConfig) -> dict[str, Any]:
+    r = perplexity(state.lm.model, state.test_tokens, cfg.effective_eval_seqlen, cfg.eval_tokens, progress=False)
+    return {"ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"], "eval_seconds": r["seconds"]}
+
+
+def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
+    """Every cheap check, before loading anything big."""
+    from .models import resolve_model_path
+
+    grid = sparsity_grid(cfg)
+    methods = build_methods(cfg)
+    if cfg.nsamples < 1 or cfg.seqlen < 2:
+        raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
+    if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
+        raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
+    if cfg.gradients and not Path(cfg.gradients).is_file():
+        raise UserError(f"gradient file not found: {cfg.gradients}")
+    resolve_model_path(cfg.model)
+    return grid, methods
+
+
+def run_sweep(cfg: SweepConfig, out: Path | str, *, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Measure every (method, sparsity) not yet in ``out/sweep.jsonl``; write the reports."""
+    from tqdm.auto import tqdm
+
+    from .masks import parse_target
+    from .symbolic import InvalidMetricError
+    from .sweep_report import write_reports
+
+    out = Path(out)
+    grid, methods = validate(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    records = prepare_out_dir(out, cfg, overwrite)
+    done = {point_key(r["method"], r["sparsity"]) for r in records}
+    todo = [(name, s) for name in methods for s in grid if point_key(name, s) not in done]
+    need_dense = point_key("dense", 0.0) not in done
+    info: dict[str, Any] = {}
+    if todo or need_dense:
+        state = DenseState(cfg, {n: methods[n] for n in {n for n, _ in todo}}, progress)
+        info = state.info
+        try:
+            if need_dense:
+                rec = {"method": "dense", "sparsity": 0.0, "actual_sparsity": 0.0, **_measure(state, cfg),
+                       "time": time.time()}
+                _append(out / LOG, rec)
+                records.append(rec)
+            for name, s in tqdm(todo, desc="sweep", unit="point", disable=not progress):
+                target = parse_target(s, cfg.pattern, cfg.group)
+                rec = {"method": name, "sparsity": s, "pattern": cfg.pattern}
+                t = time.perf_counter()
+                try:
+                    rec["actual_sparsity"] = state.apply(methods[name], target)
+                    rec["prune_seconds"] = time.perf_counter() - t
+                    rec.update(_measure(state, cfg))
+                except InvalidMetricError as exc:  # NaN/constant scores: a result, not a crash
+                    rec.update(ppl=None, error=str(exc))
+                rec["time"] = time.time()
+                _append(out / LOG, rec)
+                records.append(rec)
+                write_reports(out, cfg, grid, records, info, figure=False)
+        finally:
+            state.restore()
+    return write_reports(out, cfg, grid, records, info)
