@@ -24,10 +24,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 # The WikiText-2 test text: ../shared's copy when present, else the Hugging Face dataset.
 EVAL_DATA ?= $(if $(wildcard ../shared/data/wikitext-2-raw/wiki.test.raw),../shared/data/wikitext-2-raw/wiki.test.raw,wikitext2)
 
+# The main job: a short Pruner-Zero search on SmolLM2 (about 10 minutes on 2 cores), then the
+# leaderboard of the best found metric against Wanda and Pruner-Zero's published metric.
 demo: setup
-	$(BIN)/prunerzero prune --model smollm2-135m --method wanda --sparsity 0.5 \
-	    --calib-data lambada --nsamples 32 --seqlen 512 --eval-data $(EVAL_DATA) --eval-tokens 8192 \
-	    --save out/demo --overwrite
+	$(BIN)/prunerzero search --model smollm2-135m --sparsity 0.5 --pattern unstructured \
+	    --population 10 --generations 3 --seed 0 --nsamples 16 --seqlen 512 \
+	    --fidelity-tokens 1024,4096 --eval-dtype bfloat16 \
+	    --report-data $(EVAL_DATA) --report-tokens 4096 --leaderboard-top 1 \
+	    --baselines magnitude,wanda,pruner-zero --out runs/demo --overwrite
 
 test: setup
 	$(BIN)/pytest -q tests

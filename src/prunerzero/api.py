@@ -22,7 +22,7 @@ from .errors import UserError
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
-from .models import LoadedModel, cache_dir, load_model, max_context, resolve_model_path
+from .models import LoadedModel, cache_dir, load_model, max_context, resolve_device, resolve_model_path
 from .pipeline import prune_model
 
 RESULTS_FILE = "results.json"
@@ -87,6 +87,7 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     check_output_dir(cfg.save, cfg.overwrite)
     if cfg.gradients and not Path(cfg.gradients).is_file():
         raise UserError(f"gradient file not found: {cfg.gradients}")
+    resolve_device(cfg.device)
     resolve_model_path(cfg.model)  # a missing path fails here; hub ids pass through
     return target, method
 
@@ -135,7 +136,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    lm = load_model(cfg.model)
+    lm = load_model(cfg.model, device=resolve_device(cfg.device))
     timings["load_model"] = time.perf_counter() - t
     check_seqlen(lm, cfg.seqlen)
     check_seqlen(lm, cfg.effective_eval_seqlen)
@@ -170,7 +171,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
         timings["gradients"] = time.perf_counter() - t
         results["gradients"] = grad_info
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.calib_dtype == "bfloat16" else nullcontext()
+    device_type = next(lm.model.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.calib_dtype == "bfloat16" else nullcontext()
     with autocast:
         report = prune_model(lm.model, method, target, calib_ids, batch_size=cfg.batch_size, grads=grads,
                              within_layer=cfg.within_layer, progress=progress)
@@ -213,7 +215,7 @@ def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any]) -> 
 
 def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: int | None,
                    zero_shot: tuple[str, ...] = (), zero_shot_limit: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Perplexity (and optionally zero-shot accuracy) of any model, pruned or not."""
     if zero_shot:
         from .eval.zeroshot import TASKS
@@ -221,7 +223,7 @@ def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: 
         bad = [t for t in zero_shot if t not in TASKS]
         if bad:
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
-    lm = load_model(model)
+    lm = load_model(model, device=resolve_device(device))
     seqlen = seqlen or min(max_context(lm.model) or 2048, 2048)
     check_seqlen(lm, seqlen)
     out: dict[str, Any] = {"model": model, "model_path": lm.path}

@@ -28,6 +28,10 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def _none_or_text(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
 def _tasks(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -46,6 +50,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--within-layer", default="auto", help="sequential, parallel (reference order) or auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--calib-dtype", default="float32", help="float32 or bfloat16 (autocast calibration forwards)")
     p.add_argument("--percdamp", type=_float, default=0.01, help="SparseGPT damping, relative to mean diag(H)")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
@@ -53,7 +58,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None = "wikitext2") -> None:
-    p.add_argument("--eval-data", default=default_data, help="wikitext2, c4, ptb, lambada or a text file")
+    p.add_argument("--eval-data", default=default_data, type=_none_or_text,
+                   help="wikitext2, c4, ptb, lambada, a text file, or none (skip perplexity)")
     p.add_argument("--eval-seqlen", type=int, default=None)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N test tokens")
     p.add_argument("--zero-shot", type=_tasks, default=(), help="comma list: boolq,rte,hellaswag,winogrande,...")
@@ -72,7 +78,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         pattern=args.pattern, group=args.group, calib_data=args.calib_data, nsamples=args.nsamples,
         seqlen=args.seqlen, seed=args.seed, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
         eval_tokens=args.eval_tokens, batch_size=args.batch_size, within_layer=args.within_layer,
-        calib_dtype=args.calib_dtype, percdamp=args.percdamp, blocksize=args.blocksize, gradients=args.gradients,
+        device=args.device, calib_dtype=args.calib_dtype, percdamp=args.percdamp, blocksize=args.blocksize, gradients=args.gradients,
         zero_shot=args.zero_shot, zero_shot_limit=args.zero_shot_limit, save=args.save, save_model=args.save_model,
         overwrite=args.overwrite, skip_dense=args.skip_dense,
     )
@@ -85,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate_model
 
     out = evaluate_model(args.model, args.eval_data, args.eval_seqlen, args.eval_tokens, args.zero_shot,
-                         args.zero_shot_limit, progress=not args.quiet)
+                         args.zero_shot_limit, progress=not args.quiet, device=args.device)
     if "perplexity" in out:
         p = out["perplexity"]
         print(f"perplexity {p['ppl']:.3f}  ({p['tokens']} tokens, seqlen {p['seqlen']}, {args.eval_data})")
@@ -156,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity / zero-shot accuracy of any model")
     p.add_argument("--model", required=True)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     _add_eval_args(p)
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_eval)

@@ -34,7 +34,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                               seed_named=not args.no_seed_named, max_depth=args.max_depth, max_size=args.max_size)
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, fitness_data=args.fitness_data,
-                        fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, report_data=args.report_data,
+                        fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, device=args.device,
+                        report_data=args.report_data,
                         report_tokens=args.report_tokens, leaderboard_top=args.leaderboard_top,
                         baselines=args.baselines, search=search)
     outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
@@ -70,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--fitness-data", default="lambada", help="scored on its search split (lambada: last 20%%)")
     p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096), help="token budgets, cheapest first")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--eval-dtype", default="float32", help="float32 or bfloat16 for fitness forwards")
     p.add_argument("--report-data", default="wikitext2", help="reporting set for the leaderboard (wikitext2 or a file)")
     p.add_argument("--report-tokens", type=int, default=None, help="first N tokens of the reporting set")

@@ -24,6 +24,7 @@ class PruneConfig:
     eval_tokens: int | None = None  # None = the whole test set, as the papers report
     batch_size: int = 8
     within_layer: str = "auto"  # sequential (one pass per layer) / parallel (reference order) / auto
+    device: str = "auto"  # auto = cuda when available, else cpu
     calib_dtype: str = "float32"  # float32 or bfloat16 (autocast for the calibration forwards)
     percdamp: float = 0.01
     blocksize: int = 128

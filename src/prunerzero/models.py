@@ -10,14 +10,13 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_directory
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,17 +79,9 @@ def _convert_gguf(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling and rename: a killed conversion leaves no half cache.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    try:
+    with atomic_directory(target) as tmp:  # a killed conversion leaves no half cache
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
-            raise
     return target
 
 
@@ -113,6 +104,19 @@ def resolve_model_path(spec: str) -> str:
         f"model not found: {spec!r} (pass a local model folder, a .gguf file, a hub id, "
         f"or one of: {', '.join(EMBEDDED_MODELS)})"
     )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available")
+    return device
 
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:

@@ -92,7 +92,8 @@ class ProxyFitness:
     def evaluate(self, metric: Metric, fidelity: str) -> float:
         windows = self._windows[fidelity]
         log_ppls = []
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.config.eval_dtype == "bfloat16" else nullcontext())
+        device_type = next(self.model.parameters()).device.type
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16) if self.config.eval_dtype == "bfloat16" else nullcontext()
         for target in self.targets:
             self.apply(metric, target)
             start = time.perf_counter()

@@ -10,6 +10,7 @@ Everything lands in the run folder as it happens:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .. import atomic
 from ..calib.stats import LinearStats
 from ..data import calibration_windows, describe_source, load_text, tokenize
 from ..errors import UserError
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, load_model, resolve_device
 from ..pipeline import collect_dense_stats
 from .config import SearchConfig
 from .fitness import FitnessSettings, ProxyFitness, parse_setting
@@ -41,6 +42,7 @@ class SearchJob:
     fitness_data: str = "lambada"  # its search split: disjoint from calibration and reporting text
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
     eval_dtype: str = "float32"
+    device: str = "auto"
     report_data: str | None = "wikitext2"
     report_tokens: int | None = None
     leaderboard_top: int = 3
@@ -143,9 +145,14 @@ def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, o
         return _load_stats(path)
     from ..calib.gradients import load_or_compute_gradients
 
+    start = time.perf_counter()
     stats = collect_dense_stats(lm.model, calib_ids, frozenset({"X"}), batch_size=job.nsamples, progress=progress)
-    grads, _info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
-                                            seed=job.seed, progress=progress)
+    x_seconds = time.perf_counter() - start
+    grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
+                                                 seed=job.seed, progress=progress)
+    # What recomputing the statistics per candidate would cost (bench/search_bench.py reads it).
+    atomic.write_json(out / "timing.json", {"statistics": x_seconds, "gradients": grad_info["seconds"],
+                                            "gradients_cached": grad_info["cached"]})
     for name, (l1, l2) in grads.items():
         stats[name].grad_l1, stats[name].grad_l2 = l1, l2
     _save_stats(path, stats)
@@ -164,7 +171,7 @@ class JobContext:
 
 
 def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
-    lm = load_model(job.model)
+    lm = load_model(job.model, device=resolve_device(job.device))
     calib_split = "calib" if job.calib_data == "lambada" else "train"
     calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split)),
                                     job.nsamples, job.seqlen, job.seed)
