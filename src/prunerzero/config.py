@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import UserError
+from .errors import known_keys_only
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,7 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown setting(s): {', '.join(unknown)}")
-        data = dict(data)
+        data = known_keys_only(data, [f.name for f in fields(cls)], "prune config")
         if "zero_shot" in data and data["zero_shot"] is not None:
             data["zero_shot"] = tuple(data["zero_shot"])
         return cls(**data)

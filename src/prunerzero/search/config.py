@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, known_keys_only
 from ..symbolic import PRIMITIVES, PRUNER_ZERO_OPS
 
 # Generation 0 gets these when ``seed_named`` (the order is part of the run).
@@ -68,13 +68,7 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, obj: Any) -> "SearchConfig":
-        if not isinstance(obj, dict):
-            raise UserError(f"search config must be a JSON object, got {type(obj).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(obj) - set(names))
-        if unknown:
-            raise UserError(f"search config: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(names)})")
-        kw = dict(obj)
+        kw = known_keys_only(obj, [f.name for f in fields(cls)], "search config")
         if "ops" in kw:
             if not isinstance(kw["ops"], (list, tuple)):
                 raise UserError(f"search config ops={kw['ops']!r}: must be a list of primitive names")

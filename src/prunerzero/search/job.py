@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .. import atomic
 from ..calib.stats import LinearStats
 from ..data import calibration_windows, describe_source, load_text, tokenize
-from ..errors import UserError
+from ..errors import UserError, known_keys_only
 from ..models import LoadedModel, load_model, resolve_device
 from ..pipeline import collect_dense_stats
 from .config import SearchConfig
@@ -57,11 +57,7 @@ class SearchJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"job.json: unknown setting(s) {', '.join(unknown)}")
-        data = dict(data)
+        data = known_keys_only(data, [f.name for f in fields(cls)], "job.json")
         for key in ("settings", "fidelity_tokens", "baselines"):
             if key in data:
                 data[key] = tuple(data[key])

@@ -111,7 +111,7 @@ def format_table(rows: list[dict], job: SearchJob) -> str:
         cells = " | ".join(f"{entry['ppl'][s]:.2f}" if s in entry["ppl"] else "-" for s in settings)
         lines.append(f"| {i} | {entry['label']} | `{entry['formula']}` | {cells} |")
     if dense:
-        lines.append(f"| - | dense | | " + " | ".join(f"{dense['ppl'][None]:.2f}" for _ in settings) + " |")
+        lines.append("| - | dense | | " + " | ".join(f"{dense['ppl'][None]:.2f}" for _ in settings) + " |")
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, known_keys_only
 from ..registry import Registry
 from .expr import MetricSyntaxError, Node, call, format_expr, from_json, parse, terminals_used, to_json, var
 from .primitives import evaluate
@@ -47,11 +47,7 @@ class Metric:
 
     @classmethod
     def from_dict(cls, obj: Any) -> "Metric":
-        if not isinstance(obj, dict):
-            raise UserError(f"a saved metric must be a JSON object, got {type(obj).__name__}")
-        unknown = sorted(set(obj) - {"name", "formula", "tree", "terminals"})
-        if unknown:
-            raise UserError(f"saved metric: unknown key(s) {', '.join(unknown)} (allowed: name, formula, tree, terminals)")
+        obj = known_keys_only(obj, ("name", "formula", "tree", "terminals"), "saved metric")
         if obj.get("formula") is None and obj.get("tree") is None:
             raise UserError("saved metric needs a 'formula' or a 'tree'")
         expr = parse(obj["formula"]) if obj.get("formula") is not None else from_json(obj["tree"])

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, known_keys_only
 
 TERMINALS: tuple[str, ...] = ("W", "X", "G")
 
@@ -45,12 +45,7 @@ class TerminalSpec:
 
     @classmethod
     def from_dict(cls, obj: Any) -> "TerminalSpec":
-        if not isinstance(obj, dict):
-            raise UserError(f"terminal spec must be a JSON object, got {type(obj).__name__}")
-        unknown = sorted(set(obj) - {"w", "x", "g", "g_scale"})
-        if unknown:
-            raise UserError(f"terminal spec: unknown key(s) {', '.join(unknown)} (allowed: w, x, g, g_scale)")
-        return cls(**obj)
+        return cls(**known_keys_only(obj, ("w", "x", "g", "g_scale"), "terminal spec"))
 
     def nonneg_terminals(self) -> frozenset[str]:
         """Terminals that are >= 0 under this spec (X and G always are; W only if |w|)."""
