@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-prune bench-search bench-zeroshot clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,17 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not real" tests
 
-bench: setup
+# All benchmarks (about 80 minutes on 2 cores); each part rewrites its own section of docs/BENCHMARKS.md.
+bench: bench-prune bench-search bench-zeroshot
+
+bench-prune: setup
 	$(BIN)/python bench/run_bench.py
+
+bench-search: setup
+	$(BIN)/python bench/search_bench.py
+
+bench-zeroshot: setup
+	cd bench && ../$(BIN)/python zeroshot_bench.py --limit 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache
