@@ -1,8 +1,10 @@
 """Sequential layer-by-layer pruning: the one calibration loop every method and the search use.
 
-For each decoder layer: run it on the current inputs while hooks gather the statistics the method
-needs, prune each linear, run the layer again so the next layer sees the *pruned* outputs (as
-Wanda and SparseGPT do). Methods that need no activation statistics skip the forward passes.
+Decoder layers are pruned one at a time and each layer's *pruned* outputs feed the next (as
+Wanda and SparseGPT do). Inside a layer, linears are pruned either as their inputs arrive (one
+forward per layer, "sequential") or all from the dense layer's statistics followed by a second
+forward ("parallel", the reference code's order). Methods that need no activation statistics
+skip the forward passes. `collect_dense_stats` is the search's fast path: dense statistics once.
 """
 from __future__ import annotations
 
@@ -15,13 +17,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calib.capture import capture_layer_inputs, run_layer
-from .calib.stats import LinearStats, StatsCollector, collect_input_stats
+from .calib.stats import GradientStats, LinearStats, StatsCollector, collect_input_stats
 from .masks import SparsityTarget
 from .methods.base import Method
 from .models import find_decoder_layers, find_linears, set_weight_matrix, weight_matrix
 
-# full linear name -> (grad_l1, grad_l2), each (out, in)
-GradientStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
 
 

@@ -39,12 +39,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from .stats import GradientStats  # grad_l1, grad_l2 here: float32 on CPU
 from ..models import cache_dir, find_decoder_layers, find_linears
 
 log = logging.getLogger(__name__)
 
-# full linear name -> (grad_l1, grad_l2), each (out, in) float32 on CPU (same as pipeline.py)
-GradientStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 FORMAT = "prunerzero-gradients"
 FORMAT_VERSION = "1"

@@ -17,6 +17,9 @@ from torch import nn
 
 STAT_NAMES = ("X", "H")
 
+# Full linear name ("model.layers.0.self_attn.q_proj") -> (grad_l1, grad_l2), each (out, in).
+GradientStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass
 class LinearStats:
