@@ -112,3 +112,26 @@ def test_metric_show_and_convert_round_trip(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "abs(W * W) * mms(G)"
     assert main(["metric", "show", "mul(W,"]) == 2
     assert "position" in capsys.readouterr().err
+
+
+def test_eval_command_and_metric_file_with_gradients(tiny_model_dir, wikitext_test, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    assert main(["--quiet", "eval", "--model", str(tiny_model_dir), "--eval-data", str(wikitext_test),
+                 "--eval-seqlen", "32", "--eval-tokens", "128", "--json", str(tmp_path / "eval.json")]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["perplexity"]["tokens"] == 128
+
+    tree = tmp_path / "best_tree.json"  # Pruner-Zero's own file format
+    tree.write_text(json.dumps({"data": "mul", "left": {"data": "abs", "left": {"data": "mul", "left": {"data": "W"},
+                                "right": {"data": "W"}}}, "right": {"data": "mms", "left": {"data": "G"}}}))
+    out = tmp_path / "run"
+    assert main(_prune_args(tiny_model_dir, wikitext_test, "--metric-file", str(tree), "--pattern", "4:8",
+                            "--save", str(out))) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["method_details"]["formula"] == "abs(W * W) * mms(G)"
+    assert results["gradients"]["cached"] is False and results["seconds"]["gradients"] > 0
+    assert results["actual_sparsity"] == pytest.approx(0.5)
+    # Same gradients again: read from the disk cache.
+    assert main(_prune_args(tiny_model_dir, wikitext_test, "--metric-file", str(tree), "--pattern", "4:8",
+                            "--save", str(tmp_path / "run2"))) == 0
+    assert json.loads((tmp_path / "run2" / "results.json").read_text())["gradients"]["cached"] is True
