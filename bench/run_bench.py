@@ -73,6 +73,9 @@ def bench_prune(methods: list[str], patterns: list[tuple[str, str]], title: str,
              "", "| method | pattern | perplexity | prune s | gradients s | peak RSS MiB |", "|---|---|---|---|---|---|"]
     for m, p, ppl, sec, gsec, rss, _ in rows:
         lines.append(f"| {m} | {p} | {ppl:.2f} | {sec:.1f} | {'-' if gsec is None else f'{gsec:.1f}'} | {rss:.0f} |")
+    if any(r[4] is not None for r in rows):
+        lines += ["", "gradients s: computing G (32 per-sample backward passes) in the first row that needs it, "
+                  "reading it from the disk cache in the later ones. Peak RSS includes the gradient accumulators."]
     lines += ["", "Commands (one per row, in order):", "", "```"] + [r[-1] for r in rows] + ["```"]
     replace_section(section, "\n".join(lines))
 
