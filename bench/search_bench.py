@@ -26,6 +26,23 @@ ARGS = ["--model", "smollm2-135m", "--settings", "0.5,2:4", "--population", "12"
         "--baselines", "magnitude,wanda,ria,pruner-zero"]
 
 
+def fidelity_agreement(evaluations: list[dict]) -> str:
+    """How well the cheapest fidelity ranks the candidates that were also scored on more tokens."""
+    from scipy.stats import kendalltau, spearmanr
+
+    scores: dict[str, dict[str, float]] = {}
+    for r in evaluations:
+        if r["fitness"] is not None:
+            scores.setdefault(r["key"], {})[r["fidelity"]] = r["fitness"]
+    fids = sorted({f for v in scores.values() for f in v}, key=lambda f: int(f.rstrip("tok")))
+    pairs = [(v[fids[0]], v[fids[-1]]) for v in scores.values() if fids[0] in v and fids[-1] in v]
+    if len(fids) < 2 or len(pairs) < 3:
+        return "too few candidates scored at two fidelities to rank them"
+    cheap, dear = zip(*pairs)
+    return (f"cheap ({fids[0]}) vs expensive ({fids[-1]}) scores over the {len(pairs)} re-scored candidates: "
+            f"Spearman {spearmanr(cheap, dear).statistic:.2f}, Kendall {kendalltau(cheap, dear).statistic:.2f}")
+
+
 def main() -> None:
     extra = sys.argv[1:]
     if RUN.exists():
@@ -62,8 +79,7 @@ def main() -> None:
               f"{recompute + cand:.0f} s per candidate instead of {cand:.1f} s: the fast path is "
               f"**{(recompute + cand) / cand:.0f}x** faster at the cheapest fidelity.", "",
               f"Evaluations {stats['evaluations']}, cache hits {stats['cache_hits']}, duplicates replaced "
-              f"{stats['duplicates_replaced']}, invalid {stats['invalid']}; rank agreement of the fidelities: "
-              f"{json.dumps(checkpoint.get('fidelity_spearman') or stats.get('fidelity_spearman'))}.", "",
+              f"{stats['duplicates_replaced']}, invalid {stats['invalid']}; {fidelity_agreement(evaluations)}.", "",
               (RUN / "leaderboard.md").read_text().split("\n", 2)[2].strip(), "",
               "Command: `.venv/bin/python bench/search_bench.py` (runs `prunerzero search "
               + " ".join(ARGS) + " --report-data ../shared/data/wikitext-2-raw/wiki.test.raw --out runs/bench-search`)."]
