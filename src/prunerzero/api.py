@@ -17,7 +17,7 @@ import torch
 
 from . import atomic
 from .config import PruneConfig
-from .data import calibration_windows, describe_source, load_text, tokenize
+from .data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from .errors import UserError
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
@@ -115,10 +115,6 @@ def dense_perplexity(lm: LoadedModel, test_tokens: torch.Tensor, eval_info: dict
     return {**result, "cached": False}
 
 
-def eval_split(source: str) -> str:
-    return "test" if source in ("wikitext2", "c4", "ptb") else "search" if source == "lambada" else "file"
-
-
 def load_gradients(lm: LoadedModel, cfg: PruneConfig, calib_ids: torch.Tensor, progress: bool):
     from .calib.gradients import load_gradient_file, load_or_compute_gradients
 
@@ -143,7 +139,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
 
     test_tokens, eval_info = None, None
     if cfg.eval_data:  # load before pruning: unreachable data must fail before minutes of work
-        split = eval_split(cfg.eval_data)
+        split = evaluation_split(cfg.eval_data)
         test_tokens = tokenize(lm.tokenizer, load_text(cfg.eval_data, split))
         eval_info = describe_source(cfg.eval_data, split)
 
@@ -228,7 +224,7 @@ def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: 
     check_seqlen(lm, seqlen)
     out: dict[str, Any] = {"model": model, "model_path": lm.path}
     if eval_data:
-        split = eval_split(eval_data)
+        split = evaluation_split(eval_data)
         tokens = tokenize(lm.tokenizer, load_text(eval_data, split))
         out["perplexity"] = perplexity(lm.model, tokens, seqlen, eval_tokens, progress=progress)
         out["eval"] = describe_source(eval_data, split)

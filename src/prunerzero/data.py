@@ -96,6 +96,11 @@ def load_text(source: str, split: str = "train") -> str:
     return _hub_text(source, split)
 
 
+def evaluation_split(source: str) -> str:
+    """The split measured when `source` is the evaluation / reporting data."""
+    return "test" if source in ("wikitext2", "c4", "ptb") else "search" if source == "lambada" else "file"
+
+
 def describe_source(source: str, split: str) -> dict:
     path = Path(source).expanduser()
     if source not in NAMED_SOURCES and path.is_file():

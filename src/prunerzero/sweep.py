@@ -173,15 +173,15 @@ class DenseState:
     """The loaded model, its dense weights and the cached statistics every point reuses."""
 
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
-        from .api import check_seqlen, eval_split
-        from .data import calibration_windows, load_text, tokenize
+        from .api import check_seqlen
+        from .data import calibration_windows, evaluation_split, load_text, tokenize
         from .models import find_decoder_layers, find_linears, load_model, weight_matrix
 
         self.lm = load_model(cfg.model)
         check_seqlen(self.lm, cfg.seqlen)
         check_seqlen(self.lm, cfg.effective_eval_seqlen)
         tok = self.lm.tokenizer
-        self.test_tokens = tokenize(tok, load_text(cfg.eval_data, eval_split(cfg.eval_data)))
+        self.test_tokens = tokenize(tok, load_text(cfg.eval_data, evaluation_split(cfg.eval_data)))
         layers_name, layers = find_decoder_layers(self.lm.model)
         self.linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers)
                         for n, m in find_linears(layer).items()}

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import atomic
 from ..calib.stats import LinearStats
-from ..data import calibration_windows, describe_source, load_text, tokenize
+from ..data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from ..errors import UserError, known_keys_only
 from ..models import LoadedModel, load_model, resolve_device
 from ..pipeline import collect_dense_stats
@@ -175,7 +175,7 @@ def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
     search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split))
     report_tokens = report_info = None
     if job.report_data:
-        report_split = "test" if job.report_data in ("wikitext2", "c4", "ptb") else "file"
+        report_split = evaluation_split(job.report_data)
         report_tokens = tokenize(lm.tokenizer, load_text(job.report_data, report_split))
         report_info = describe_source(job.report_data, report_split)
     stats = proxy_statistics(lm, job, calib_ids, out, progress)
