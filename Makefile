@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 # The WikiText-2 test text: ../shared's copy when present, else the Hugging Face dataset.
 EVAL_DATA ?= $(if $(wildcard ../shared/data/wikitext-2-raw/wiki.test.raw),../shared/data/wikitext-2-raw/wiki.test.raw,wikitext2)
 
-# The main job: a short Pruner-Zero search on SmolLM2 (about 10 minutes on 2 cores), then the
+# The main job: a short Pruner-Zero search on SmolLM2 (31 min measured while two other benchmark jobs
+# shared the 2 cores; not yet timed alone), then the
 # leaderboard of the best found metric against Wanda and Pruner-Zero's published metric.
 demo: setup
 	$(BIN)/prunerzero search --model smollm2-135m --sparsity 0.5 --pattern unstructured \
@@ -39,7 +40,7 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not real" tests
 
-# All benchmarks (about 80 minutes on 2 cores); each part rewrites its own section of docs/BENCHMARKS.md.
+# All benchmarks (about 90 minutes on 2 cores, measured 2026-11-29); each part rewrites its own section of docs/BENCHMARKS.md.
 bench: bench-prune bench-search bench-zeroshot
 
 bench-prune: setup
