@@ -15,7 +15,6 @@ from typing import Iterator
 import torch
 from torch import nn
 
-STAT_NAMES = ("X", "H")
 
 # Full linear name ("model.layers.0.self_attn.q_proj") -> (grad_l1, grad_l2), each (out, in).
 GradientStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
