@@ -5,7 +5,7 @@ or each group of M consecutive input weights in a row (N:M). Ties are broken by 
 equal scores the one with the lower index is pruned first (what a stable sort would pick, found
 without sorting), so masks are deterministic even for quantised weights, where ties are common.
 
-The count is exact: a layer of `numel` weights loses numel * sparsity of them, halves rounded up,; per-row
+The count is exact: a layer of `numel` weights loses numel * sparsity of them (halves rounded up); per-row
 groups take floor/ceil shares by cumulative rounding so the rows add up to that total.
 """
 from __future__ import annotations
