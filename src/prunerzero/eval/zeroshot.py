@@ -126,8 +126,11 @@ def evaluate_zeroshot(
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise UserError("zero-shot evaluation needs lm-eval; install it with `pip install 'prunerzero[eval]'`") from None
+    except ImportError as error:
+        raise UserError(
+            f"zero-shot evaluation needs lm-eval and its Hugging Face backend (missing: {error.name}); "
+            "install them with `pip install 'prunerzero[eval]'`"
+        ) from None
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prunerzero-tasks-") as tmp:
