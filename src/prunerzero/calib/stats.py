@@ -29,6 +29,15 @@ class LinearStats:
     grad_l1: torch.Tensor | None = None  # (out, in)
     grad_l2: torch.Tensor | None = None  # (out, in)
 
+    def columns(self, cols: slice) -> "LinearStats":
+        """The statistics of input columns `cols` only (what a metric sees of one column block)."""
+        return LinearStats(
+            x_mean_sq=None if self.x_mean_sq is None else self.x_mean_sq[cols],
+            hessian=None if self.hessian is None else self.hessian[cols, cols],
+            grad_l1=None if self.grad_l1 is None else self.grad_l1[:, cols],
+            grad_l2=None if self.grad_l2 is None else self.grad_l2[:, cols],
+        )
+
 
 class InputAccumulator:
     """Running sums over the tokens that enter one linear layer."""

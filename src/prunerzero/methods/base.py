@@ -19,12 +19,15 @@ class Method:
            "H" (X^T X), "G" (per-weight gradient norms).
     prune: (weight (out, in) float32, stats, target) -> new weight (out, in) with zeros.
     describe: what results.json records about the method (formula, settings).
+    score: for methods that only rank weights, (weight (out, in), stats) -> scores (out, in);
+           reconstruction (``methods.reconstruct``) reuses it to choose the mask.
     """
 
     name: str
     needs: frozenset[str]
     prune: Callable[[torch.Tensor, LinearStats, SparsityTarget], torch.Tensor]
     describe: dict = field(default_factory=dict)
+    score: Callable[[torch.Tensor, LinearStats], torch.Tensor] | None = None
 
 
 def metric_method(
@@ -36,7 +39,7 @@ def metric_method(
         mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
         return weight.masked_fill(mask, 0.0)
 
-    return Method(name, needs, prune, describe or {})
+    return Method(name, needs, prune, describe or {}, score)
 
 
 # name -> factory(**options) -> Method. Options come from the CLI/config (e.g. damping).

@@ -3,7 +3,8 @@
 Columns are pruned left to right; the error of each pruned column is spread over the columns not
 yet visited, using the upper Cholesky factor of the damped inverse Hessian H = X^T X / tokens.
 The mask is either given up front (any metric's mask, "fixed") or chosen block by block from a
-saliency computed on the partially updated weights (SparseGPT's own way).
+saliency computed on the partially updated weights (SparseGPT's own way, or any metric's scores:
+``methods.reconstruct``). SparseGPT is this function with `obs_saliency`; there is no second copy.
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import torch
 
 from ..masks import SparsityTarget, cumulative_counts, nm_mask, prune_lowest
 
-# (block weights (out, b), diag of the block's inverse-Hessian factor (b,)) -> saliency (out, b)
-BlockSaliency = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (block weights (out, b), diag of the block's inverse-Hessian factor (b,), the block's columns in the
+# layer) -> saliency (out, b); lower = removed first. The column slice lets a metric read the
+# statistics of exactly those input channels (see ``methods.reconstruct``).
+BlockSaliency = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 
 
-def obs_saliency(block: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
+def obs_saliency(block: torch.Tensor, hinv_diag: torch.Tensor, cols: slice | None = None) -> torch.Tensor:
     """SparseGPT's saliency w^2 / [H^-1]_jj^2: the loss increase of removing each weight."""
     return block.pow(2) / hinv_diag.pow(2).unsqueeze(0)
 
@@ -40,30 +43,53 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> torch.Tens
     raise RuntimeError("Hessian is not positive definite even with heavy damping")
 
 
+def _block_counts(rows: int, cols: int, blocksize: int, sparsity: float, per_row: bool) -> torch.Tensor:
+    """How many weights each column block prunes, (blocks,), or each (row, block), (rows, blocks).
+
+    Cumulative rounding over the layer in row-major order, so the blocks (and, per row, the
+    row's blocks) add up to exactly the layer's total and each row's total as ``masks`` counts them.
+    """
+    stops = torch.arange(blocksize, cols + blocksize, blocksize).clamp(max=cols)  # (blocks,)
+    if not per_row:
+        return cumulative_counts(stops * rows, sparsity)
+    grid = (torch.arange(rows).unsqueeze(1) * cols + stops.unsqueeze(0)).reshape(-1)  # (rows * blocks,)
+    return cumulative_counts(grid, sparsity).reshape(rows, -1)
+
+
 @torch.no_grad()
 def obs_prune(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | None,
     target: SparsityTarget,
     *,
     percdamp: float = 0.01,
     blocksize: int = 128,
     fixed_mask: torch.Tensor | None = None,
     saliency: BlockSaliency = obs_saliency,
+    block_group: str = "block",
+    hinv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """weight (out, in), hessian (in, in) -> pruned and reconstructed weight (out, in).
 
-    Unstructured: each column block prunes its exact share of the layer's total (cumulative
-    rounding), compared across the whole block as SparseGPT does. N:M: each group of M columns
-    is chosen when the sweep reaches it. `fixed_mask` (True = remove) overrides both.
+    The mask: `fixed_mask` (True = remove) when given; else chosen as the sweep reaches each
+    column block from `saliency` of the partially updated weights. Unstructured: each block
+    prunes its exact share of the layer's total (cumulative rounding), compared across the whole
+    block (``block_group="block"``, SparseGPT) or within each row of the block (``"row"``, for
+    metrics that compare within output rows). N:M: each group of M columns is chosen when the
+    sweep reaches it, from the saliency of the current block. `hinv` is the precomputed
+    ``inverse_hessian_factor`` (the search reuses it across candidates); then `hessian` may be None.
     """
+    if block_group not in ("block", "row"):
+        raise ValueError(f"block_group must be block or row, not {block_group!r}")
     w = weight.clone().float()
     rows, cols = w.shape
     if target.structured and blocksize % target.m:
         blocksize = max(target.m, blocksize - blocksize % target.m)
-    hinv = inverse_hessian_factor(hessian.to(w.device), percdamp)  # (in, in) upper
-    block_stops = torch.arange(blocksize, cols + blocksize, blocksize).clamp(max=cols) * rows
-    block_counts = cumulative_counts(block_stops, target.sparsity)
+    if hinv is None:
+        hinv = inverse_hessian_factor(hessian.to(w.device), percdamp)  # (in, in) upper
+    hinv = hinv.to(w.device)
+    per_row = block_group == "row"
+    counts = _block_counts(rows, cols, blocksize, target.sparsity, per_row)  # (blocks,) or (rows, blocks)
 
     for block_index, i1 in enumerate(range(0, cols, blocksize)):
         i2 = min(i1 + blocksize, cols)
@@ -73,19 +99,24 @@ def obs_prune(
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]  # (b, b)
         d = torch.diag(hinv1)  # (b,)
+        span = slice(i1, i2)
 
         if fixed_mask is not None:
             mask1 = fixed_mask[:, i1:i2].to(w.device)
         elif target.structured:
             mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        elif per_row:
+            mask1 = prune_lowest(saliency(w1, d, span), counts[:, block_index])
         else:
-            k = block_counts[block_index : block_index + 1].to(w.device)
-            mask1 = prune_lowest(saliency(w1, d).reshape(1, -1), k).reshape(rows, count)
+            k = counts[block_index : block_index + 1]
+            mask1 = prune_lowest(saliency(w1, d, span).reshape(1, -1), k).reshape(rows, count)
 
         for i in range(count):
             if fixed_mask is None and target.structured and i % target.m == 0:
                 group = slice(i, i + target.m)
-                mask1[:, group] = nm_mask(saliency(w1[:, group], d[group]), target.n, target.m)
+                # Saliency of the whole current block (columns before i are final, the rest updated),
+                # so a metric's row/column normalisations see the block, not just M columns.
+                mask1[:, group] = nm_mask(saliency(w1, d, span)[:, group], target.n, target.m)
             col = w1[:, i]  # (out,)
             q = col.masked_fill(mask1[:, i], 0.0)
             q1[:, i] = q

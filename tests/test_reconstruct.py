@@ -1,0 +1,95 @@
+"""Reconstruction after any metric's mask (`--reconstruct obs`): it lowers the layer's output
+error for every named metric, respects the target exactly, and SparseGPT is the same code."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunerzero.calib.stats import LinearStats
+from prunerzero.errors import UserError
+from prunerzero.masks import parse_target, row_counts
+from prunerzero.methods import get_method
+from prunerzero.methods.obs import obs_prune
+from prunerzero.methods.reconstruct import with_reconstruction
+
+NAMED = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+
+
+def _layer(seed: int = 0, out: int = 48, inp: int = 96, tokens: int = 512):
+    """A random linear (out, in) whose inputs are correlated (a few shared factors, as hidden
+    states are) with log-normal channel scales (LLM-like outliers), its statistics, and the
+    inputs themselves (tokens, in). Correlation is what reconstruction exploits: with independent
+    inputs the other weights cannot stand in for a removed one."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out, inp, generator=g)
+    scales = torch.exp(torch.randn(inp, generator=g))
+    factors = torch.randn(tokens, inp // 8, generator=g) @ torch.randn(inp // 8, inp, generator=g)
+    x = (factors + 0.3 * torch.randn(tokens, inp, generator=g)) * scales  # (tokens, in)
+    grad = (torch.randn(out, inp, generator=g) * weight.abs() * scales).abs()  # noisy saliency-like G
+    stats = LinearStats(x_mean_sq=x.pow(2).mean(0), hessian=x.t() @ x / tokens, grad_l1=grad, grad_l2=grad * 0.5)
+    return weight, stats, x
+
+
+def _error(weight: torch.Tensor, new: torch.Tensor, x: torch.Tensor) -> float:
+    return float((x @ (weight - new).t()).norm() / (x @ weight.t()).norm())
+
+
+@pytest.mark.parametrize("name", NAMED)
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_reconstruction_lowers_the_error_of_every_named_metric(name, pattern):
+    weight, stats, x = _layer()
+    target = parse_target(0.5, pattern)
+    plain = get_method(name)
+    alone = plain.prune(weight.clone(), stats, target)
+    for mode in ("fixed", "block"):
+        # blocksize 32 < 96 columns: in block mode later blocks are chosen from updated weights
+        rebuilt = with_reconstruction(plain, mode, blocksize=32).prune(weight.clone(), stats, target)
+        assert (rebuilt == 0).sum() == (alone == 0).sum()  # the same number of weights removed
+        assert _error(weight, rebuilt, x) < 0.9 * _error(weight, alone, x), (name, mode)
+
+
+def test_fixed_mode_keeps_the_metric_mask_and_only_moves_survivors():
+    weight, stats, _ = _layer(1)
+    target = parse_target(0.5)
+    alone = get_method("wanda").prune(weight.clone(), stats, target)
+    rebuilt = with_reconstruction(get_method("wanda"), "fixed").prune(weight.clone(), stats, target)
+    assert torch.equal(alone == 0, rebuilt == 0)
+    assert not torch.allclose(rebuilt, alone)  # survivors were updated
+
+
+def test_sparsegpt_is_obs_with_its_own_saliency_and_its_mask_replays_exactly():
+    weight, stats, _ = _layer(2)
+    for pattern in ("unstructured", "2:4"):
+        target = parse_target(0.5, pattern)
+        sparsegpt = get_method("sparsegpt").prune(weight.clone(), stats, target)
+        assert torch.equal(sparsegpt, obs_prune(weight, stats.hessian, target))
+        # The same OBS code given SparseGPT's final mask up front reproduces SparseGPT's weights.
+        replay = obs_prune(weight, stats.hessian, target, fixed_mask=sparsegpt == 0)
+        torch.testing.assert_close(replay, sparsegpt, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("group", ["row", "layer"])
+def test_block_mode_counts_are_exact(group):
+    weight, stats, _ = _layer(3, out=10, inp=70)  # 70 columns: blocks of 32 leave a ragged last block
+    target = parse_target(0.37, "unstructured", group)
+    rebuilt = with_reconstruction(get_method("wanda"), "block", blocksize=32).prune(weight, stats, target)
+    pruned = rebuilt == 0
+    assert int(pruned.sum()) == round(0.37 * 700)
+    if group == "row":
+        assert torch.equal(pruned.sum(1), row_counts(10, 70, 0.37))
+
+
+def test_block_mode_respects_n_m():
+    weight, stats, _ = _layer(4)
+    rebuilt = with_reconstruction(get_method("pruner-zero"), "block").prune(weight, stats, parse_target(0.5, "2:4"))
+    assert ((rebuilt.reshape(-1, 4) == 0).sum(1) == 2).all()
+
+
+def test_reconstruction_needs_a_scoring_method_and_a_known_mode():
+    with pytest.raises(UserError, match="sparsegpt already reconstructs"):
+        with_reconstruction(get_method("sparsegpt"))
+    with pytest.raises(UserError, match="fixed, block"):
+        with_reconstruction(get_method("wanda"), "sideways")
+    wrapped = with_reconstruction(get_method("ria"), "block")
+    assert wrapped.needs == frozenset({"X", "H"}) and wrapped.name == "ria+obs"
+    assert wrapped.describe["reconstruct"]["mode"] == "block"
