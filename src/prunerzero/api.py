@@ -20,10 +20,11 @@ from .config import PruneConfig
 from .data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from .errors import UserError
 from .eval.perplexity import perplexity
+from .allocation import ALLOCATIONS, Allocation, check_owl, owl_allocation, plot_allocation
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
 from .models import LoadedModel, cache_dir, load_model, max_context, resolve_device, resolve_model_path
-from .pipeline import prune_model
+from .pipeline import collect_dense_stats, prune_model
 
 RESULTS_FILE = "results.json"
 
@@ -43,11 +44,17 @@ def build_method(cfg: PruneConfig) -> Method:
         from .methods.symbolic import symbolic_method
         from .symbolic import load_metric
 
-        return symbolic_method(load_metric(cfg.metric))
-    options: dict[str, Any] = {}
-    if cfg.method == "sparsegpt":
-        options = {"percdamp": cfg.percdamp, "blocksize": cfg.blocksize}
-    return get_method(cfg.method, **options)
+        method = symbolic_method(load_metric(cfg.metric))
+    else:
+        options: dict[str, Any] = {}
+        if cfg.method == "sparsegpt":
+            options = {"percdamp": cfg.percdamp, "blocksize": cfg.blocksize}
+        method = get_method(cfg.method, **options)
+    if cfg.reconstruct == "obs":
+        from .methods.reconstruct import with_reconstruction
+
+        method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize)
+    return method
 
 
 def check_output_dir(save: str | None, overwrite: bool) -> None:
@@ -81,6 +88,12 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         bad = [t for t in cfg.zero_shot if t not in TASKS]
         if bad:
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
+    if cfg.reconstruct not in ("none", "obs"):
+        raise UserError(f"--reconstruct must be none or obs, not {cfg.reconstruct!r}")
+    if cfg.allocation not in ALLOCATIONS:
+        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {cfg.allocation!r}")
+    if cfg.allocation == "owl":
+        check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)
     if not cfg.metric and cfg.method not in METHODS:
         METHODS.get(cfg.method)  # raises with a did-you-mean
     method = build_method(cfg)
@@ -144,7 +157,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
         eval_info = describe_source(cfg.eval_data, split)
 
     calib_ids = None
-    if method.needs & {"X", "H", "G"}:
+    if method.needs & {"X", "H", "G"} or cfg.allocation == "owl":
         calib_split = "calib" if cfg.calib_data == "lambada" else "train"
         calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split)),
                                         cfg.nsamples, cfg.seqlen, cfg.seed)
@@ -169,8 +182,20 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
 
     device_type = next(lm.model.parameters()).device.type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.calib_dtype == "bfloat16" else nullcontext()
+    layer_target: Any = target
+    alloc: Allocation | None = None
+    if cfg.allocation == "owl":
+        t = time.perf_counter()
+        with autocast:  # one dense pass for X: OWL measures outliers on the dense model
+            dense_stats = collect_dense_stats(lm.model, calib_ids, frozenset({"X"}), batch_size=cfg.batch_size,
+                                              progress=progress)
+        alloc = owl_allocation(lm.model, dense_stats, target.sparsity, cfg.owl_m, cfg.owl_lambda)
+        del dense_stats
+        layer_target = lambda i: target.with_sparsity(alloc.layer_sparsity[i])  # noqa: E731
+        results["allocation"] = alloc.to_dict()
+        timings["allocation"] = time.perf_counter() - t
     with autocast:
-        report = prune_model(lm.model, method, target, calib_ids, batch_size=cfg.batch_size, grads=grads,
+        report = prune_model(lm.model, method, layer_target, calib_ids, batch_size=cfg.batch_size, grads=grads,
                              within_layer=cfg.within_layer, progress=progress)
     timings["prune"] = report.seconds["prune"]
     results["within_layer"] = report.within_layer
@@ -194,13 +219,17 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     results["seconds"] = timings
     results["peak_rss_mib"] = peak_rss_mib()
     if cfg.save:
-        save_results(cfg, lm, results)
+        save_results(cfg, lm, results, alloc)
     return results
 
 
-def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any]) -> None:
+def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any],
+                 allocation: Allocation | None = None) -> None:
     out = Path(cfg.save)
     check_output_dir(cfg.save, cfg.overwrite)  # again: another run may have finished meanwhile
+    if allocation is not None:
+        plot_allocation(allocation, results["target_sparsity"], out / "layer_sparsity.png")
+        results["allocation"]["plot"] = "layer_sparsity.png"
     if cfg.save_model:
         with atomic.atomic_directory(out / "model") as tmp:
             lm.model.save_pretrained(tmp)

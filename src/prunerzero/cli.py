@@ -55,6 +55,14 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percdamp", type=_float, default=0.01, help="SparseGPT damping, relative to mean diag(H)")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
     p.add_argument("--gradients", help="precomputed gradient file (else computed and cached when G is used)")
+    p.add_argument("--reconstruct", default="none", choices=("none", "obs"),
+                   help="obs: after the mask, update the surviving weights (SparseGPT's OBS update)")
+    p.add_argument("--reconstruct-mode", default="fixed", choices=("fixed", "block"),
+                   help="fixed: the metric's whole mask first; block: mask chosen per column block as the update runs")
+    p.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
+                   help="layer-wise sparsity: uniform, or owl (outlier-weighted, unstructured only)")
+    p.add_argument("--owl-m", type=_float, default=5.0, help="OWL outlier threshold M (scores above M x mean)")
+    p.add_argument("--owl-lambda", type=_float, default=0.08, help="OWL spread: layer sparsity within target +- lambda")
 
 
 def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None = "wikitext2") -> None:
@@ -79,6 +87,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         seqlen=args.seqlen, seed=args.seed, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
         eval_tokens=args.eval_tokens, batch_size=args.batch_size, within_layer=args.within_layer,
         device=args.device, calib_dtype=args.calib_dtype, percdamp=args.percdamp, blocksize=args.blocksize, gradients=args.gradients,
+        reconstruct=args.reconstruct, reconstruct_mode=args.reconstruct_mode, allocation=args.allocation,
+        owl_m=args.owl_m, owl_lambda=args.owl_lambda,
         zero_shot=args.zero_shot, zero_shot_limit=args.zero_shot_limit, save=args.save, save_model=args.save_model,
         overwrite=args.overwrite, skip_dense=args.skip_dense,
     )

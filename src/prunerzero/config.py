@@ -29,6 +29,11 @@ class PruneConfig:
     percdamp: float = 0.01
     blocksize: int = 128
     gradients: str | None = None  # a precomputed gradient file instead of computing G
+    reconstruct: str = "none"  # none, or obs: OBS update of the surviving weights after the mask
+    reconstruct_mode: str = "fixed"  # fixed (whole mask first) or block (mask chosen per column block)
+    allocation: str = "uniform"  # uniform, or owl: outlier-weighted layer-wise sparsity
+    owl_m: float = 5.0  # OWL's outlier threshold M (scores above M x mean)
+    owl_lambda: float = 0.08  # OWL's spread: layer sparsities within target +- lambda
     zero_shot: tuple[str, ...] = ()
     zero_shot_limit: int | None = None
     save: str | None = None
