@@ -52,3 +52,54 @@ def test_search_bad_input(tiny_model_dir, wikitext_test, tmp_path, capsys):
     assert main(_search_args(tiny_model_dir, wikitext_test, out, "--baselines", "wandaa")) == 2
     assert "did you mean" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_search_with_reconstruction_and_owl(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "levers"
+    assert main(_search_args(tiny_model_dir, wikitext_test, out, "--settings", "0.6,2:4", "--generations", "1",
+                             "--leaderboard-top", "1", "--baselines", "wanda,sparsegpt",
+                             "--reconstruct", "obs", "--allocation", "owl", "--owl-m", "2")) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out / "stats.safetensors"), "pt") as f:
+        assert any(k.endswith(".hessian") for k in f.keys())
+    board = (out / "leaderboard.md").read_text()
+    assert "OBS weight update" in board and "OWL layer-wise sparsity" in board and "sparsegpt" in board
+    rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 + 3 * 2
+    evaluations = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert sum(e["fitness"] is not None for e in evaluations) >= 4
+
+
+def test_fast_path_reconstruction_and_owl_change_the_pruned_weights(tiny_model_dir, wikitext_test):
+    """The levers reach the fitness: OBS moves surviving weights; OWL prunes layers unevenly while
+    the model's overall share of pruned weights stays the target."""
+    import torch
+
+    from prunerzero.masks import parse_target
+    from prunerzero.models import load_model, weight_matrix
+    from prunerzero.pipeline import collect_dense_stats
+    from prunerzero.search.fitness import FitnessSettings, ProxyFitness
+    from prunerzero.symbolic import named_metric
+
+    lm = load_model(str(tiny_model_dir))
+    calib = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
+    stats = collect_dense_stats(lm.model, calib, frozenset({"X", "H"}), progress=False)
+    tokens = torch.randint(0, 1000, (1, 256), generator=torch.Generator().manual_seed(1))
+    wanda = named_metric("wanda")
+    pruned = {}
+    for label, extra in {"plain": {}, "obs": {"reconstruct": "obs"},
+                         "owl": {"allocation": "owl", "owl_m": 2.0, "owl_lambda": 0.1}}.items():
+        fitness = ProxyFitness(lm.model, tokens, stats, FitnessSettings(fidelity_tokens=(64,), eval_seqlen=32, **extra))
+        fitness.apply(wanda, parse_target(0.6))
+        pruned[label] = {n: weight_matrix(m).detach().clone() for n, m in fitness.linears.items()}
+        fitness.restore()
+    name = next(iter(pruned["plain"]))
+    assert torch.equal(pruned["plain"][name] == 0, pruned["obs"][name] == 0)  # fixed mode: same mask
+    assert not torch.equal(pruned["plain"][name], pruned["obs"][name])  # survivors updated
+    zeros = {label: sum(int((w == 0).sum()) for w in ws.values()) for label, ws in pruned.items()}
+    total = sum(w.numel() for w in pruned["plain"].values())
+    assert abs(zeros["owl"] - zeros["plain"]) <= len(pruned["plain"])  # half a weight per linear, each way
+    per_linear = {n: float((w == 0).float().mean()) for n, w in pruned["owl"].items()}
+    assert max(per_linear.values()) - min(per_linear.values()) > 0.05 and zeros["plain"] / total == pytest.approx(0.6, abs=1e-3)

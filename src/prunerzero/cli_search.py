@@ -37,7 +37,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                         fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, device=args.device,
                         report_data=args.report_data,
                         report_tokens=args.report_tokens, leaderboard_top=args.leaderboard_top,
-                        baselines=args.baselines, search=search)
+                        baselines=args.baselines, reconstruct=args.reconstruct,
+                        reconstruct_mode=args.reconstruct_mode, allocation=args.allocation, owl_m=args.owl_m,
+                        owl_lambda=args.owl_lambda, search=search)
     outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
     result = outcome["result"]
     print(f"best metric: {result.best}   (saved to {out}/best_metric.txt and best_tree.json)")
@@ -77,4 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-tokens", type=int, default=None, help="first N tokens of the reporting set")
     p.add_argument("--leaderboard-top", type=int, default=3)
     p.add_argument("--baselines", type=_names, default=("magnitude", "wanda", "gblm", "ria", "pruner-zero"))
+    p.add_argument("--reconstruct", default="none", choices=("none", "obs"),
+                   help="obs: score candidates with the OBS weight update after their mask (slower per candidate)")
+    p.add_argument("--reconstruct-mode", default="fixed", choices=("fixed", "block"))
+    p.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
+                   help="owl: OWL layer-wise sparsity for unstructured settings")
+    p.add_argument("--owl-m", type=float, default=5.0)
+    p.add_argument("--owl-lambda", type=float, default=0.08)
     p.set_defaults(func=cmd_search)

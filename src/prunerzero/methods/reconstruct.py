@@ -15,6 +15,8 @@ ablations:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..calib.stats import LinearStats
@@ -24,6 +26,34 @@ from .base import Method
 from .obs import obs_prune
 
 MODES = ("fixed", "block")
+
+
+def reconstruct_prune(
+    weight: torch.Tensor,
+    stats: LinearStats,
+    target: SparsityTarget,
+    score: Callable[[torch.Tensor, LinearStats], torch.Tensor],
+    mode: str = "fixed",
+    *,
+    percdamp: float = 0.01,
+    blocksize: int = 128,
+    hinv: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """weight (out, in) float32 -> pruned and OBS-updated weight (out, in).
+
+    `score` ranks weights (lowest removed); stats.hessian (in, in) is used unless `hinv`, the
+    precomputed ``obs.inverse_hessian_factor``, is given (the search computes it once per run).
+    """
+    if mode == "fixed":
+        mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
+        return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, fixed_mask=mask,
+                         hinv=hinv)
+
+    def saliency(block: torch.Tensor, _hinv_diag: torch.Tensor, cols: slice) -> torch.Tensor:
+        return score(block, stats.columns(cols))  # (out, b)
+
+    return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, saliency=saliency,
+                     block_group="row" if target.group == "row" else "block", hinv=hinv)
 
 
 def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float = 0.01, blocksize: int = 128) -> Method:
@@ -37,16 +67,7 @@ def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float 
                         "(sparsegpt already reconstructs)")
 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
-        # weight (out, in) float32, stats.hessian (in, in)
-        if mode == "fixed":
-            mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
-            return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, fixed_mask=mask)
-
-        def saliency(block: torch.Tensor, _hinv_diag: torch.Tensor, cols: slice) -> torch.Tensor:
-            return score(block, stats.columns(cols))  # (out, b)
-
-        return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, saliency=saliency,
-                         block_group="row" if target.group == "row" else "block")
+        return reconstruct_prune(weight, stats, target, score, mode, percdamp=percdamp, blocksize=blocksize)
 
     describe = {**method.describe, "reconstruct": {"kind": "obs", "mode": mode, "percdamp": percdamp,
                                                    "blocksize": blocksize}}

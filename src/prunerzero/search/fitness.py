@@ -9,6 +9,15 @@ reporting set (WikiText-2 test is never used here).
 Several sparsity settings combine by the geometric mean of their perplexities (mean log-ppl),
 so a metric must be good at all of them and no setting dominates by scale.
 Fidelities are token budgets on the search split; each is a prefix of the next.
+
+Levers beyond the mask (issue "beyond metrics"), fixed for a run:
+- ``reconstruct="obs"``: after the candidate's mask, the OBS update of ``methods.reconstruct``
+  with each linear's dense Hessian; the inverse-Hessian factors are computed once per run, so a
+  candidate pays only the column sweeps (the cost per candidate is in docs/BENCHMARKS.md).
+- ``allocation="owl"``: OWL's per-layer sparsities from the dense X and W, computed once per
+  run; unstructured settings only (N:M settings stay uniform).
+Like every fast-path statistic, H is the *dense* model's: the full sequential pipeline (the
+leaderboard, ``prunerzero prune``) recomputes it from each pruned layer's inputs.
 """
 from __future__ import annotations
 
@@ -20,9 +29,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..allocation import Allocation, owl_allocation, owl_sparsities
 from ..calib.stats import LinearStats
 from ..eval.perplexity import test_windows, window_nll
 from ..masks import SparsityTarget, make_mask, parse_target
+from ..methods.base import Method
+from ..methods.obs import inverse_hessian_factor
+from ..methods.reconstruct import reconstruct_prune, with_reconstruction
 from ..models import find_decoder_layers, find_linears, weight_matrix
 from ..symbolic import InvalidMetricError, Metric
 
@@ -42,6 +55,20 @@ class FitnessSettings:
     fidelity_tokens: tuple[int, ...] = (1024, 4096)  # cheapest first
     eval_seqlen: int = 512
     eval_dtype: str = "float32"  # bfloat16 = autocast forwards (~2.5x faster on AMX CPUs)
+    reconstruct: str = "none"  # or "obs"
+    reconstruct_mode: str = "fixed"  # or "block"
+    percdamp: float = 0.01
+    blocksize: int = 128
+    allocation: str = "uniform"  # or "owl"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+
+    def wrap(self, method: Method) -> Method:
+        """`method` with this run's reconstruction (methods that do not score weights, such as
+        sparsegpt, are returned as they are: they reconstruct already)."""
+        if self.reconstruct != "obs" or method.score is None:
+            return method
+        return with_reconstruction(method, self.reconstruct_mode, percdamp=self.percdamp, blocksize=self.blocksize)
 
 
 @dataclass
@@ -67,6 +94,25 @@ class ProxyFitness:
             f"{t}tok": test_windows(self.search_tokens, self.config.eval_seqlen, t) for t in self.config.fidelity_tokens
         }
         self.seconds = {"masks": 0.0, "eval": 0.0}
+        layers_name, layers = find_decoder_layers(self.model)
+        self._layer_of = {name: int(name[len(layers_name) + 1:].split(".")[0]) for name in self.linears}
+        self._hinv: dict[str, torch.Tensor] = {}  # inverse-Hessian factors, filled on first use
+        self.allocation: Allocation | None = None
+        if self.config.allocation == "owl":
+            # Outlier ratios of the dense model (sparsity only shifts them; 0.5 is a placeholder).
+            self.allocation = owl_allocation(self.model, self.stats, 0.5, self.config.owl_m, self.config.owl_lambda)
+
+    def layer_sparsities(self, target: SparsityTarget) -> list[float] | None:
+        """Per decoder layer sparsity under this run's allocation, None when uniform."""
+        if self.allocation is None or target.structured:
+            return None
+        a = self.allocation
+        return owl_sparsities(a.outlier_ratio, target.sparsity, self.config.owl_lambda, a.layer_numel)
+
+    def _hinv_of(self, name: str) -> torch.Tensor:
+        if name not in self._hinv:
+            self._hinv[name] = inverse_hessian_factor(self.stats[name].hessian, self.config.percdamp)
+        return self._hinv[name]
 
     def describe(self) -> dict:
         return {**asdict(self.config), "data": self.data_info,
@@ -76,12 +122,22 @@ class ProxyFitness:
     def apply(self, metric: Metric, target: SparsityTarget) -> None:
         """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
         start = time.perf_counter()
+        layer_sparsity = self.layer_sparsities(target)
+
+        def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
+            return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
+
+        cfg = self.config
         for name, module in self.linears.items():
             weight = self.dense[name]  # (out, in)
             stats = self.stats[name]
-            scores = metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
-            mask = make_mask(scores, target)
-            weight_matrix(module).copy_(weight.masked_fill(mask, 0.0))
+            t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[self._layer_of[name]])
+            if cfg.reconstruct == "obs":
+                new = reconstruct_prune(weight, stats, t, score, cfg.reconstruct_mode, percdamp=cfg.percdamp,
+                                        blocksize=cfg.blocksize, hinv=self._hinv_of(name))
+            else:
+                new = weight.masked_fill(make_mask(score(weight, stats), t), 0.0)
+            weight_matrix(module).copy_(new)
         self.seconds["masks"] += time.perf_counter() - start
 
     @torch.no_grad()

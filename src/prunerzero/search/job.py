@@ -47,6 +47,11 @@ class SearchJob:
     report_tokens: int | None = None
     leaderboard_top: int = 3
     baselines: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+    reconstruct: str = "none"  # obs: fitness (and leaderboard) prune with the OBS update after the mask
+    reconstruct_mode: str = "fixed"
+    allocation: str = "uniform"  # owl: OWL layer-wise sparsity (unstructured settings)
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +71,9 @@ class SearchJob:
         return cls(**data)
 
     def fitness_settings(self) -> FitnessSettings:
-        return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype)
+        return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
+                               reconstruct=self.reconstruct, reconstruct_mode=self.reconstruct_mode,
+                               allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda)
 
 
 def fitness_split(source: str, calib_source: str) -> str:
@@ -91,10 +98,25 @@ def validate_job(job: SearchJob) -> None:
         raise UserError("the reporting data cannot also be the search fitness data")
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
+    from ..allocation import ALLOCATIONS, check_owl
     from ..methods import METHODS
+    from ..methods.reconstruct import MODES
 
     for name in job.baselines:
         METHODS.get(name)
+    if job.reconstruct not in ("none", "obs"):
+        raise UserError(f"--reconstruct must be none or obs, not {job.reconstruct!r}")
+    if job.reconstruct_mode not in MODES:
+        raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {job.reconstruct_mode!r}")
+    if job.allocation not in ALLOCATIONS:
+        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {job.allocation!r}")
+    if job.allocation == "owl":
+        targets = [parse_setting(s) for s in job.settings]
+        if all(t.structured for t in targets):
+            raise UserError("--allocation owl needs at least one unstructured setting")
+        for t in targets:
+            if not t.structured:
+                check_owl(t.sparsity, job.owl_m, job.owl_lambda, False)
 
 
 def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) -> SearchJob:
@@ -116,7 +138,7 @@ def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) ->
 def _save_stats(path: Path, stats: dict[str, LinearStats]) -> None:
     tensors = {}
     for name, s in stats.items():
-        for key in ("x_mean_sq", "grad_l1", "grad_l2"):
+        for key in ("x_mean_sq", "hessian", "grad_l1", "grad_l2"):
             value = getattr(s, key)
             if value is not None:
                 tensors[f"{name}.{key}"] = value.contiguous()
@@ -135,14 +157,16 @@ def _load_stats(path: Path) -> dict[str, LinearStats]:
 
 def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, out: Path,
                      progress: bool) -> dict[str, LinearStats]:
-    """X from the dense model and G from backprop, once per run (kept in the run folder)."""
+    """X (and H when reconstructing) from the dense model and G from backprop, once per run (kept in
+    the run folder)."""
     path = out / STATS_FILE
     if path.exists():
         return _load_stats(path)
     from ..calib.gradients import load_or_compute_gradients
 
     start = time.perf_counter()
-    stats = collect_dense_stats(lm.model, calib_ids, frozenset({"X"}), batch_size=job.nsamples, progress=progress)
+    needs = frozenset({"X", "H"} if job.reconstruct == "obs" else {"X"})
+    stats = collect_dense_stats(lm.model, calib_ids, needs, batch_size=job.nsamples, progress=progress)
     x_seconds = time.perf_counter() - start
     grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
                                                  seed=job.seed, progress=progress)

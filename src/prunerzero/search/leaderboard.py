@@ -78,7 +78,11 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
         record: dict = {"label": label, "setting": setting}
         if setting is not None:
             method = symbolic_method(metric) if metric is not None else get_method(method_name)
-            prune_model(model, method, parse_setting(setting), ctx.calib_ids, grads=grads, progress=False)
+            method = ctx.fitness.config.wrap(method)  # the run's reconstruction, if any
+            target = parse_setting(setting)
+            layer_sparsity = ctx.fitness.layer_sparsities(target)  # the run's allocation, if any
+            target_for = target if layer_sparsity is None else (lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
+            prune_model(model, method, target_for, ctx.calib_ids, grads=grads, progress=False)
             formula = format_expr(metric.expr) if metric is not None else method.describe.get("formula", method_name)
             record.update(formula=formula, key=canonical_key(metric.expr, metric.spec) if metric else None,
                           search_fitness=fitness_of.get(formula))
@@ -115,6 +119,16 @@ def format_table(rows: list[dict], job: SearchJob) -> str:
     return "\n".join(lines)
 
 
+def _levers(job: SearchJob) -> str:
+    parts = []
+    if job.reconstruct == "obs":
+        parts.append(f"every metric's mask is followed by the OBS weight update ({job.reconstruct_mode} mask; "
+                     "sparsegpt reconstructs by itself)")
+    if job.allocation == "owl":
+        parts.append(f"unstructured settings use OWL layer-wise sparsity (M={job.owl_m:g}, lambda={job.owl_lambda:g})")
+    return (" Levers: " + "; ".join(parts) + ".") if parts else ""
+
+
 def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict | None) -> None:
     tokens = rows[0]["tokens"] if rows else 0
     where = report_info.get("path") or report_info.get("source") if report_info else "-"
@@ -122,6 +136,6 @@ def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: di
         f"# Leaderboard\n\nModel `{job.model}`; each metric pruned with the full sequential pipeline "
         f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, seed {job.seed}) and measured on "
         f"{where} ({tokens} tokens, seqlen {job.seqlen}). Settings: {', '.join(job.settings)} "
-        "(a bare number is unstructured sparsity).\n\n" + format_table(rows, job) + "\n"
+        "(a bare number is unstructured sparsity)." + _levers(job) + "\n\n" + format_table(rows, job) + "\n"
     )
     atomic.write_text(path, text)
