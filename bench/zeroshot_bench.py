@@ -21,7 +21,7 @@ TASKS = "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt,gblm,ria,pruner-zero")
     args = parser.parse_args()
     common = ["--zero-shot", TASKS, "--zero-shot-limit", str(args.limit), "--eval-data", "none"]
     columns: dict[str, dict] = {}
@@ -61,7 +61,7 @@ def main() -> None:
     lines.append("| **mean acc** | " + " | ".join(f"**{100 * columns[n]['mean_acc']:.1f}**" for n in names) + " |")
     lines.append("| wall s (prune + eval) | " + " | ".join(f"{seconds[n]:.0f}" for n in names) + " |")
     lines += ["", f"Total wall time {(time.perf_counter() - start_all) / 60:.1f} min. Command: "
-              f"`.venv/bin/python bench/zeroshot_bench.py --limit {args.limit}`."]
+              f"`.venv/bin/python bench/zeroshot_bench.py --limit {args.limit} --methods {args.methods}`."]
     replace_section("zeroshot", "\n".join(lines))
     print("\n".join(lines))
 
