@@ -94,7 +94,7 @@ class ProxyFitness:
             f"{t}tok": test_windows(self.search_tokens, self.config.eval_seqlen, t) for t in self.config.fidelity_tokens
         }
         self.seconds = {"masks": 0.0, "eval": 0.0}
-        layers_name, layers = find_decoder_layers(self.model)
+        layers_name, _ = find_decoder_layers(self.model)
         self._layer_of = {name: int(name[len(layers_name) + 1:].split(".")[0]) for name in self.linears}
         self._hinv: dict[str, torch.Tensor] = {}  # inverse-Hessian factors, filled on first use
         self.allocation: Allocation | None = None
