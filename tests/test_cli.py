@@ -135,3 +135,24 @@ def test_eval_command_and_metric_file_with_gradients(tiny_model_dir, wikitext_te
     assert main(_prune_args(tiny_model_dir, wikitext_test, "--metric-file", str(tree), "--pattern", "4:8",
                             "--save", str(tmp_path / "run2"))) == 0
     assert json.loads((tmp_path / "run2" / "results.json").read_text())["gradients"]["cached"] is True
+
+
+def test_output_head_is_pruned_only_when_asked(tiny_model_dir, wikitext_test, tmp_path, capsys):
+    for label, extra in {"default": [], "head": ["--prune-head"]}.items():
+        out = tmp_path / label
+        assert main(_prune_args(tiny_model_dir, wikitext_test, "--method", "wanda", *extra,
+                                "--save", str(out), "--save-model")) == 0
+        model = AutoModelForCausalLM.from_pretrained(out / "model")
+        head = model.get_output_embeddings().weight
+        results = json.loads((out / "results.json").read_text())
+        if label == "default":
+            assert "head" not in results and int((head == 0).sum()) == 0
+        else:
+            assert results["head"] == {"name": "lm_head", "tied_to_input_embeddings": True}
+            assert float((head == 0).float().mean()) == pytest.approx(0.5, abs=1e-6)
+            assert results["layers"][-1]["name"] == "lm_head"
+            assert torch.equal(model.get_input_embeddings().weight, head)  # tied: one matrix
+            assert "tied" in capsys.readouterr().out
+    assert main(_prune_args(tiny_model_dir, wikitext_test, "--method", "pruner-zero", "--prune-head",
+                            "--save", str(tmp_path / "bad"))) == 2
+    assert "output head" in capsys.readouterr().err and not (tmp_path / "bad").exists()

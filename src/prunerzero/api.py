@@ -24,7 +24,7 @@ from .allocation import ALLOCATIONS, Allocation, check_owl, owl_allocation, plot
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
 from .models import LoadedModel, cache_dir, load_model, max_context, resolve_device, resolve_model_path
-from .pipeline import collect_dense_stats, prune_model
+from .pipeline import collect_dense_stats, prune_model, prune_output_head
 
 RESULTS_FILE = "results.json"
 
@@ -92,6 +92,9 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         raise UserError(f"--reconstruct must be none or obs, not {cfg.reconstruct!r}")
     if cfg.allocation not in ALLOCATIONS:
         raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {cfg.allocation!r}")
+    if cfg.prune_head and "G" in build_method(cfg).needs:
+        raise UserError("the output head cannot be pruned with a gradient-based method (G covers decoder layers "
+                        "only); drop --prune-head or use a method over W and X")
     if cfg.allocation == "owl":
         check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)
     if not cfg.metric and cfg.method not in METHODS:
@@ -197,7 +200,10 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     with autocast:
         report = prune_model(lm.model, method, layer_target, calib_ids, batch_size=cfg.batch_size, grads=grads,
                              within_layer=cfg.within_layer, progress=progress)
-    timings["prune"] = report.seconds["prune"]
+    if cfg.prune_head:
+        with autocast:
+            results["head"] = prune_output_head(lm.model, method, target, calib_ids, report, batch_size=cfg.batch_size)
+    timings["prune"] = report.seconds["prune"] + report.seconds.get("head", 0.0)
     results["within_layer"] = report.within_layer
     results["actual_sparsity"] = report.sparsity
     results["layers"] = report.layers

@@ -55,6 +55,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percdamp", type=_float, default=0.01, help="SparseGPT damping, relative to mean diag(H)")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
     p.add_argument("--gradients", help="precomputed gradient file (else computed and cached when G is used)")
+    p.add_argument("--prune-head", action="store_true",
+                   help="also prune the output head (lm_head); with tied embeddings that prunes the input embeddings too")
     p.add_argument("--reconstruct", default="none", choices=("none", "obs"),
                    help="obs: after the mask, update the surviving weights (SparseGPT's OBS update)")
     p.add_argument("--reconstruct-mode", default="fixed", choices=("fixed", "block"),
@@ -88,7 +90,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         eval_tokens=args.eval_tokens, batch_size=args.batch_size, within_layer=args.within_layer,
         device=args.device, calib_dtype=args.calib_dtype, percdamp=args.percdamp, blocksize=args.blocksize, gradients=args.gradients,
         reconstruct=args.reconstruct, reconstruct_mode=args.reconstruct_mode, allocation=args.allocation,
-        owl_m=args.owl_m, owl_lambda=args.owl_lambda,
+        owl_m=args.owl_m, owl_lambda=args.owl_lambda, prune_head=args.prune_head,
         zero_shot=args.zero_shot, zero_shot_limit=args.zero_shot_limit, save=args.save, save_model=args.save_model,
         overwrite=args.overwrite, skip_dense=args.skip_dense,
     )

@@ -34,6 +34,7 @@ class PruneConfig:
     allocation: str = "uniform"  # uniform, or owl: outlier-weighted layer-wise sparsity
     owl_m: float = 5.0  # OWL's outlier threshold M (scores above M x mean)
     owl_lambda: float = 0.08  # OWL's spread: layer sparsities within target +- lambda
+    prune_head: bool = False  # also prune the output head (lm_head; tied embeddings with it)
     zero_shot: tuple[str, ...] = ()
     zero_shot_limit: int | None = None
     save: str | None = None

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 
 from .calib.capture import capture_layer_inputs, run_layer
 from .calib.stats import GradientStats, LinearStats, StatsCollector, collect_input_stats
+from .errors import UserError
 from .masks import SparsityTarget
 from .methods.base import Method
-from .models import find_decoder_layers, find_linears, set_weight_matrix, weight_matrix
+from .models import find_decoder_layers, find_linears, is_prunable, set_weight_matrix, weight_matrix
 
 TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
 
@@ -45,13 +46,14 @@ def _attach_grads(stats: LinearStats, grads: GradientStats | None, full_name: st
 
 
 def _prune_one(method, module, name, stats, target, prefix, report) -> None:
+    full_name = f"{prefix}.{name}" if prefix else name
     weight = weight_matrix(module)  # (out, in) view in the module's storage
     with torch.autocast(weight.device.type, enabled=False):  # the pruning math stays in float32
         new = method.prune(weight.float(), stats, target)
     set_weight_matrix(module, new)
     pruned = int((new == 0).sum())  # zeros now in the layer, as a user would count them
     report.layers.append(
-        {"name": f"{prefix}.{name}", "shape": list(weight.shape), "numel": weight.numel(), "pruned": pruned,
+        {"name": full_name, "shape": list(weight.shape), "numel": weight.numel(), "pruned": pruned,
          "sparsity": pruned / weight.numel()}
     )
 
@@ -154,6 +156,58 @@ def prune_model(
         )
     report.seconds["prune"] = time.perf_counter() - start
     return report
+
+
+class _HeadInputSeen(Exception):
+    """Raised by the output head's pre-hook: its input is recorded, the logits are not needed."""
+
+
+@torch.no_grad()
+def prune_output_head(
+    model: nn.Module, method: Method, target: SparsityTarget, calib_ids: torch.Tensor | None, report: PruneReport,
+    *, batch_size: int = 8,
+) -> dict:
+    """Prune the output head (lm_head) too, after the decoder layers, only when asked.
+
+    Its input statistics come from forwards of the already pruned model, stopped at the head's
+    input (a pre-hook records the tensor and aborts, so no vocabulary-sized logits are computed).
+    With tied embeddings the head *is* the input embedding matrix: both are pruned, and the
+    returned record says so. Gradient-based methods are refused: G covers decoder linears only.
+    """
+    head = model.get_output_embeddings()
+    if head is None or not is_prunable(head):
+        raise UserError(f"{type(model).__name__} has no prunable output head")
+    if "G" in method.needs:
+        raise UserError(f"{method.name} needs gradients, which are computed for decoder layers only: "
+                        "prune the output head with a method that uses W and X")
+    name = next(n for n, m in model.named_modules() if m is head)
+    stats = LinearStats()
+    if method.needs & {"X", "H"}:
+        if calib_ids is None:
+            raise ValueError(f"method {method.name} needs calibration data")
+
+        collector = StatsCollector(method.needs)
+
+        def record_and_stop(_module: nn.Module, args: tuple) -> None:
+            collector.observe(name, args[0])  # (batch, seq, hidden)
+            raise _HeadInputSeen
+
+        handle = head.register_forward_pre_hook(record_and_stop)
+        try:
+            for batch in calib_ids.split(batch_size):
+                try:
+                    model(batch.to(head.weight.device), use_cache=False)
+                except _HeadInputSeen:
+                    pass
+        finally:
+            handle.remove()
+        stats = collector.stats(name)
+    start = time.perf_counter()
+    _prune_one(method, head, name, stats, target, "", report)
+    report.seconds["head"] = time.perf_counter() - start
+    embeddings = model.get_input_embeddings()
+    tied = embeddings is not None and embeddings.weight is head.weight
+    return {"name": name, "tied_to_input_embeddings": tied}
 
 
 @torch.no_grad()

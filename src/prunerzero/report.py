@@ -13,6 +13,13 @@ def print_prune_summary(results: dict[str, Any]) -> None:
     what = details.get("formula") or results["method"]
     print(f"method     {results['method']}  ({what})")
     print(f"pattern    {results['pattern']}  target {results['target_sparsity']:.4f}  actual {results['actual_sparsity']:.4f}")
+    if "allocation" in results:
+        a = results["allocation"]
+        print(f"allocation {a['kind']} (M {a['m']:g}, lambda {a['lambda']:g}): layer sparsity "
+              f"{min(a['layer_sparsity']):.4f}..{max(a['layer_sparsity']):.4f}")
+    if "head" in results:
+        tied = "  (tied: the input embeddings are the same matrix)" if results["head"]["tied_to_input_embeddings"] else ""
+        print(f"head       {results['head']['name']} pruned{tied}")
     if "pruned" in results:
         ev = results["eval"]
         name = ev.get("source") if ev.get("source") != "file" else ev.get("path")
