@@ -94,9 +94,7 @@ def obs_prune(
     for block_index, i1 in enumerate(range(0, cols, blocksize)):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        w1 = w[:, i1:i2].clone()  # (out, b)
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
+        w1 = w[:, i1:i2]  # (out, b), read only: the sweep below works on a transposed copy
         hinv1 = hinv[i1:i2, i1:i2]  # (b, b)
         d = torch.diag(hinv1)  # (b,)
         span = slice(i1, i2)
@@ -110,20 +108,30 @@ def obs_prune(
         else:
             k = counts[block_index : block_index + 1]
             mask1 = prune_lowest(saliency(w1, d, span).reshape(1, -1), k).reshape(rows, count)
+        # err of column i = its current value / d_i where pruned, 0 where kept: one multiply per column.
+        scale_t = (mask1 / d.unsqueeze(0)).t().contiguous()  # (b, out)
+        # The sweep works on the block transposed, (b, out): each column is a contiguous row, which
+        # makes the per-column steps (the only sequential part) about twice as fast.
+        w1t = w1.t().contiguous()  # (b, out)
+        err1t = torch.empty_like(w1t)  # (b, out)
 
         for i in range(count):
             if fixed_mask is None and target.structured and i % target.m == 0:
                 group = slice(i, i + target.m)
                 # Saliency of the whole current block (columns before i are final, the rest updated),
                 # so a metric's row/column normalisations see the block, not just M columns.
-                mask1[:, group] = nm_mask(saliency(w1, d, span)[:, group], target.n, target.m)
-            col = w1[:, i]  # (out,)
-            q = col.masked_fill(mask1[:, i], 0.0)
-            q1[:, i] = q
-            err = (col - q) / d[i]  # (out,)
-            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)  # rank-1 update of the rest of the block
-            err1[:, i] = err
+                if saliency is obs_saliency:  # elementwise: the group's columns suffice
+                    scores = obs_saliency(w1t[group].t(), d[group])
+                else:
+                    scores = saliency(w1t.t(), d, span)[:, group]
+                mask1[:, group] = nm_mask(scores, target.n, target.m)
+                scale_t[group] = (mask1[:, group] / d[group].unsqueeze(0)).t()
+            err = torch.mul(w1t[i], scale_t[i], out=err1t[i])  # (out,)
+            # Rank-1 update of column i and the rest of the block; column i becomes its pruned value
+            # (w - w/d*d: 0 up to rounding where pruned, unchanged where kept).
+            w1t[i:].addr_(hinv1[i, i:], err, alpha=-1.0)
 
-        w[:, i1:i2] = q1
+        w[:, i1:i2] = w1t.t().masked_fill(mask1, 0.0)  # exact zeros where pruned
+        err1 = err1t.t()  # (out, b)
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of the columns after the block
     return w
