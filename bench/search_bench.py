@@ -2,7 +2,10 @@
 against recomputing statistics per candidate, cache and duplicate rates, and what a search of
 bounded length finds, re-measured on WikiText-2 test next to the baselines.
 
-Run from the repository root:  .venv/bin/python bench/search_bench.py [search options...]
+Run from the repository root:
+    .venv/bin/python bench/search_bench.py [--section NAME --run DIR --title TEXT] [search options...]
+Search options given here override the defaults in ARGS (argparse keeps the last occurrence);
+the default writes the "search" section from runs/bench-search.
 """
 from __future__ import annotations
 
@@ -44,31 +47,47 @@ def fidelity_agreement(evaluations: list[dict]) -> str:
 
 
 def main() -> None:
-    extra = sys.argv[1:]
-    if RUN.exists():
-        shutil.rmtree(RUN)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--section", default="search")
+    parser.add_argument("--run", type=Path, default=RUN)
+    parser.add_argument("--title", default="Metric search")
+    own, extra = parser.parse_known_args()
+    run = own.run.resolve()
+    if run.exists():
+        shutil.rmtree(run)
     cmd = [str(BIN / "prunerzero"), "--quiet", "search", *ARGS, *extra, "--report-data", str(WIKI.resolve()),
-           "--out", str(RUN)]
+           "--out", str(run)]
     # A fresh cache so the gradients are really computed (and timed), not read from an earlier run.
     env = {**os.environ, "PRUNERZERO_CACHE": tempfile.mkdtemp(prefix="prunerzero-bench-cache-")}
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - start
 
-    evaluations = [json.loads(l) for l in (RUN / "evaluations.jsonl").read_text().splitlines()]
-    checkpoint = json.loads((RUN / "checkpoint.json").read_text())
+    evaluations = [json.loads(l) for l in (run / "evaluations.jsonl").read_text().splitlines()]
+    checkpoint = json.loads((run / "checkpoint.json").read_text())
+    job = json.loads((run / "job.json").read_text())
     stats = checkpoint["stats"]
     per_fidelity = {}
     for record in evaluations:
         per_fidelity.setdefault(record["fidelity"], []).append(record["seconds"])
-    stats_seconds = json.loads((RUN / "timing.json").read_text()) if (RUN / "timing.json").exists() else {}
+    stats_seconds = json.loads((run / "timing.json").read_text()) if (run / "timing.json").exists() else {}
     cheapest = min(per_fidelity, key=lambda f: statistics.median(per_fidelity[f]))
     cand = statistics.median(per_fidelity[cheapest])
     recompute = stats_seconds.get("statistics", 0.0) + stats_seconds.get("gradients", 0.0)
 
-    lines = ["## Metric search", "",
-             f"SmolLM2-135M, `--settings 0.5,2:4` (fitness = geometric mean of the two perplexities on LAMBADA's "
-             f"search split), population 12, 5 generations, seed 0, 32x512 calibration, fitness forwards in bf16. "
+    levers = []
+    if job.get("reconstruct", "none") != "none":
+        levers.append(f"every candidate pruned with the OBS update after its mask ({job['reconstruct_mode']} mask)")
+    if job.get("allocation", "uniform") != "uniform":
+        levers.append(f"OWL layer-wise sparsity (M={job['owl_m']:g}, lambda={job['owl_lambda']:g})")
+    search = job["search"]
+    lines = [f"## {own.title}", "",
+             f"SmolLM2-135M, `--settings {','.join(job['settings'])}` (fitness = geometric mean of the perplexities on "
+             f"the {job['fitness_data']} search split), population {search['population']}, {search['generations']} "
+             f"generations, seed {search['seed']}, {job['nsamples']}x{job['seqlen']} calibration, fitness forwards in "
+             f"{job['eval_dtype']}" + (f"; {'; '.join(levers)}" if levers else "") + ". "
              f"Machine: {machine()}; wall time of the whole run {wall / 60:.1f} min.", "",
              "| fidelity | candidates | median s / candidate | candidates / hour |", "|---|---|---|---|"]
     for fid, secs in per_fidelity.items():
@@ -80,10 +99,11 @@ def main() -> None:
               f"**{(recompute + cand) / cand:.0f}x** faster at the cheapest fidelity.", "",
               f"Evaluations {stats['evaluations']}, cache hits {stats['cache_hits']}, duplicates replaced "
               f"{stats['duplicates_replaced']}, invalid {stats['invalid']}; {fidelity_agreement(evaluations)}.", "",
-              (RUN / "leaderboard.md").read_text().split("\n", 2)[2].strip(), "",
-              "Command: `.venv/bin/python bench/search_bench.py` (runs `prunerzero search "
-              + " ".join(ARGS) + " --report-data ../shared/data/wikitext-2-raw/wiki.test.raw --out runs/bench-search`)."]
-    replace_section("search", "\n".join(lines))
+              (run / "leaderboard.md").read_text().split("\n", 2)[2].strip(), "",
+              f"Command: `.venv/bin/python bench/search_bench.py {' '.join(sys.argv[1:])}".rstrip() + "` (runs "
+              "`prunerzero search " + " ".join(ARGS + extra) + " --report-data ../shared/data/wikitext-2-raw/wiki.test.raw "
+              f"--out {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}`)."]
+    replace_section(own.section, "\n".join(lines))
     print("\n".join(lines))
 
 
