@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
+    if getattr(args, "quiet", False):
+        _no_library_bars()
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)
@@ -208,6 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunerzero: interrupted", file=sys.stderr)
         return 130
+
+
+def _no_library_bars() -> None:
+    """--quiet: libraries' own bars (transformers' GGUF conversion uses plain tqdm) default to off.
+    Our bars pass `disable=` explicitly, and call-time keywords override a partialmethod's."""
+    from functools import partialmethod
+
+    from tqdm import tqdm
+
+    tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
 
 
 def _quiet_libraries() -> None:
