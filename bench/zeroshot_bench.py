@@ -22,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=30)
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt,gblm,ria,pruner-zero")
+    parser.add_argument("--note", default="", help="a sentence appended to the section (e.g. what shared the cores)")
     args = parser.parse_args()
     common = ["--zero-shot", TASKS, "--zero-shot-limit", str(args.limit), "--eval-data", "none"]
     columns: dict[str, dict] = {}
@@ -61,7 +62,7 @@ def main() -> None:
     lines.append("| **mean acc** | " + " | ".join(f"**{100 * columns[n]['mean_acc']:.1f}**" for n in names) + " |")
     lines.append("| wall s (prune + eval) | " + " | ".join(f"{seconds[n]:.0f}" for n in names) + " |")
     lines += ["", f"Total wall time {(time.perf_counter() - start_all) / 60:.1f} min. Command: "
-              f"`.venv/bin/python bench/zeroshot_bench.py --limit {args.limit} --methods {args.methods}`."]
+              f"`.venv/bin/python bench/zeroshot_bench.py --limit {args.limit} --methods {args.methods}`. {args.note}".rstrip()]
     replace_section("zeroshot", "\n".join(lines))
     print("\n".join(lines))
 
