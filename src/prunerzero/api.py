@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from . import atomic
+from .allocation import ALLOCATIONS, Allocation, check_owl, owl_allocation, plot_allocation
 from .config import PruneConfig
 from .data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from .errors import UserError
 from .eval.perplexity import perplexity
-from .allocation import ALLOCATIONS, Allocation, check_owl, owl_allocation, plot_allocation
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
 from .models import LoadedModel, cache_dir, load_model, max_context, resolve_device, resolve_model_path
@@ -92,14 +92,14 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         raise UserError(f"--reconstruct must be none or obs, not {cfg.reconstruct!r}")
     if cfg.allocation not in ALLOCATIONS:
         raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {cfg.allocation!r}")
-    if cfg.prune_head and "G" in build_method(cfg).needs:
-        raise UserError("the output head cannot be pruned with a gradient-based method (G covers decoder layers "
-                        "only); drop --prune-head or use a method over W and X")
     if cfg.allocation == "owl":
         check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)
     if not cfg.metric and cfg.method not in METHODS:
         METHODS.get(cfg.method)  # raises with a did-you-mean
     method = build_method(cfg)
+    if cfg.prune_head and "G" in method.needs:
+        raise UserError("the output head cannot be pruned with a gradient-based method (G covers decoder layers "
+                        "only); drop --prune-head or use a method over W and X")
     check_output_dir(cfg.save, cfg.overwrite)
     if cfg.gradients and not Path(cfg.gradients).is_file():
         raise UserError(f"gradient file not found: {cfg.gradients}")
