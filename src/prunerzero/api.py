@@ -23,8 +23,10 @@ from .errors import UserError
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
-from .models import LoadedModel, cache_dir, load_model, max_context, resolve_device, resolve_model_path
+from .models import (LoadedModel, cache_dir, check_placement, load_model, max_context, parse_dtype, resolve_device,
+                     resolve_model_path)
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
+from .placement import devices_of, input_device
 
 RESULTS_FILE = "results.json"
 
@@ -69,6 +71,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_gpu_mib() -> dict[str, float]:
+    """Peak memory allocated by torch on each CUDA device so far ({} without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": torch.cuda.max_memory_allocated(i) / 2**20 for i in range(torch.cuda.device_count())}
+
+
+def open_model(spec: str, device: str = "auto", dtype: str = "float32", device_map: str = "none",
+               max_memory: str | None = None, offload_folder: str | None = None) -> LoadedModel:
+    """Load `spec` on one device (device_map "none") or spread by accelerate, weights in `dtype`."""
+    check_placement(device, device_map, max_memory)
+    one_device = resolve_device(device) if device_map == "none" else "cpu"
+    return load_model(spec, dtype=parse_dtype(dtype), device=one_device, device_map=device_map,
+                      max_memory=max_memory, offload_folder=offload_folder)
+
+
+def placement_record(lm: LoadedModel) -> dict[str, Any]:
+    """What results.json says about where the model ran."""
+    device_map = devices_of(lm.model)
+    return {"dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+            "input_device": str(input_device(lm.model)),
+            "devices": sorted({str(d) for d in device_map.values()}) or [str(input_device(lm.model))],
+            "device_map": device_map or None}
+
+
 def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     """Every cheap check, before loading anything big."""
     target = parse_target(cfg.sparsity, cfg.pattern, cfg.group)
@@ -80,6 +107,9 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         raise UserError(f"--within-layer must be auto, sequential or parallel, not {cfg.within_layer!r}")
     if cfg.calib_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--calib-dtype must be float32 or bfloat16, not {cfg.calib_dtype!r}")
+    parse_dtype(cfg.dtype)
+    if cfg.grad_chunk_layers is not None and cfg.grad_chunk_layers < 1:
+        raise UserError(f"--grad-chunk-layers must be >= 1, not {cfg.grad_chunk_layers}")
     if cfg.save_model and not cfg.save:
         raise UserError("--save-model needs --save DIR")
     if cfg.zero_shot:
@@ -103,7 +133,7 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     check_output_dir(cfg.save, cfg.overwrite)
     if cfg.gradients and not Path(cfg.gradients).is_file():
         raise UserError(f"gradient file not found: {cfg.gradients}")
-    resolve_device(cfg.device)
+    check_placement(cfg.device, cfg.device_map, cfg.max_memory)
     resolve_model_path(cfg.model)  # a missing path fails here; hub ids pass through
     return target, method
 
@@ -116,7 +146,11 @@ def check_seqlen(lm: LoadedModel, seqlen: int) -> None:
 
 def _ppl_cache_file(lm: LoadedModel, eval_info: dict, seqlen: int, tokens: int | None) -> Path:
     stamp = [str(p.stat().st_mtime_ns) for p in sorted(Path(lm.path).glob("*.safetensors"))] if Path(lm.path).exists() else []
-    key = json.dumps([lm.path, stamp, eval_info, seqlen, tokens], sort_keys=True)
+    parts: list[Any] = [lm.path, stamp, eval_info, seqlen, tokens]
+    dtype = next(lm.model.parameters()).dtype
+    if dtype != torch.float32:  # float32 keeps the keys of earlier versions
+        parts.append(str(dtype))
+    key = json.dumps(parts, sort_keys=True)
     return cache_dir() / "dense-ppl" / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
 
 
@@ -137,7 +171,8 @@ def load_gradients(lm: LoadedModel, cfg: PruneConfig, calib_ids: torch.Tensor, p
     if cfg.gradients:
         return load_gradient_file(Path(cfg.gradients), lm.model), {"file": cfg.gradients}
     return load_or_compute_gradients(
-        lm.model, calib_ids, model_id=lm.path, data_id=f"{cfg.calib_data}", seed=cfg.seed, progress=progress
+        lm.model, calib_ids, model_id=lm.path, data_id=f"{cfg.calib_data}", seed=cfg.seed, progress=progress,
+        chunk_layers=cfg.grad_chunk_layers,
     )
 
 
@@ -148,7 +183,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    lm = load_model(cfg.model, device=resolve_device(cfg.device))
+    lm = open_model(cfg.model, cfg.device, cfg.dtype, cfg.device_map, cfg.max_memory, cfg.offload_folder)
     timings["load_model"] = time.perf_counter() - t
     check_seqlen(lm, cfg.seqlen)
     check_seqlen(lm, cfg.effective_eval_seqlen)
@@ -170,7 +205,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
         "pattern": target.pattern, "target_sparsity": target.sparsity, "group": target.group,
         "calibration": {"data": cfg.calib_data, "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "seed": cfg.seed,
                         "dtype": cfg.calib_dtype} if calib_ids is not None else None,
-        "config": cfg.to_dict(), "versions": package_versions(),
+        "config": cfg.to_dict(), "placement": placement_record(lm), "versions": package_versions(),
     }
 
     if test_tokens is not None and not cfg.skip_dense:
@@ -183,7 +218,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
         timings["gradients"] = time.perf_counter() - t
         results["gradients"] = grad_info
 
-    device_type = next(lm.model.parameters()).device.type
+    device_type = input_device(lm.model).type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.calib_dtype == "bfloat16" else nullcontext()
     layer_target: Any = target
     alloc: Allocation | None = None
@@ -224,6 +259,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - started
     results["seconds"] = timings
     results["peak_rss_mib"] = peak_rss_mib()
+    if torch.cuda.is_available():
+        results["peak_gpu_mib"] = peak_gpu_mib()
     if cfg.save:
         save_results(cfg, lm, results, alloc)
     return results
@@ -246,7 +283,8 @@ def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any],
 
 def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: int | None,
                    zero_shot: tuple[str, ...] = (), zero_shot_limit: int | None = None,
-                   progress: bool = True, device: str = "auto") -> dict[str, Any]:
+                   progress: bool = True, device: str = "auto", dtype: str = "float32", device_map: str = "none",
+                   max_memory: str | None = None, offload_folder: str | None = None) -> dict[str, Any]:
     """Perplexity (and optionally zero-shot accuracy) of any model, pruned or not."""
     if zero_shot:
         from .eval.zeroshot import TASKS
@@ -254,10 +292,11 @@ def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: 
         bad = [t for t in zero_shot if t not in TASKS]
         if bad:
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
-    lm = load_model(model, device=resolve_device(device))
+    parse_dtype(dtype)
+    lm = open_model(model, device, dtype, device_map, max_memory, offload_folder)
     seqlen = seqlen or min(max_context(lm.model) or 2048, 2048)
     check_seqlen(lm, seqlen)
-    out: dict[str, Any] = {"model": model, "model_path": lm.path}
+    out: dict[str, Any] = {"model": model, "model_path": lm.path, "placement": placement_record(lm)}
     if eval_data:
         split = evaluation_split(eval_data)
         tokens = tokenize(lm.tokenizer, load_text(eval_data, split))

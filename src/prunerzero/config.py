@@ -1,10 +1,14 @@
 """Frozen settings of a run, saved with its results. Unknown keys are rejected, not ignored."""
 from __future__ import annotations
 
+import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from .errors import known_keys_only
+from .errors import UserError, known_keys_only
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,15 @@ class PruneConfig:
     batch_size: int = 8
     within_layer: str = "auto"  # sequential (one pass per layer) / parallel (reference order) / auto
     device: str = "auto"  # auto = cuda when available, else cpu
+    dtype: str = "float32"  # weights as loaded: float32, bfloat16 or float16 (pruning math stays float32)
+    device_map: str = "none"  # none (one --device), or auto / balanced / sequential: accelerate spreads layers
+    max_memory: str | None = None  # with a device map: "0=70GiB,1=70GiB,cpu=200GiB"
+    offload_folder: str | None = None  # with a device map: where layers that fit nowhere else wait on disk
     calib_dtype: str = "float32"  # float32 or bfloat16 (autocast for the calibration forwards)
     percdamp: float = 0.01
     blocksize: int = 128
     gradients: str | None = None  # a precomputed gradient file instead of computing G
+    grad_chunk_layers: int | None = None  # G for this many decoder layers at a time (None: all at once)
     reconstruct: str = "none"  # none, or obs: OBS update of the surviving weights after the mask
     reconstruct_mode: str = "fixed"  # fixed (whole mask first) or block (mask chosen per column block)
     allocation: str = "uniform"  # uniform, or owl: outlier-weighted layer-wise sparsity
@@ -52,8 +61,49 @@ class PruneConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
-        data = known_keys_only(data, [f.name for f in fields(cls)], "prune config")
+    def from_dict(cls, data: dict[str, Any], what: str = "prune config") -> "PruneConfig":
+        data = check_types(cls, known_keys_only(data, [f.name for f in fields(cls)], what), what)
         if "zero_shot" in data and data["zero_shot"] is not None:
             data["zero_shot"] = tuple(data["zero_shot"])
         return cls(**data)
+
+
+def _allowed(hint: Any) -> tuple[type, ...]:
+    """The JSON value types a field's annotation accepts (int is accepted for float; bool never for int)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _allowed(arg))
+    if hint is type(None):
+        return (type(None),)
+    if typing.get_origin(hint) is tuple or hint is tuple:
+        return (list, tuple)
+    return (int, float) if hint is float else (hint,)
+
+
+def check_types(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """`data` (e.g. read from JSON) with each value of the type its field declares, or one clear error."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        allowed = _allowed(hints[key])
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if ok and isinstance(value, (list, tuple)):
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            names = sorted({"a list of strings" if t in (list, tuple) else "null" if t is type(None)
+                            else {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false"}
+                            .get(t.__name__, t.__name__) for t in allowed})
+            raise UserError(f"{what}: {key} must be {' or '.join(names)}, not {json.dumps(value)}")
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a `--config FILE.json`: PruneConfig fields only, each of its declared type."""
+    path = Path(path)
+    what = f"config {path}"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} is not readable JSON: {exc}") from None
+    data = check_types(PruneConfig, known_keys_only(data, [f.name for f in fields(PruneConfig)], what), what)
+    return data

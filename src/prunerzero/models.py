@@ -119,17 +119,73 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_MAPS = ("none", "auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_dtype(name: str, what: str = "--dtype") -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"{what} must be one of {', '.join(DTYPES)}, not {name!r}")
+    return DTYPES[name]
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, str] | None:
+    """"0=70GiB,1=70GiB,cpu=200GiB" -> {0: "70GiB", 1: "70GiB", "cpu": "200GiB"} (accelerate's max_memory)."""
+    if not text:
+        return None
+    out: dict[int | str, str] = {}
+    for part in text.split(","):
+        device, sep, amount = part.strip().partition("=")
+        device = device.strip().removeprefix("cuda:")
+        if not sep or not device or not amount.strip():
+            raise UserError(f"--max-memory must look like 0=70GiB,1=70GiB,cpu=200GiB, not {text!r}")
+        out[int(device) if device.isdigit() else device] = amount.strip()
+    return out
+
+
+def check_placement(device: str, device_map: str, max_memory: str | None = None) -> None:
+    """The cheap checks of --device / --device-map / --max-memory, before loading anything."""
+    if device_map not in DEVICE_MAPS:
+        raise UserError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, not {device_map!r}")
+    if device_map != "none" and device != "auto":
+        raise UserError("pass either --device (one device) or --device-map (layers spread by accelerate), not both")
+    if max_memory and device_map == "none":
+        raise UserError("--max-memory needs --device-map auto, balanced or sequential")
+    parse_max_memory(max_memory)
+    if device_map == "none":
+        resolve_device(device)
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               device_map: str | dict | None = None, max_memory: str | dict | None = None,
+               offload_folder: str | None = None) -> LoadedModel:
+    """Load weights in `dtype`, on `device`, or spread by accelerate when `device_map` is given
+    ("auto", "balanced", "sequential", or a dict; "none"/None = `device`). `max_memory`
+    ("0=70GiB,cpu=200GiB" or accelerate's dict) caps what each device gets; layers that do not fit
+    are offloaded to the CPU, or to `offload_folder` on disk."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
+    kwargs: dict = {"dtype": dtype}
+    if device_map not in (None, "none"):
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = str(offload_folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:  # hub unreachable, missing files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {spec!r}: {first}") from None
-    model.to(device)
+    except ValueError as exc:  # e.g. a device map that offloads to disk without an offload folder
+        if "offload" not in str(exc):
+            raise
+        raise UserError(f"cannot place model {spec!r}: {str(exc).strip().splitlines()[0]} "
+                        "(pass --offload-folder DIR, or more --max-memory)") from None
+    if "device_map" not in kwargs:
+        model.to(device)
     model.eval()
     model.config.use_cache = False
     return LoadedModel(model=model, tokenizer=tokenizer, source=spec, path=path)

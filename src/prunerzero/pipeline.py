@@ -5,6 +5,11 @@ Wanda and SparseGPT do). Inside a layer, linears are pruned either as their inpu
 forward per layer, "sequential") or all from the dense layer's statistics followed by a second
 forward ("parallel", the reference code's order). Methods that need no activation statistics
 skip the forward passes. `collect_dense_stats` is the search's fast path: dense statistics once.
+
+Devices: each layer computes where its weights are (a `device_map` may spread layers over GPUs;
+see placement.py), its statistics accumulate in float32 on that device, the pruning math runs in
+float32 there, and the result is written back in the model's own dtype. Layers offloaded to the
+CPU or disk are loaded for their turn and written back pruned.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from .errors import UserError
 from .masks import SparsityTarget
 from .methods.base import Method
 from .models import find_decoder_layers, find_linears, is_prunable, set_weight_matrix, weight_matrix
+from .placement import input_device, onloaded
 
 TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
 
@@ -50,8 +56,8 @@ def _prune_one(method, module, name, stats, target, prefix, report) -> None:
     weight = weight_matrix(module)  # (out, in) view in the module's storage
     with torch.autocast(weight.device.type, enabled=False):  # the pruning math stays in float32
         new = method.prune(weight.float(), stats, target)
-    set_weight_matrix(module, new)
-    pruned = int((new == 0).sum())  # zeros now in the layer, as a user would count them
+    set_weight_matrix(module, new)  # back in the module's dtype (bf16 / fp16 weights stay so)
+    pruned = int((weight_matrix(module) == 0).sum())  # zeros now in the layer, as a user would count them
     report.layers.append(
         {"name": full_name, "shape": list(weight.shape), "numel": weight.numel(), "pruned": pruned,
          "sparsity": pruned / weight.numel()}
@@ -130,9 +136,10 @@ def prune_model(
     if not method.needs & {"X", "H"}:  # nothing to observe: no forward passes at all
         for i, layer in enumerate(tqdm(layers, desc=method.name, disable=not progress)):
             prefix = f"{layers_name}.{i}"
-            for name, module in find_linears(layer).items():
-                stats = _attach_grads(LinearStats(), grads, f"{prefix}.{name}")
-                _prune_one(method, module, name, stats, target_for(i), prefix, report)
+            with onloaded(layer):
+                for name, module in find_linears(layer).items():
+                    stats = _attach_grads(LinearStats(), grads, f"{prefix}.{name}")
+                    _prune_one(method, module, name, stats, target_for(i), prefix, report)
         report.seconds["prune"] = time.perf_counter() - start
         report.within_layer = "none"
         return report
@@ -150,10 +157,11 @@ def prune_model(
     hidden = captured.hidden
     prune_layer = _layer_one_pass if one_pass else _layer_two_pass
     for i, layer in enumerate(tqdm(layers, desc=f"{method.name} layers", disable=not progress)):
-        hidden = prune_layer(
-            layer, find_linears(layer), method, target_for(i), hidden, captured.calls[i], grads,
-            f"{layers_name}.{i}", report, last=i == len(layers) - 1,
-        )
+        with onloaded(layer):
+            hidden = prune_layer(
+                layer, find_linears(layer), method, target_for(i), hidden, captured.calls[i], grads,
+                f"{layers_name}.{i}", report, last=i == len(layers) - 1,
+            )
     report.seconds["prune"] = time.perf_counter() - start
     return report
 
@@ -196,14 +204,15 @@ def prune_output_head(
         try:
             for batch in calib_ids.split(batch_size):
                 try:
-                    model(batch.to(head.weight.device), use_cache=False)
+                    model(batch.to(input_device(model)), use_cache=False)
                 except _HeadInputSeen:
                     pass
         finally:
             handle.remove()
         stats = collector.stats(name)
     start = time.perf_counter()
-    _prune_one(method, head, name, stats, target, "", report)
+    with onloaded(head):
+        _prune_one(method, head, name, stats, target, "", report)
     report.seconds["head"] = time.perf_counter() - start
     embeddings = model.get_input_embeddings()
     tied = embeddings is not None and embeddings.weight is head.weight
@@ -217,7 +226,8 @@ def collect_dense_stats(
     """Statistics of every prunable linear of the *dense* model, one forward pass per layer.
 
     The search's fast path: computed once per run, reused by every candidate metric.
-    Keys are full linear names (as in GradientStats).
+    Keys are full linear names (as in GradientStats). The statistics are accumulated on each
+    layer's device and kept on the CPU, so a model filling its GPUs does not also hold them there.
     """
     model.eval()
     layers_name, layers = find_decoder_layers(model)
@@ -226,8 +236,8 @@ def collect_dense_stats(
     out: dict[str, LinearStats] = {}
     for i, layer in enumerate(tqdm(layers, desc="statistics", disable=not progress)):
         linears = find_linears(layer)
-        with collect_input_stats(linears, needs) as collector:
+        with onloaded(layer), collect_input_stats(linears, needs) as collector:
             hidden = run_layer(layer, hidden, captured.calls[i])
         for name in linears:
-            out[f"{layers_name}.{i}.{name}"] = collector.stats(name)
+            out[f"{layers_name}.{i}.{name}"] = collector.stats(name).to("cpu")
     return out

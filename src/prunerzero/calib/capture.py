@@ -6,6 +6,11 @@ through untouched. So the model itself builds every kwarg a layer needs (attenti
 position ids, `position_embeddings`, per-layer-type masks as in Gemma-3) and no layer compute
 is spent. The last recorder stops the forward pass. Memory: the hidden states
 (nsamples, seqlen, hidden), plus kwargs shared by reference between layers.
+
+Models spread over devices by a `device_map`: the recorders stand in for accelerate's hooked
+`forward` (put back afterwards), and `LayerCall.run` sends the hidden states and every tensor
+kwarg to the layer's own device, so each layer computes where its weights are and its output
+stays there for the next layer to fetch.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ..placement import input_device, module_device, send_to
 
 
 class _StopForward(Exception):
@@ -27,11 +34,14 @@ class LayerCall:
     kwargs: dict
     hidden_as_kwarg: bool = False
 
-    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def run(self, layer: nn.Module, hidden: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """The layer's output for `hidden`, computed on `device` (default: where the layer computes)."""
+        device = module_device(layer) if device is None else device
+        hidden, args, kwargs = send_to((hidden, self.args, self.kwargs), device)  # no copies when already there
         if self.hidden_as_kwarg:
-            out = layer(*self.args, hidden_states=hidden, **self.kwargs)
+            out = layer(*args, hidden_states=hidden, **kwargs)
         else:
-            out = layer(hidden, *self.args, **self.kwargs)
+            out = layer(hidden, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -58,7 +68,7 @@ def capture_layer_inputs(
 ) -> CapturedInputs:
     """input_ids (nsamples, seqlen) -> first-layer hidden states and every layer's call arguments."""
     captured = CapturedInputs(hidden=[], calls=[[] for _ in layers])
-    device = next(model.parameters()).device
+    device = input_device(model)
 
     def recorder(index: int):
         def forward(*args, **kwargs):
@@ -72,6 +82,8 @@ def capture_layer_inputs(
 
         return forward
 
+    # accelerate's hooks live in an instance attribute `forward` too: keep them to put back.
+    hooked_forward = [layer.__dict__.get("forward") for layer in layers]
     for index, layer in enumerate(layers):
         layer.forward = recorder(index)  # instance attribute shadows the class method
     try:
@@ -82,12 +94,16 @@ def capture_layer_inputs(
             except _StopForward:
                 pass
     finally:
-        for layer in layers:
-            del layer.forward
+        for layer, forward in zip(layers, hooked_forward):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
     return captured
 
 
 @torch.no_grad()
 def run_layer(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall]) -> list[torch.Tensor]:
-    """One decoder layer over every batch: list of (B, T, C) -> list of (B, T, C)."""
-    return [call.run(layer, h) for h, call in zip(hidden, calls)]
+    """One decoder layer over every batch: list of (B, T, C) -> list of (B, T, C) on the layer's device."""
+    device = module_device(layer)
+    return [call.run(layer, h, device) for h, call in zip(hidden, calls)]

@@ -14,9 +14,13 @@ Differences from the reference on purpose: ``model.eval()`` (no dropout; LLaMA h
 anyway), float32 accumulators (theirs overflow-prone float16 for l1), and only the decoder-layer
 weights get gradients (embeddings, norms, lm_head, biases are frozen: less memory and time).
 
-Also here: a disk cache keyed by model, data and seed (one safetensors file, written
-atomically), resumable partial sums for long runs, and a loader for precomputed files (ours or
-GBLM-Pruner's / Pruner-Zero's ``torch.save`` dicts).
+Also here: a disk cache keyed by model, data and seed (one safetensors file, filled chunk by
+chunk and renamed when complete), resumable partial sums for long runs, a loader that reads a
+cached file one linear at a time, and a loader for precomputed files (ours or GBLM-Pruner's /
+Pruner-Zero's ``torch.save`` dicts).
+
+Large models: ``chunk_layers=k`` computes G for k decoder layers at a time, accumulating on the
+layers' own devices; see docs/LARGE_MODELS.md for the memory of each step.
 """
 from __future__ import annotations
 
@@ -25,22 +29,26 @@ import json
 import logging
 import os
 import re
+import struct
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import write_json as atomic_write_json
 from ..errors import UserError
 from .stats import GradientStats  # grad_l1, grad_l2 here: float32 on CPU
 from ..models import cache_dir, find_decoder_layers, find_linears
+from ..placement import input_device
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +79,6 @@ def _out_in_shape(module: nn.Module) -> tuple[int, int]:
     return shape if isinstance(module, nn.Linear) else (shape[1], shape[0])  # Conv1D: (in, out)
 
 
-def _grad_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight's gradient as (out, in) float32 on CPU (Conv1D stores (in, out): transpose)."""
-    grad = module.weight.grad
-    grad = grad if isinstance(module, nn.Linear) else grad.t()
-    return grad.detach().to("cpu", torch.float32)
-
-
 def _check_ids(calib_ids: torch.Tensor) -> torch.Tensor:
     if not isinstance(calib_ids, torch.Tensor) or calib_ids.dim() != 2 or calib_ids.dtype.is_floating_point:
         raise UserError("calibration ids must be an integer tensor of shape (nsamples, seqlen)")
@@ -86,7 +87,26 @@ def _check_ids(calib_ids: torch.Tensor) -> torch.Tensor:
     return calib_ids.long()
 
 
+def layer_chunks(model: nn.Module, chunk_layers: int | None) -> list[list[int]]:
+    """Decoder-layer indices in groups of `chunk_layers` (None: one group with every layer)."""
+    _, layers = find_decoder_layers(model)
+    indices = list(range(len(layers)))
+    size = len(indices) if chunk_layers is None else chunk_layers
+    if size < 1:
+        raise UserError(f"gradient chunks must hold >= 1 decoder layer, got {chunk_layers}")
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def _names_of_layers(model: nn.Module, layer_indices: list[int]) -> list[str]:
+    layers_name, _ = find_decoder_layers(model)
+    wanted = {f"{layers_name}.{i}." for i in layer_indices}
+    return [name for name in prunable_weights(model) if any(name.startswith(w) for w in wanted)]
+
+
 # ---------------------------------------------------------------- computation
+
+# Running sums of one set of weights: name -> (sum |g|, sum g^2), (out, in) float32 on any device.
+Accumulators = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -97,58 +117,75 @@ def _lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """
     logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)
     logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
-    return F.cross_entropy(logits, ids[:, 1:].reshape(-1))
+    return F.cross_entropy(logits, ids[:, 1:].reshape(-1).to(logits.device))
 
 
 def _accumulate(
     model: nn.Module,
     calib_ids: torch.Tensor,
-    l1: dict[str, torch.Tensor],
-    sumsq: dict[str, torch.Tensor],
+    acc: Accumulators,
     *,
     start: int = 0,
     batch_size: int = 1,
     dtype: torch.dtype | None = None,
-    progress: bool = True,
+    bar: tqdm | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> None:
-    """Add |g| and g^2 of samples ``start:`` into ``l1`` / ``sumsq`` (each (out, in) float32, CPU).
+    """Add |g| and g^2 of samples ``start:`` into ``acc`` for the weights it names.
 
-    Only the prunable weights get ``requires_grad``; all flags, ``.grad`` and train/eval mode are
-    put back afterwards, even when interrupted.
+    Only those weights get ``requires_grad``, so the backward pass stops at the lowest of their
+    layers and no other gradient is ever stored. Each gradient is folded into its accumulators
+    (on whatever device they live) the moment backward produces it and then freed, so at most
+    one weight's gradient exists at a time. All flags, ``.grad`` and train/eval mode are put back
+    afterwards, even when interrupted.
     """
-    device = next(model.parameters()).device
-    modules = prunable_weights(model)
+    modules = {name: m for name, m in prunable_weights(model).items() if name in acc}
+    offloaded = [name for name, m in modules.items() if m.weight.device.type == "meta"]
+    if offloaded:
+        raise UserError(f"gradients need every decoder layer on a device, but {offloaded[0]} is offloaded to "
+                        "cpu/disk by the device map; give it more --max-memory or more GPUs, or pass --gradients FILE")
+    device = input_device(model)
     params = list(model.parameters())
     saved_flags = [p.requires_grad for p in params]
     saved_grads = {name: m.weight.grad for name, m in modules.items()}
     was_training = model.training
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def fold(name: str, module: nn.Module) -> Callable[[torch.Tensor], None]:
+        l1, sumsq = acc[name]
+
+        def hook(weight: torch.Tensor) -> None:
+            grad = weight.grad if isinstance(module, nn.Linear) else weight.grad.t()  # (out, in)
+            g = grad.detach().to(l1.device, torch.float32)
+            l1.add_(g.abs())
+            sumsq.addcmul_(g, g)
+            weight.grad = None  # fresh gradient per batch, never summed across batches
+
+        return hook
+
+    handles = []
     n = calib_ids.shape[0]
-    bar = tqdm(total=n, initial=start, desc="gradients", unit="sample", disable=not progress)
     try:
         model.eval()
         for p in params:
             p.requires_grad_(False)
-        for m in modules.values():
+        for name, m in modules.items():
+            m.weight.grad = None
             m.weight.requires_grad_(True)
+            handles.append(m.weight.register_post_accumulate_grad_hook(fold(name, m)))
         for lo in range(start, n, batch_size):
             ids = calib_ids[lo : lo + batch_size].to(device)  # (b, T)
-            for m in modules.values():
-                m.weight.grad = None  # fresh gradient per batch, never summed across batches
             with autocast:
                 loss = _lm_loss(model, ids)
             loss.backward()
-            for name, m in modules.items():
-                g = _grad_matrix(m)  # (out, in)
-                l1[name].add_(g.abs())
-                sumsq[name].addcmul_(g, g)
             done = min(lo + batch_size, n)
-            bar.update(done - lo)
+            if bar is not None:
+                bar.update(done - lo)
             if after_batch is not None:
                 after_batch(done)
     finally:
-        bar.close()
+        for h in handles:
+            h.remove()
         for p, flag in zip(params, saved_flags):
             p.requires_grad_(flag)
         for name, m in modules.items():
@@ -156,9 +193,15 @@ def _accumulate(
         model.train(was_training)
 
 
-def _zeros(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    shapes = {name: _out_in_shape(m) for name, m in prunable_weights(model).items()}
-    return ({k: torch.zeros(s) for k, s in shapes.items()}, {k: torch.zeros(s) for k, s in shapes.items()})
+def _zeros(model: nn.Module, names: list[str], on_weight_device: bool) -> Accumulators:
+    """float32 zeros (out, in) per weight: on the CPU, or on the device of each weight."""
+    modules = prunable_weights(model)
+    out: Accumulators = {}
+    for name in names:
+        device = modules[name].weight.device if on_weight_device else torch.device("cpu")
+        shape = _out_in_shape(modules[name])
+        out[name] = (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+    return out
 
 
 def compute_gradient_stats(
@@ -168,22 +211,35 @@ def compute_gradient_stats(
     batch_size: int = 1,
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    chunk_layers: int | None = None,
 ) -> GradientStats:
-    """Per-weight l1 = sum|g| and l2 = sqrt(sum g^2) over calibration samples, unscaled.
+    """Per-weight l1 = sum|g| and l2 = sqrt(sum g^2) over calibration samples, unscaled, on the CPU.
 
     ``calib_ids`` (n, seqlen). With ``batch_size=1`` (the reference) g is each sample's gradient.
     With ``batch_size=b>1`` g is the gradient of the batch-mean loss, so the norms are over n/b
     batch gradients: faster, but an approximation (averaging shrinks them by roughly 1/sqrt(b)
     and mixes samples' signs). ``dtype`` (e.g. torch.bfloat16) runs forward/backward under
-    autocast; the accumulation stays float32. Memory: the accumulators are 2x the prunable
-    weights in float32, plus one gradient.
+    autocast; the accumulation stays float32.
+
+    ``chunk_layers`` None: every weight at once, accumulators on the CPU (2x the prunable weights
+    in float32). ``chunk_layers=k``: k decoder layers at a time, their accumulators on their own
+    device, moved to the CPU when the chunk is done; one forward and a partial backward per
+    sample and chunk. Same numbers either way (docs/LARGE_MODELS.md has the memory of each).
     """
     calib_ids = _check_ids(calib_ids)
     if batch_size < 1:
         raise UserError(f"gradient batch size must be >= 1, got {batch_size}")
-    l1, sumsq = _zeros(model)
-    _accumulate(model, calib_ids, l1, sumsq, batch_size=batch_size, dtype=dtype, progress=progress)
-    return {name: (l1[name], sumsq[name].sqrt_()) for name in l1}
+    chunks = layer_chunks(model, chunk_layers)
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    n = calib_ids.shape[0]
+    with tqdm(total=n * len(chunks), desc="gradients", unit="sample", disable=not progress) as bar:
+        for chunk in chunks:
+            acc = _zeros(model, _names_of_layers(model, chunk), on_weight_device=chunk_layers is not None)
+            _accumulate(model, calib_ids, acc, batch_size=batch_size, dtype=dtype, bar=bar)
+            for name, (l1, sumsq) in acc.items():
+                out[name] = (l1.cpu(), sumsq.sqrt_().cpu())
+            del acc
+    return {name: out[name] for name in prunable_weights(model)}  # model order
 
 
 # ---------------------------------------------------------------- cache
@@ -191,9 +247,10 @@ def compute_gradient_stats(
 
 def _key_fields(model: nn.Module, calib_ids: torch.Tensor, model_id: str, data_id: str, seed: int,
                 batch_size: int, dtype: torch.dtype | None) -> dict[str, str]:
+    """What the cached numbers depend on. Not on chunking: chunked and unchunked runs share a file."""
     ids = calib_ids.detach().to("cpu", torch.int64).contiguous()
     shapes = [[name, *_out_in_shape(m)] for name, m in prunable_weights(model).items()]
-    return {
+    fields = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "model_id": model_id,
@@ -206,6 +263,10 @@ def _key_fields(model: nn.Module, calib_ids: torch.Tensor, model_id: str, data_i
         "ids_sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
         "shapes_sha256": hashlib.sha256(json.dumps(shapes).encode()).hexdigest(),
     }
+    weights = {p.dtype for m in prunable_weights(model).values() for p in m.parameters(recurse=False)}
+    if weights != {torch.float32}:  # bf16 / fp16 weights give other gradients; float32 keeps the old keys
+        fields["weights_dtype"] = ",".join(sorted(str(d).removeprefix("torch.") for d in weights))
+    return fields
 
 
 def cache_key(fields: dict[str, str]) -> str:
@@ -225,6 +286,54 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         raise
 
 
+class _GradientFileWriter:
+    """A safetensors file laid out up front (every tensor's shape is known) and filled in place.
+
+    The header is written first and the file extended to its full size; each finished chunk's
+    tensors are then written at their offsets. So the whole result never has to sit in memory
+    (550 GB of float32 l1/l2 for a 70B model), and the finished file is an ordinary safetensors
+    file that ``safe_open`` reads one tensor at a time.
+    """
+
+    def __init__(self, path: Path, shapes: dict[str, tuple[int, int]], metadata: dict[str, str]) -> None:
+        if sys.byteorder != "little":
+            raise UserError("gradient files are written little-endian, as safetensors requires")
+        self.path = path
+        header: dict = {"__metadata__": metadata}
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for name, shape in shapes.items():
+            for norm in ("l1", "l2"):
+                nbytes = 4 * shape[0] * shape[1]
+                header[f"{name}.{norm}"] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+                self.offsets[f"{name}.{norm}"] = offset
+                offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data aligned to 8 bytes
+        self.header, self.size = struct.pack("<Q", len(raw)) + raw, offset
+
+    def create(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "wb") as f:
+            f.write(self.header)
+            f.truncate(len(self.header) + self.size)  # sparse: untouched tensors read as zeros
+
+    def write(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write (l1, l2) of some linears at their places and flush them to disk."""
+        with open(self.path, "r+b") as f:
+            for name, pair in stats.items():
+                for norm, tensor in zip(("l1", "l2"), pair):
+                    f.seek(len(self.header) + self.offsets[f"{name}.{norm}"])
+                    f.write(tensor.detach().to("cpu", torch.float32).contiguous().numpy().data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
 def load_or_compute_gradients(
     model: nn.Module,
     calib_ids: torch.Tensor,
@@ -239,16 +348,26 @@ def load_or_compute_gradients(
     checkpoint_every: int | None = None,
     checkpoint_seconds: float = 60.0,
     on_progress: ProgressHook | None = None,
+    chunk_layers: int | None = None,
 ) -> tuple[GradientStats, dict]:
     """Gradient statistics from ``<cache>/<key>.safetensors``, computing and caching them if absent.
 
     ``cache`` defaults to ``cache_dir()/"gradients"``. The key hashes model_id, data_id, nsamples,
-    seqlen, seed, batch_size, dtype, the calibration ids' bytes and the prunable weights' shapes
-    (not their values: pass a model_id that names the weights). While computing, partial sums are
-    saved to ``<key>.partial.safetensors`` every ``checkpoint_every`` samples and/or every
-    ``checkpoint_seconds`` (stretched so writing costs at most ~10% of the run) and picked up by
-    the next call; the partial file is deleted when the full one is written.
-    Returns (stats, info) with info = {cache_file, cached, seconds, nsamples, seqlen, resumed_from}.
+    seqlen, seed, batch_size, dtype, the calibration ids' bytes and the prunable weights' shapes and
+    dtype (not their values: pass a model_id that names the weights), never ``chunk_layers``.
+
+    While computing (``chunk_layers`` as in :func:`compute_gradient_stats`):
+      ``<key>.partial.safetensors``  the result file, laid out in full; finished chunks are
+                                     written into it (and leave memory)
+      ``<key>.progress.json``        which decoder layers in it are final
+      ``<key>.chunk.safetensors``    running sums of the chunk in progress, saved every
+                                     ``checkpoint_every`` samples and/or ``checkpoint_seconds``
+                                     (stretched so writing costs at most ~10% of the run)
+    A later call picks all of it up, whatever its own chunking; the partial file is renamed to
+    the final one when every layer is done. ``on_progress`` gets the number of (sample, chunk)
+    passes done after every batch.
+    Returns (stats, info): stats a :class:`GradientFile` that reads the cached file one linear at a
+    time, info = {cache_file, cached, seconds, nsamples, seqlen, resumed_from, resumed_layers, chunks}.
     """
     calib_ids = _check_ids(calib_ids)
     if batch_size < 1:
@@ -257,64 +376,97 @@ def load_or_compute_gradients(
     fields = _key_fields(model, calib_ids, model_id, data_id, seed, batch_size, dtype)
     folder = Path(cache) if cache is not None else cache_dir() / "gradients"
     key = cache_key(fields)
-    final, partial = folder / f"{key}.safetensors", folder / f"{key}.partial.safetensors"
+    final = folder / f"{key}.safetensors"
+    partial, progress_file, chunk_file = (folder / f"{key}.{s}" for s in ("partial.safetensors", "progress.json",
+                                                                          "chunk.safetensors"))
     n, seqlen = calib_ids.shape
     info = {"cache_file": str(final), "cached": False, "seconds": 0.0, "nsamples": n, "seqlen": seqlen,
-            "resumed_from": 0}
+            "resumed_from": 0, "resumed_layers": 0, "chunks": 0}
     if final.exists():
         stats = load_gradient_file(final, model)
         info.update(cached=True, seconds=time.monotonic() - t0)
         return stats, info
 
-    l1, sumsq = _zeros(model)
-    start = 0
-    if partial.exists():
-        try:
-            with safe_open(str(partial), "pt") as f:
-                meta = f.metadata() or {}
-                if any(meta.get(k) != v for k, v in fields.items()):
-                    raise ValueError("key fields differ")
-                for name in l1:
-                    l1[name].copy_(f.get_tensor(f"{name}.l1"))
-                    sumsq[name].copy_(f.get_tensor(f"{name}.sumsq"))
-                start = int(meta["done"])
-            log.info("resuming gradients from %s (%d/%d samples done)", partial, start, n)
-        except Exception as exc:  # unreadable or foreign: start over rather than fail
-            log.warning("ignoring partial gradient file %s (%s)", partial, exc)
-            l1, sumsq = _zeros(model)
-            start = 0
-    info["resumed_from"] = start
-
-    state = {"last_done": start, "last_time": time.monotonic(), "write_s": 0.0}
-
-    def after_batch(done: int) -> None:
-        now = time.monotonic()
-        due_count = checkpoint_every is not None and done - state["last_done"] >= checkpoint_every
-        due_time = now - state["last_time"] >= max(checkpoint_seconds, 10 * state["write_s"])
-        if done < n and (due_count or due_time):
-            tensors = {f"{k}.l1": v for k, v in l1.items()} | {f"{k}.sumsq": v for k, v in sumsq.items()}
-            _save_atomic(tensors, partial, {**fields, "done": str(done)})
-            state.update(last_done=done, last_time=time.monotonic(), write_s=time.monotonic() - now)
-        if on_progress is not None:
-            on_progress(done)
-
-    if start < n:
-        _accumulate(model, calib_ids, l1, sumsq, start=start, batch_size=batch_size, dtype=dtype,
-                    progress=progress, after_batch=after_batch)
-    stats = {name: (l1[name], sumsq[name].sqrt_()) for name in l1}
+    modules = prunable_weights(model)
+    layers_name, layers = find_decoder_layers(model)
     meta = {**fields, "l1": "sum_n |dL_n/dW|", "l2": "sqrt(sum_n (dL_n/dW)^2)", "scale": "1",
             "layout": "(out, in) float32", "loss": "mean next-token cross-entropy per sample"}
-    _save_atomic(_flatten(stats), final, meta)
-    partial.unlink(missing_ok=True)
+    writer = _GradientFileWriter(partial, {name: _out_in_shape(m) for name, m in modules.items()}, meta)
+
+    complete: set[int] = set()
+    try:
+        saved = json.loads(progress_file.read_text())
+        if saved["fields"] != fields or _read_metadata(partial) != meta:
+            raise ValueError("key fields differ")
+        complete = {int(i) for i in saved["complete_layers"]}
+    except Exception as exc:  # nothing to resume, or unreadable / foreign: start over
+        if partial.exists() or progress_file.exists():
+            log.warning("starting gradients afresh: %s / %s not resumable (%s)", partial.name, progress_file.name, exc)
+        writer.create()
+        atomic_write_json(progress_file, {"fields": fields, "complete_layers": []})
+
+    resumed: tuple[list[int], int, Accumulators] | None = None
+    if chunk_file.exists():
+        try:
+            with safe_open(str(chunk_file), "pt") as f:
+                cmeta = f.metadata() or {}
+                if any(cmeta.get(k) != v for k, v in fields.items()):
+                    raise ValueError("key fields differ")
+                chunk = [int(i) for i in json.loads(cmeta["layers"])]
+                if complete & set(chunk):
+                    raise ValueError("its layers are already complete")
+                acc = _zeros(model, _names_of_layers(model, chunk), on_weight_device=chunk_layers is not None)
+                for name, (l1, sumsq) in acc.items():
+                    l1.copy_(f.get_tensor(f"{name}.l1"))
+                    sumsq.copy_(f.get_tensor(f"{name}.sumsq"))
+                resumed = (chunk, int(cmeta["done"]), acc)
+            log.info("resuming gradients of layers %s from %s (%d/%d samples done)", chunk, chunk_file, resumed[1], n)
+        except Exception as exc:
+            log.warning("ignoring gradient checkpoint %s (%s)", chunk_file, exc)
+            resumed = None
+    remaining = [i for i in range(len(layers)) if i not in complete and not (resumed and i in resumed[0])]
+    size = len(remaining) if chunk_layers is None else chunk_layers
+    plan: list[tuple[list[int], int, Accumulators | None]] = [resumed] if resumed else []
+    plan += [(remaining[i : i + size], 0, None) for i in range(0, len(remaining), max(size, 1))]
+    info.update(resumed_from=resumed[1] if resumed else 0, resumed_layers=len(complete), chunks=len(plan))
+
+    steps = {"base": 0}
+    state = {"last_done": 0, "last_time": time.monotonic(), "write_s": 0.0}
+    bar = tqdm(total=n * len(plan), initial=resumed[1] if resumed else 0, desc="gradients", unit="sample",
+               disable=not progress)
+    try:
+        for chunk, start, acc in plan:
+            if acc is None:
+                acc = _zeros(model, _names_of_layers(model, chunk), on_weight_device=chunk_layers is not None)
+            state.update(last_done=start, last_time=time.monotonic())
+
+            def after_batch(done: int, chunk=chunk, acc=acc) -> None:
+                now = time.monotonic()
+                due_count = checkpoint_every is not None and done - state["last_done"] >= checkpoint_every
+                due_time = now - state["last_time"] >= max(checkpoint_seconds, 10 * state["write_s"])
+                if done < n and (due_count or due_time):
+                    tensors = {f"{k}.l1": v[0].cpu() for k, v in acc.items()}
+                    tensors |= {f"{k}.sumsq": v[1].cpu() for k, v in acc.items()}
+                    _save_atomic(tensors, chunk_file, {**fields, "done": str(done), "layers": json.dumps(chunk)})
+                    state.update(last_done=done, last_time=time.monotonic(), write_s=time.monotonic() - now)
+                if on_progress is not None:
+                    on_progress(steps["base"] + done)
+
+            if start < n:
+                _accumulate(model, calib_ids, acc, start=start, batch_size=batch_size, dtype=dtype, bar=bar,
+                            after_batch=after_batch)
+            writer.write({name: (l1, sumsq.sqrt_()) for name, (l1, sumsq) in acc.items()})
+            complete.update(chunk)
+            atomic_write_json(progress_file, {"fields": fields, "complete_layers": sorted(complete)})
+            chunk_file.unlink(missing_ok=True)
+            steps["base"] += n
+            del acc
+    finally:
+        bar.close()
+    os.replace(partial, final)
+    progress_file.unlink(missing_ok=True)
     info["seconds"] = time.monotonic() - t0
-    return stats, info
-
-
-def _flatten(stats: GradientStats) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for name, (g1, g2) in stats.items():
-        out[f"{name}.l1"], out[f"{name}.l2"] = g1, g2
-    return out
+    return load_gradient_file(final, model), info
 
 
 # ---------------------------------------------------------------- precomputed files
@@ -322,15 +474,79 @@ def _flatten(stats: GradientStats) -> dict[str, torch.Tensor]:
 _LEGACY_KEY = re.compile(r"^(?P<linear>.+)_layer_(?P<index>\d+)$")  # "self_attn.q_proj_layer_0"
 
 
+class GradientFile(Mapping):
+    """Our safetensors gradient file as GradientStats, read one linear at a time (``safe_open``
+    maps the file; only the tensors asked for are read into memory). Names and shapes are checked
+    against the model when opened; values are checked for inf/nan when read."""
+
+    def __init__(self, path: Path, names: dict[str, str], shapes: dict[str, tuple[int, int]]) -> None:
+        self.path = path
+        self._names = names  # "<linear>.l1" / ".l2" -> key in the file
+        self._shapes = shapes
+
+    def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self._shapes:
+            raise KeyError(name)
+        pair = []
+        with safe_open(str(self.path), "pt") as f:
+            for norm in ("l1", "l2"):
+                t = f.get_tensor(self._names[f"{name}.{norm}"]).to(torch.float32)
+                if not torch.isfinite(t).all():
+                    raise UserError(f"gradient file {self.path}: {name} ({norm}) has inf/nan values")
+                pair.append(t)
+        return pair[0], pair[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def materialize(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {name: self[name] for name in self}
+
+
+def _open_safetensors(path: Path, expected: dict[str, nn.Module]) -> tuple[GradientFile, list[str]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as exc:
+        raise UserError(f"cannot read gradient file {path}: {exc}") from None
+    by_norm: dict[str, dict[str, str]] = {"l1": {}, "l2": {}}
+    for key in shapes:
+        base, _, norm = key.rpartition(".")
+        if norm in by_norm:
+            by_norm[norm][base] = key
+    norms = [k for k in ("l1", "l2") if by_norm[k]]
+    if not norms:
+        raise UserError(f"gradient file {path} holds no gradient tensors")
+    if len(norms) == 1:
+        log.warning("gradient file %s has only %s norms; using them for %s too", path, norms[0],
+                    "l2" if norms[0] == "l1" else "l1")
+    names: dict[str, str] = {}
+    for name, module in expected.items():
+        shape = _out_in_shape(module)
+        for norm in ("l1", "l2"):
+            source = norm if norm in norms else norms[0]
+            key = by_norm[source].get(name)
+            if key is None:
+                raise UserError(f"gradient file {path}: no {source} gradients for {name}")
+            if shapes[key] != shape:
+                raise UserError(f"gradient file {path}: {name} has shape {shapes[key]}, the model's (out, in) is {shape}")
+            names[f"{name}.{norm}"] = key
+    return GradientFile(path, names, {name: _out_in_shape(m) for name, m in expected.items()}), norms
+
+
 def read_gradient_file(path: str | Path, model: nn.Module, *, legacy_norm: str = "auto",
                        legacy_scale: float = LEGACY_SCALE) -> tuple[GradientStats, dict]:
     """Read and validate a gradient file; returns (stats, info about what the file held).
 
-    Accepted: our safetensors (keys "<full name>.l1" / ".l2", unscaled), or a ``torch.save`` dict
-    as GBLM-Pruner / Pruner-Zero write it: one norm per file, keys "<linear>_layer_<i>" (or full
-    names), float16 (out, in), multiplied by ``legacy_scale`` (their --scale, default 100), which
-    is divided out here. ``legacy_norm`` "auto" reads l1 vs l2 from the file name
-    ("..._norm_l1_...", else l2). A file with one norm fills both l1 and l2 with it (info["norms"]).
+    Accepted: our safetensors (keys "<full name>.l1" / ".l2", unscaled; returned as a
+    :class:`GradientFile` that reads one linear at a time), or a ``torch.save`` dict as GBLM-Pruner /
+    Pruner-Zero write it: one norm per file, keys "<linear>_layer_<i>" (or full names), float16
+    (out, in), multiplied by ``legacy_scale`` (their --scale, default 100), which is divided out
+    here. ``legacy_norm`` "auto" reads l1 vs l2 from the file name ("..._norm_l1_...", else l2).
+    A file with one norm fills both l1 and l2 with it (info["norms"]).
     """
     path = Path(path)
     if not path.is_file():
@@ -338,34 +554,27 @@ def read_gradient_file(path: str | Path, model: nn.Module, *, legacy_norm: str =
     expected = prunable_weights(model)
     layers_name, _ = find_decoder_layers(model)
     info: dict = {"file": str(path)}
-    by_norm: dict[str, dict[str, torch.Tensor]] = {"l1": {}, "l2": {}}
     if path.suffix == ".safetensors":
-        try:
-            raw = load_file(str(path))
-        except Exception as exc:
-            raise UserError(f"cannot read gradient file {path}: {exc}") from None
-        for key, tensor in raw.items():
-            base, _, norm = key.rpartition(".")
-            if norm in by_norm:
-                by_norm[norm][base] = tensor
-        info.update(format=FORMAT, scale_removed=1.0)
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"cannot read gradient file {path} as a torch.save dict: {exc}") from None
-        if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-            raise UserError(f"gradient file {path}: expected a dict of name -> tensor")
-        norm = legacy_norm
-        if norm == "auto":  # GBLM-Pruner names them gradients_aggregrate_norm_l{1,2}_model_<name>.pth
-            norm = "l1" if re.search(r"(?<![a-z0-9])l1(?![0-9])", path.name.lower()) else "l2"
-        if norm not in by_norm:
-            raise UserError(f"legacy gradient norm must be auto, l1 or l2, got {legacy_norm!r}")
-        for key, tensor in raw.items():
-            m = _LEGACY_KEY.match(key)
-            full = f"{layers_name}.{m['index']}.{m['linear']}" if m else key
-            by_norm[norm][full] = tensor.float() / legacy_scale
-        info.update(format="gblm-pruner torch.save", scale_removed=legacy_scale)
+        lazy, norms = _open_safetensors(path, expected)
+        info.update(format=FORMAT, scale_removed=1.0, norms=norms)
+        return lazy, info
+    by_norm: dict[str, dict[str, torch.Tensor]] = {"l1": {}, "l2": {}}
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read gradient file {path} as a torch.save dict: {exc}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise UserError(f"gradient file {path}: expected a dict of name -> tensor")
+    norm = legacy_norm
+    if norm == "auto":  # GBLM-Pruner names them gradients_aggregrate_norm_l{1,2}_model_<name>.pth
+        norm = "l1" if re.search(r"(?<![a-z0-9])l1(?![0-9])", path.name.lower()) else "l2"
+    if norm not in by_norm:
+        raise UserError(f"legacy gradient norm must be auto, l1 or l2, got {legacy_norm!r}")
+    for key, tensor in raw.items():
+        m = _LEGACY_KEY.match(key)
+        full = f"{layers_name}.{m['index']}.{m['linear']}" if m else key
+        by_norm[norm][full] = tensor.float() / legacy_scale
+    info.update(format="gblm-pruner torch.save", scale_removed=legacy_scale)
     norms = [k for k in ("l1", "l2") if by_norm[k]]
     if not norms:
         raise UserError(f"gradient file {path} holds no gradient tensors")
@@ -375,7 +584,7 @@ def read_gradient_file(path: str | Path, model: nn.Module, *, legacy_norm: str =
         by_norm[other] = by_norm[norms[0]]
         log.warning("gradient file %s has only %s norms; using them for %s too", path, norms[0], other)
 
-    stats: GradientStats = {}
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, module in expected.items():
         shape = _out_in_shape(module)
         pair = {}

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
 
 
 # Full linear name ("model.layers.0.self_attn.q_proj") -> (grad_l1, grad_l2), each (out, in).
-GradientStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
+# A dict in memory, or calib.gradients.GradientFile: read from disk one linear at a time.
+GradientStats = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -28,6 +29,11 @@ class LinearStats:
     hessian: torch.Tensor | None = None  # (in, in)
     grad_l1: torch.Tensor | None = None  # (out, in)
     grad_l2: torch.Tensor | None = None  # (out, in)
+
+    def to(self, device: str | torch.device) -> "LinearStats":
+        """A copy with every statistic on `device` (float32 kept)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return LinearStats(move(self.x_mean_sq), move(self.hessian), move(self.grad_l1), move(self.grad_l2))
 
     def columns(self, cols: slice) -> "LinearStats":
         """The statistics of input columns `cols` only (what a metric sees of one column block)."""
@@ -49,7 +55,7 @@ class InputAccumulator:
         self.gram: torch.Tensor | None = None  # (in, in)
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in) float32 whatever the model's dtype
         self.tokens += x.shape[0]
         if self.want_x:
             part = x.pow(2).sum(0)

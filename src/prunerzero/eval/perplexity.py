@@ -14,19 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..placement import input_device
+
 
 @torch.no_grad()
 def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, progress: bool = False) -> torch.Tensor:
     """Mean next-token NLL of each window: windows (n, seqlen) -> (n,) float64."""
-    device = next(model.parameters()).device
+    device = input_device(model)  # a device_map may put the embeddings and the head on different GPUs
     out = []
     for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):
         batch = windows[start : start + batch_size].to(device)  # (B, T)
         logits = model(input_ids=batch, use_cache=False).logits  # (B, T, V)
         nll = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="none"
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1).to(logits.device),
+            reduction="none",
         )  # (B * (T-1),)
-        out.append(nll.view(batch.shape[0], -1).double().mean(1))
+        out.append(nll.view(batch.shape[0], -1).double().mean(1).cpu())
     return torch.cat(out)
 
 
