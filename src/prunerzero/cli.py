@@ -36,7 +36,19 @@ def _tasks(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _add_placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", help="weights as loaded: float32, bfloat16 or float16")
+    p.add_argument("--device-map", default="none",
+                   help="none (one --device), or auto / balanced / sequential: accelerate spreads the layers over GPUs")
+    p.add_argument("--max-memory", help='with --device-map: memory per device, e.g. "0=70GiB,1=70GiB,cpu=200GiB"')
+    p.add_argument("--offload-folder", type=_none_or_text,
+                   help="with --device-map: folder for layers that fit on no device (offloaded to disk)")
+
+
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.json",
+                   help="settings from a JSON file (keys: the prune options with _ for -); options given here win")
     p.add_argument("--model", default="smollm2-135m", help="local HF folder, hub id, .gguf file, or smollm2-135m")
     p.add_argument("--method", default="wanda", help="magnitude, wanda, sparsegpt, gblm, ria, pruner-zero")
     p.add_argument("--metric", help='a formula such as "abs(W*W) * mms(G)" (overrides --method)')
@@ -50,11 +62,13 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--within-layer", default="auto", help="sequential, parallel (reference order) or auto")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    _add_placement_args(p)
     p.add_argument("--calib-dtype", default="float32", help="float32 or bfloat16 (autocast calibration forwards)")
     p.add_argument("--percdamp", type=_float, default=0.01, help="SparseGPT damping, relative to mean diag(H)")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
     p.add_argument("--gradients", help="precomputed gradient file (else computed and cached when G is used)")
+    p.add_argument("--grad-chunk-layers", type=int, default=None,
+                   help="compute G for N decoder layers at a time on their GPUs (default: all at once, sums on the CPU)")
     p.add_argument("--prune-head", action="store_true",
                    help="also prune the output head (lm_head); with tied embeddings that prunes the input embeddings too")
     p.add_argument("--reconstruct", default="none", choices=("none", "obs"),
@@ -76,24 +90,29 @@ def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None = "wikit
     p.add_argument("--zero-shot-limit", type=int, default=None, help="examples per zero-shot task")
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from .api import prune
+def prune_config(args: argparse.Namespace):
+    """The PruneConfig of parsed `prune` arguments (a --config file's values are their defaults)."""
+    from dataclasses import fields
+
     from .config import PruneConfig
-    from .report import print_prune_summary
 
     if args.metric and args.metric_file:
         raise UserError("pass either --metric or --metric-file, not both")
-    cfg = PruneConfig(
-        model=args.model, method=args.method, metric=args.metric or args.metric_file, sparsity=args.sparsity,
-        pattern=args.pattern, group=args.group, calib_data=args.calib_data, nsamples=args.nsamples,
-        seqlen=args.seqlen, seed=args.seed, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
-        eval_tokens=args.eval_tokens, batch_size=args.batch_size, within_layer=args.within_layer,
-        device=args.device, calib_dtype=args.calib_dtype, percdamp=args.percdamp, blocksize=args.blocksize, gradients=args.gradients,
-        reconstruct=args.reconstruct, reconstruct_mode=args.reconstruct_mode, allocation=args.allocation,
-        owl_m=args.owl_m, owl_lambda=args.owl_lambda, prune_head=args.prune_head,
-        zero_shot=args.zero_shot, zero_shot_limit=args.zero_shot_limit, save=args.save, save_model=args.save_model,
-        overwrite=args.overwrite, skip_dense=args.skip_dense,
-    )
+    values = {f.name: getattr(args, f.name) for f in fields(PruneConfig)}
+    values["metric"] = args.metric or args.metric_file or getattr(args, "metric_from_config", None)
+    values["zero_shot"] = tuple(values["zero_shot"] or ())
+    return PruneConfig(**values)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .api import prune, validate
+    from .report import print_prune_summary
+
+    cfg = prune_config(args)
+    if args.dry_run:
+        validate(cfg)
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     results = prune(cfg, progress=not args.quiet)
     print_prune_summary(results)
     return 0
@@ -103,7 +122,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .api import evaluate_model
 
     out = evaluate_model(args.model, args.eval_data, args.eval_seqlen, args.eval_tokens, args.zero_shot,
-                         args.zero_shot_limit, progress=not args.quiet, device=args.device)
+                         args.zero_shot_limit, progress=not args.quiet, device=args.device, dtype=args.dtype,
+                         device_map=args.device_map, max_memory=args.max_memory, offload_folder=args.offload_folder)
     if "perplexity" in out:
         p = out["perplexity"]
         print(f"perplexity {p['ppl']:.3f}  ({p['tokens']} tokens, seqlen {p['seqlen']}, {args.eval_data})")
@@ -170,11 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", action="store_true", help="also save a Hugging Face checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --save")
     p.add_argument("--skip-dense", action="store_true", help="do not measure the dense model")
+    p.add_argument("--dry-run", action="store_true", help="check every setting, print the effective config, load nothing")
     p.set_defaults(func=cmd_prune)
+    parser.prune_parser = p  # type: ignore[attr-defined]  # --config sets its defaults
 
     p = sub.add_parser("eval", help="perplexity / zero-shot accuracy of any model")
     p.add_argument("--model", required=True)
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    _add_placement_args(p)
     _add_eval_args(p)
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_eval)
@@ -195,14 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_config_file(parser: argparse.ArgumentParser, argv: list[str] | None,
+                      args: argparse.Namespace) -> argparse.Namespace:
+    """`prune --config FILE.json`: the file's values become the defaults, then the command line is
+    parsed again, so options given on it win over the file."""
+    if getattr(args, "command", None) != "prune" or not args.config:
+        return args
+    from .config import read_config_file
+
+    values = read_config_file(args.config)
+    if "metric" in values:  # kept apart, so that --metric or --metric-file on the command line wins
+        values["metric_from_config"] = values.pop("metric")
+    parser.prune_parser.set_defaults(**values)  # type: ignore[attr-defined]
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
     if getattr(args, "quiet", False):
         _no_library_bars()
-    handler: Callable[[argparse.Namespace], int] = args.func
     try:
+        args = _with_config_file(parser, argv, args)
+        handler: Callable[[argparse.Namespace], int] = args.func
         return handler(args)
     except UserError as exc:
         print(f"prunerzero: error: {exc}", file=sys.stderr)

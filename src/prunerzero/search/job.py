@@ -22,7 +22,7 @@ from .. import atomic
 from ..calib.stats import LinearStats
 from ..data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from ..errors import UserError, known_keys_only
-from ..models import LoadedModel, load_model, resolve_device
+from ..models import LoadedModel, load_model, parse_dtype, resolve_device
 from ..pipeline import collect_dense_stats
 from .config import SearchConfig
 from .fitness import FitnessSettings, ProxyFitness, parse_setting
@@ -43,6 +43,7 @@ class SearchJob:
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
     eval_dtype: str = "float32"
     device: str = "auto"
+    dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
     report_data: str | None = "wikitext2"
     report_tokens: int | None = None
     leaderboard_top: int = 3
@@ -98,6 +99,7 @@ def validate_job(job: SearchJob) -> None:
         raise UserError("the reporting data cannot also be the search fitness data")
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
+    parse_dtype(job.dtype)
     from ..allocation import ALLOCATIONS, check_owl
     from ..methods import METHODS
     from ..methods.reconstruct import MODES
@@ -191,7 +193,7 @@ class JobContext:
 
 
 def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
-    lm = load_model(job.model, device=resolve_device(job.device))
+    lm = load_model(job.model, dtype=parse_dtype(job.dtype), device=resolve_device(job.device))
     calib_split = "calib" if job.calib_data == "lambada" else "train"
     calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split)),
                                     job.nsamples, job.seqlen, job.seed)
