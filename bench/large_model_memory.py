@@ -131,19 +131,112 @@ def params(arch: Arch) -> dict[str, float]:
             "total": layer_linear * arch.layers + 2 * arch.vocab * h + (2 * arch.layers + 1) * h}
 
 
+@dataclass(frozen=True)
+class Setup:
+    arch: Arch
+    gpus: int = 1
+    gpu_gib: float = 80e9 / GiB  # an "80 GB" card holds 74.5 GiB
+    nsamples: int = 128
+    batch: int = 8  # calibration forward batch (--batch-size)
+    eval_batch: int = 4  # perplexity windows per forward
+    weight_bytes: int = 2  # float16 / bfloat16
+
+
+def plan(s: Setup, act: dict[str, float], chunk: int | None) -> dict[str, float]:
+    """Peak bytes of each step on the busiest GPU (layers spread evenly over s.gpus), plus CPU and disk.
+
+    Formulas (b = bytes per weight, P = all weights, P_l = prunable weights of one layer,
+    n = samples, T = window, h / i / V = hidden / MLP / vocabulary widths, L = layers, N = GPUs,
+    S_in / S_after / S_head = saved activations per layer in / after the gradient chunk and of the
+    head, counted by per_layer()):
+      weights                  b*P / N
+      calibration (per layer)  2*n*T*h*b  (layer inputs and outputs)  + B*T*(4h + 3i)*b (one batch
+                               through the layer) + 4*(3h^2 + i^2) (SparseGPT's H; Wanda: ~0) +
+                               SparseGPT's work on the widest linear, 4*h*i + 8*i^2
+      gradients, all at once   b*P/N + (L/N)*S_in + S_head + 3*4*T*V (loss) + b*h*i (one gradient);
+                               CPU: 8*P_prunable (float32 l1 and sum g^2)
+      gradients, chunks of k   b*P/N + k*S_in + (L/N - k)*S_after + S_head + 3*4*T*V + 8*k*P_l
+                               (the chunk's accumulators on its GPU); CPU: one tensor at a time
+                               while a chunk is saved; disk: 8*P_prunable (the cached file)
+      perplexity               b*P/N + E*T*V*(b + 8) (logits, float32 copy, log-softmax) + E*T*(4h + 3i)*b
+    """
+    a, b, n, T = s.arch, s.weight_bytes, s.nsamples, s.arch.seqlen
+    h, i, V, L, N = a.hidden, a.intermediate, a.vocab, a.layers, s.gpus
+    p = params(a)
+    P, P_l, per_gpu_layers = p["total"], p["layer_linear"], L / N
+    weights = b * P / N
+    hidden = 2 * n * T * h * b
+    batch_fwd = s.batch * T * (4 * h + 3 * i) * b
+    sparsegpt = 4 * (3 * h * h + i * i) + 4 * h * i + 8 * i * i
+    loss = 3 * 4 * T * V
+    out = {
+        "weights": weights,
+        "calibration, Wanda": weights + hidden + batch_fwd + 3 * 4 * h * i,
+        "calibration, SparseGPT": weights + hidden + batch_fwd + sparsegpt,
+        "gradients, all layers (sums on CPU)": weights + per_gpu_layers * act["layer_in_chunk"] + act["head"] + loss
+        + b * h * i,
+        "perplexity": weights + s.eval_batch * T * V * (b + 8) + s.eval_batch * T * (4 * h + 3 * i) * b,
+        "cpu: G sums, all layers": 8 * p["prunable"],
+        "disk: G cache file": 8 * p["prunable"],
+    }
+    if chunk is not None:
+        k_here = min(chunk, per_gpu_layers)
+        out[f"gradients, chunks of {chunk} (sums on GPU)"] = (
+            weights + k_here * act["layer_in_chunk"] + (per_gpu_layers - k_here) * act["layer_after_chunk"]
+            + act["head"] + loss + 8 * k_here * P_l)
+        out["cpu: largest tensor of a chunk, while saved"] = 4 * h * i
+    return out
+
+
+def largest_chunk(s: Setup, act: dict[str, float], headroom: float = 0.9) -> int:
+    """The most decoder layers per gradient chunk that keep the busiest GPU under headroom x its memory."""
+    best = 0
+    for k in range(1, s.arch.layers + 1):
+        peak = plan(s, act, k)[f"gradients, chunks of {k} (sums on GPU)"]
+        if peak <= headroom * s.gpu_gib * GiB:
+            best = k
+    return best
+
+
+def balanced_chunk(s: Setup, act: dict[str, float]) -> int:
+    """The fewest chunks the memory allows, then the fewest layers per GPU per chunk for that count."""
+    k_max = largest_chunk(s, act)
+    if k_max == 0:
+        return 0
+    per_gpu = -(-s.arch.layers // s.gpus)
+    n_chunks = -(-per_gpu // k_max)
+    return -(-per_gpu // n_chunks)
+
+
+SETUPS = [Setup(ARCHS[0]), Setup(ARCHS[1]), Setup(ARCHS[2]), Setup(ARCHS[3]), Setup(ARCHS[4], gpus=4),
+          Setup(ARCHS[4], gpus=8), Setup(ARCHS[5])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqlen", type=int, default=None, help="override every model's window")
     args = ap.parse_args()
-    print("| model | T | params (prunable) | weights, 2 B each | saved per layer in chunk | per layer after chunk | head + loss | math-path attention per layer (not on CUDA) |")
+    print("| model | T | params (prunable) | weights, 2 B each | saved per layer in chunk | per layer after chunk | "
+          "head + loss | math-path attention per layer (not on CUDA) |")
     print("|---|---|---|---|---|---|---|---|")
+    acts = {}
     for arch in ARCHS:
         t = args.seqlen or arch.seqlen
         p, a = params(arch), per_layer(arch, t)
+        acts[arch.name] = a
         print(f"| {arch.name} | {t} | {p['total'] / 1e9:.2f} B ({p['prunable'] / 1e9:.2f} B) | "
               f"{2 * p['total'] / GiB:.1f} GiB | {a['layer_in_chunk'] / GiB:.3f} GiB | "
               f"{a['layer_after_chunk'] / GiB:.3f} GiB | {a['head'] / GiB:.2f} GiB | "
               f"{a['math_attention'] / GiB:.2f} GiB |")
+    print()
+    for s in SETUPS:
+        act = acts[s.arch.name]
+        k = balanced_chunk(s, act)
+        per_gpu = -(-s.arch.layers // s.gpus)
+        print(f"{s.arch.name}, T={s.arch.seqlen}, {s.gpus} x 80 GB, n={s.nsamples}: --grad-chunk-layers {k} "
+              f"({-(-per_gpu // k) if k else '-'} chunks; at most {largest_chunk(s, act)} fit in 90%)")
+        for step, value in plan(s, act, k or None).items():
+            print(f"    {step:42s} {value / GiB:8.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -194,6 +194,18 @@ def test_chunked_gradients_equal_unchunked(arch, ids):
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+def test_chunks_take_k_layers_from_every_device(monkeypatch):
+    model = build_tiny_model("gemma3")  # 3 decoder layers
+    assert G.layer_chunks(model, None) == [[0, 1, 2]]
+    assert G.layer_chunks(model, 2) == [[0, 1], [2]]
+    assert G.layer_chunks(model, 1, layers=[0, 2]) == [[0], [2]]
+    layers = find_decoder_layers(model)[1]
+    fake = {id(layers[0]): "cuda:0", id(layers[1]): "cuda:0", id(layers[2]): "cuda:1"}  # a 2-GPU device map
+    monkeypatch.setattr(G, "module_device", lambda layer: torch.device(fake[id(layer)]))
+    assert G.layer_chunks(model, 1) == [[0, 2], [1]]  # both GPUs busy in the first chunk
+    assert G.layer_chunks(model, 2) == [[0, 1, 2]]
+
+
 def test_chunked_cache_same_key_and_resume_across_chunkings(tmp_path, ids):
     model = _three_layer_llama()
     full = G.compute_gradient_stats(model, ids, progress=False)

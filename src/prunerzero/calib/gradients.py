@@ -31,7 +31,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,7 +39,6 @@ from typing import Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -48,7 +46,7 @@ from ..atomic import write_json as atomic_write_json
 from ..errors import UserError
 from .stats import GradientStats  # grad_l1, grad_l2 here: float32 on CPU
 from ..models import cache_dir, find_decoder_layers, find_linears
-from ..placement import input_device
+from ..placement import input_device, module_device
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +85,23 @@ def _check_ids(calib_ids: torch.Tensor) -> torch.Tensor:
     return calib_ids.long()
 
 
-def layer_chunks(model: nn.Module, chunk_layers: int | None) -> list[list[int]]:
-    """Decoder-layer indices in groups of `chunk_layers` (None: one group with every layer)."""
-    _, layers = find_decoder_layers(model)
-    indices = list(range(len(layers)))
-    size = len(indices) if chunk_layers is None else chunk_layers
-    if size < 1:
+def layer_chunks(model: nn.Module, chunk_layers: int | None, layers: list[int] | None = None) -> list[list[int]]:
+    """Decoder-layer indices in chunks holding at most `chunk_layers` layers *per device* (None:
+    one chunk with every layer). On one device: consecutive groups of `chunk_layers`. With layers
+    spread over GPUs, chunk c takes the c-th group from every GPU, so all GPUs hold accumulators at
+    once and the number of chunks (full forward passes per sample) is set by the fullest GPU."""
+    _, decoder = find_decoder_layers(model)
+    indices = list(range(len(decoder))) if layers is None else list(layers)
+    if chunk_layers is None:
+        return [indices] if indices else []
+    if chunk_layers < 1:
         raise UserError(f"gradient chunks must hold >= 1 decoder layer, got {chunk_layers}")
-    return [indices[i : i + size] for i in range(0, len(indices), size)]
+    by_device: dict[str, list[int]] = {}
+    for i in indices:
+        by_device.setdefault(str(module_device(decoder[i])), []).append(i)
+    n_chunks = max((-(-len(group) // chunk_layers) for group in by_device.values()), default=0)
+    return [sorted(i for group in by_device.values() for i in group[c * chunk_layers : (c + 1) * chunk_layers])
+            for c in range(n_chunks)]
 
 
 def _names_of_layers(model: nn.Module, layer_indices: list[int]) -> list[str]:
@@ -222,9 +229,10 @@ def compute_gradient_stats(
     autocast; the accumulation stays float32.
 
     ``chunk_layers`` None: every weight at once, accumulators on the CPU (2x the prunable weights
-    in float32). ``chunk_layers=k``: k decoder layers at a time, their accumulators on their own
-    device, moved to the CPU when the chunk is done; one forward and a partial backward per
-    sample and chunk. Same numbers either way (docs/LARGE_MODELS.md has the memory of each).
+    in float32). ``chunk_layers=k``: k decoder layers per device at a time (see
+    :func:`layer_chunks`), their accumulators on their own device, moved to the CPU when the
+    chunk is done; one forward and a partial backward per sample and chunk. Same numbers either
+    way (docs/LARGE_MODELS.md has the memory of each).
     """
     calib_ids = _check_ids(calib_ids)
     if batch_size < 1:
@@ -273,19 +281,6 @@ def cache_key(fields: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write to a temporary sibling and rename, so a killed run never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _GradientFileWriter:
     """A safetensors file laid out up front (every tensor's shape is known) and filled in place.
 
@@ -295,15 +290,16 @@ class _GradientFileWriter:
     file that ``safe_open`` reads one tensor at a time.
     """
 
-    def __init__(self, path: Path, shapes: dict[str, tuple[int, int]], metadata: dict[str, str]) -> None:
+    def __init__(self, path: Path, shapes: dict[str, tuple[int, int]], metadata: dict[str, str],
+                 norms: tuple[str, str] = ("l1", "l2")) -> None:
         if sys.byteorder != "little":
             raise UserError("gradient files are written little-endian, as safetensors requires")
-        self.path = path
+        self.path, self.norms = path, norms
         header: dict = {"__metadata__": metadata}
         self.offsets: dict[str, int] = {}
         offset = 0
         for name, shape in shapes.items():
-            for norm in ("l1", "l2"):
+            for norm in norms:
                 nbytes = 4 * shape[0] * shape[1]
                 header[f"{name}.{norm}"] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
                 self.offsets[f"{name}.{norm}"] = offset
@@ -319,14 +315,29 @@ class _GradientFileWriter:
             f.truncate(len(self.header) + self.size)  # sparse: untouched tensors read as zeros
 
     def write(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Write (l1, l2) of some linears at their places and flush them to disk."""
+        """Write the pairs of some linears at their places (one tensor at a time through CPU memory)
+        and flush them to disk."""
         with open(self.path, "r+b") as f:
             for name, pair in stats.items():
-                for norm, tensor in zip(("l1", "l2"), pair):
+                for norm, tensor in zip(self.norms, pair):
                     f.seek(len(self.header) + self.offsets[f"{name}.{norm}"])
                     f.write(tensor.detach().to("cpu", torch.float32).contiguous().numpy().data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def _checkpoint(path: Path, acc: Accumulators, metadata: dict[str, str]) -> None:
+    """Running sums to ``path``, atomically, one tensor at a time through CPU memory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        writer = _GradientFileWriter(tmp, {name: tuple(l1.shape) for name, (l1, _) in acc.items()}, metadata,
+                                     norms=("l1", "sumsq"))
+        writer.create()
+        writer.write(acc)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -388,7 +399,7 @@ def load_or_compute_gradients(
         return stats, info
 
     modules = prunable_weights(model)
-    layers_name, layers = find_decoder_layers(model)
+    _, layers = find_decoder_layers(model)
     meta = {**fields, "l1": "sum_n |dL_n/dW|", "l2": "sqrt(sum_n (dL_n/dW)^2)", "scale": "1",
             "layout": "(out, in) float32", "loss": "mean next-token cross-entropy per sample"}
     writer = _GradientFileWriter(partial, {name: _out_in_shape(m) for name, m in modules.items()}, meta)
@@ -425,9 +436,8 @@ def load_or_compute_gradients(
             log.warning("ignoring gradient checkpoint %s (%s)", chunk_file, exc)
             resumed = None
     remaining = [i for i in range(len(layers)) if i not in complete and not (resumed and i in resumed[0])]
-    size = len(remaining) if chunk_layers is None else chunk_layers
     plan: list[tuple[list[int], int, Accumulators | None]] = [resumed] if resumed else []
-    plan += [(remaining[i : i + size], 0, None) for i in range(0, len(remaining), max(size, 1))]
+    plan += [(chunk, 0, None) for chunk in layer_chunks(model, chunk_layers, remaining)]
     info.update(resumed_from=resumed[1] if resumed else 0, resumed_layers=len(complete), chunks=len(plan))
 
     steps = {"base": 0}
@@ -445,9 +455,7 @@ def load_or_compute_gradients(
                 due_count = checkpoint_every is not None and done - state["last_done"] >= checkpoint_every
                 due_time = now - state["last_time"] >= max(checkpoint_seconds, 10 * state["write_s"])
                 if done < n and (due_count or due_time):
-                    tensors = {f"{k}.l1": v[0].cpu() for k, v in acc.items()}
-                    tensors |= {f"{k}.sumsq": v[1].cpu() for k, v in acc.items()}
-                    _save_atomic(tensors, chunk_file, {**fields, "done": str(done), "layers": json.dumps(chunk)})
+                    _checkpoint(chunk_file, acc, {**fields, "done": str(done), "layers": json.dumps(chunk)})
                     state.update(last_done=done, last_time=time.monotonic(), write_s=time.monotonic() - now)
                 if on_progress is not None:
                     on_progress(steps["base"] + done)
