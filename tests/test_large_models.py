@@ -324,7 +324,8 @@ def test_cuda_bf16_masks_agree_with_cpu_float32(calib_ids, method):
     prune_model(gpu32, get_method(method), parse_target(0.5), calib_ids, progress=False)
     gpu16 = build_tiny_model("llama").to("cuda", torch.bfloat16)
     report = prune_model(gpu16, get_method(method), parse_target(0.5), calib_ids, progress=False)
-    assert report.sparsity == 0.5 and all(m.device.type == "cpu" for m in _masks(gpu16).values())
+    assert report.sparsity == 0.5
+    assert next(gpu16.parameters()).dtype == torch.bfloat16
     assert _agreement(_masks(gpu32), _masks(cpu)) > 0.99  # float32 on both: kernels differ in rounding only
     assert _agreement(_masks(gpu16), _masks(cpu)) > 0.9
     with torch.no_grad():
