@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from conftest import build_tiny_model
+from prunerzero.allocation import owl_allocation
 from prunerzero.calib import gradients as G
 from prunerzero.calib.capture import LayerCall
 from prunerzero.cli import build_parser, main
@@ -137,6 +138,8 @@ def test_disk_offloaded_layers_prune_like_a_plain_model(tiny_model_dir, tmp_path
 
     stats = collect_dense_stats(model, ids, frozenset({"X"}), progress=False)
     assert all(s.x_mean_sq.device.type == "cpu" for s in stats.values())
+    plain_stats = collect_dense_stats(plain, ids, frozenset({"X"}), progress=False)
+    assert owl_allocation(model, stats, 0.5, 5.0, 0.08) == owl_allocation(plain, plain_stats, 0.5, 5.0, 0.08)
     with pytest.raises(UserError, match="offloaded"):
         G.compute_gradient_stats(model, ids[:1], progress=False)
 

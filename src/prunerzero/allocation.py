@@ -25,6 +25,7 @@ from torch import nn
 from .calib.stats import LinearStats
 from .errors import UserError
 from .models import find_decoder_layers, find_linears, weight_matrix
+from .placement import onloaded
 
 ALLOCATIONS = ("uniform", "owl")
 
@@ -78,10 +79,11 @@ def owl_allocation(model: nn.Module, stats: dict[str, LinearStats], sparsity: fl
     ratios, numel = [], []
     for i, layer in enumerate(layers):
         scores = []
-        for name, module in find_linears(layer).items():
-            weight = weight_matrix(module).float()  # (out, in)
-            x = stats[f"{layers_name}.{i}.{name}"].x_mean_sq  # (in,)
-            scores.append(weight.abs() * x.sqrt().unsqueeze(0))  # Wanda's score, as OWL uses
+        with onloaded(layer):  # a layer offloaded by a device map: its weights for a moment
+            for name, module in find_linears(layer).items():
+                weight = weight_matrix(module).float()  # (out, in)
+                x = stats[f"{layers_name}.{i}.{name}"].x_mean_sq.to(weight.device)  # (in,), kept on the CPU
+                scores.append(weight.abs() * x.sqrt().unsqueeze(0))  # Wanda's score, as OWL uses
         ratios.append(outlier_ratio(scores, m))
         numel.append(sum(s.numel() for s in scores))
     return Allocation("owl", m, lam, ratios, owl_sparsities(ratios, sparsity, lam, numel), numel)

@@ -111,7 +111,8 @@ class ProxyFitness:
 
     def _hinv_of(self, name: str) -> torch.Tensor:
         if name not in self._hinv:
-            self._hinv[name] = inverse_hessian_factor(self.stats[name].hessian, self.config.percdamp)
+            hessian = self.stats[name].hessian.to(self.dense[name].device)  # statistics are kept on the CPU
+            self._hinv[name] = inverse_hessian_factor(hessian, self.config.percdamp)
         return self._hinv[name]
 
     def describe(self) -> dict:
