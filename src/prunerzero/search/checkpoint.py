@@ -267,8 +267,8 @@ def fidelity_spearman(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, d
 
     out = {}
     for f in fids[1:]:
-        pairs = []
-        for (k, fid), entry in cache.entries.items():
+        pairs = []  # in key order, not arrival order: the same rho to the last bit for any executor
+        for (k, fid), entry in sorted(cache.entries.items(), key=lambda item: item[0]):
             low = cache.entries.get((k, fids[0]))
             if fid == f and math.isfinite(entry.fitness) and low is not None and math.isfinite(low.fitness):
                 pairs.append((low.fitness, entry.fitness))

@@ -14,9 +14,17 @@ which every candidate has.  The *hall of fame* ranks candidates by the highest f
 they were scored at first (anything proven at "high" outranks anything only seen at
 "low", since scores of different fidelities are not comparable), then by that score.
 
+Evaluation goes through an executor (``executors``: serial, or Ray actors): the members of a
+generation that need a fidelity are submitted as one batch (and so is each successive-halving
+rescore), every result is appended to ``evaluations.jsonl`` the moment it arrives, in whatever
+order the executor finishes them, and only after the whole batch does the engine go on -- in
+member order, reading values from the cache keyed by (canonical key, fidelity).  So the order
+of arrival never reaches the RNG, the selection or the hall of fame: serial and Ray runs, and
+a crash + resume, give the same run (only the log's line order may differ).
+
 Determinism: all randomness is one ``random.Random(config.seed)`` whose state is
-checkpointed after each generation; nothing random depends on wall time, set order or
-fitness values of the generation in progress, so a crash + resume gives the same run
+checkpointed after each generation; nothing random depends on wall time, set order, arrival
+order or fitness values of the generation in progress, so a crash + resume gives the same run
 (see ``checkpoint`` for the replay rules).  ``Exception`` from the fitness marks the
 candidate invalid; ``BaseException`` (KeyboardInterrupt, SystemExit) stops the run, resumable.
 Not DEAP: its operators draw from the global ``random`` module (no per-run RNG state to
@@ -29,6 +37,7 @@ import math
 import random
 import statistics
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,10 +45,11 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..symbolic import InvalidMetricError, Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify
+from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify
 from ..symbolic import named_metric, to_json
 from . import checkpoint as ck
 from .config import SEED_METRICS, SearchConfig
+from .executors import EvalJob, EvalResult, Executor, SerialExecutor
 from .operators import Language, Limits, crossover, mutate, ramped_half_and_half, tournament
 
 log = logging.getLogger(__name__)
@@ -70,22 +80,26 @@ class SearchResult:
 
 
 def run_search(fitness: Fitness, config: SearchConfig, out_dir: Path | str, resume: bool = False,
-               overwrite: bool = False, progress: bool = True) -> SearchResult:
+               overwrite: bool = False, progress: bool = True, executor: Executor | None = None) -> SearchResult:
     """Run (or with ``resume`` continue) a search writing to ``out_dir``; see the module doc.
-    ``fitness.spec`` (a TerminalSpec), if present, is the meaning of W, X, G for every metric."""
+    ``fitness.spec`` (a TerminalSpec), if present, is the meaning of W, X, G for every metric.
+    ``executor`` (default: serial, in this process) evaluates the candidates; the caller closes
+    one it passes.  It is not part of the run's config, so a run may resume on another executor."""
     fids = tuple(fitness.fidelities)
     if not fids or len(set(fids)) != len(fids) or not all(isinstance(f, str) for f in fids):
         raise UserError(f"fitness fidelities must be distinct names, cheapest first; got {fids!r}")
     run_config = {"format": 1, "search": config.to_dict(), "fidelities": list(fids),
                   "fitness": ck.json_roundtrip(fitness.describe())}
     records, checkpoint = ck.prepare_out_dir(Path(out_dir), run_config, resume, overwrite)
-    return _Search(fitness, config, Path(out_dir), fids, records, checkpoint, progress).run()
+    return _Search(fitness, config, Path(out_dir), fids, records, checkpoint, progress,
+                   executor or SerialExecutor(fitness)).run()
 
 
 class _Search:
     def __init__(self, fitness: Fitness, cfg: SearchConfig, out: Path, fids: tuple[str, ...],
-                 records: list[dict[str, Any]], saved: dict[str, Any] | None, progress: bool) -> None:
-        self.fitness, self.cfg, self.out, self.fids = fitness, cfg, out, fids
+                 records: list[dict[str, Any]], saved: dict[str, Any] | None, progress: bool,
+                 executor: Executor) -> None:
+        self.fitness, self.cfg, self.out, self.fids, self.executor = fitness, cfg, out, fids, executor
         self.spec: TerminalSpec = getattr(fitness, "spec", None) or TerminalSpec()
         self.lang = Language(cfg.ops, cfg.use_constants)
         self.limits = Limits(cfg.max_depth, cfg.max_size)
@@ -94,6 +108,7 @@ class _Search:
         self.cache = ck.FitnessCache(records, done)
         self.stats: dict[str, int] = dict(saved["stats"]) if saved else {
             "evaluations": 0, "cache_hits": 0, "duplicates_replaced": 0, "invalid": 0, "rescored": 0}
+        self.stats.setdefault("worker_replacements", 0)  # Ray workers that died (checkpoints before it lack it)
         self.summaries: list[dict[str, Any]] = list(saved["generations"]) if saved else []
         self.pop: list[Member] = []
         if saved:
@@ -114,8 +129,7 @@ class _Search:
                 self.gen = g
                 before = dict(self.stats)
                 pop, created = self._initial() if g == 0 else self._breed()
-                for e, k in pop:
-                    self._score(e, k, self.fids[0])
+                self._score(pop, self.fids[0])
                 self._rescore(pop)
                 self.pop = pop
                 self.cache.end_generation()
@@ -241,41 +255,46 @@ class _Search:
                          "is too small")
 
     # ------------------------------------------------------------------ fitness
-    def _score(self, e: Node, k: str, fid: str) -> float:
-        cached = self.cache.get(k, fid)
-        if cached is not None:
-            self.stats["cache_hits"] += 1
-            return cached.fitness
-        replayed = self.cache.take_pending(k, fid)
-        if replayed is not None:  # logged by the interrupted attempt of this generation
-            value = replayed.fitness
-        else:
-            value, reason, seconds = self._call(e, fid)
-            self.log.append({"generation": self.gen, "expression": format_expr(e), "key": k, "fidelity": fid,
-                             "fitness": ck.finite_or_none(value), "reason": reason, "seconds": seconds,
-                             "time": time.time()})
-            self.cache.add(k, fid, ck.Entry(value, reason, format_expr(e), self.gen))
-            if reason is not None:
-                log.debug("invalid metric %s at %s: %s", format_expr(e), fid, reason)
+    def _score(self, members: list[Member], fid: str) -> None:
+        """Make sure every member has a fitness at ``fid`` in the cache: cache hits and replays
+        of the interrupted generation first (member order), the rest as one executor batch."""
+        jobs, queued = [], set()
+        for e, k in members:
+            if k in queued or self.cache.get(k, fid) is not None:
+                self.stats["cache_hits"] += 1
+                continue
+            queued.add(k)
+            replayed = self.cache.take_pending(k, fid)
+            if replayed is not None:  # logged by the interrupted attempt of this generation
+                self._count(replayed.fitness, fid)
+            else:
+                jobs.append(EvalJob(k, Metric(e, self.spec), fid))
+        if not jobs:
+            return
+        before = self.executor.replacements
+        with closing(self.executor.map_unordered(jobs)) as results:
+            for res in results:
+                self._record(res)
+        self.stats["worker_replacements"] += self.executor.replacements - before
+
+    def _record(self, res: EvalResult) -> None:
+        """One result, as it arrives: on disk (fsync) first, then in the cache."""
+        job, expression = res.job, format_expr(res.job.metric.expr)
+        self.log.append({"generation": self.gen, "expression": expression, "key": job.key, "fidelity": job.fidelity,
+                         "fitness": ck.finite_or_none(res.value), "reason": res.reason, "seconds": res.seconds,
+                         "time": time.time()})
+        self.cache.add(job.key, job.fidelity, ck.Entry(res.value, res.reason, expression, self.gen))
+        if res.reason is not None:
+            log.debug("invalid metric %s at %s: %s", expression, job.fidelity, res.reason)
+        self._count(res.value, job.fidelity)
+
+    def _count(self, value: float, fid: str) -> None:
         self.stats["evaluations"] += 1
         self.stats["invalid"] += not math.isfinite(value)
         if fid == self.fids[0] and value < self.best_seen:
             self.best_seen = value
         self.bar.set_postfix(gen=self.gen, evals=self.stats["evaluations"], hits=self.stats["cache_hits"],
                              dups=self.stats["duplicates_replaced"], best=f"{self.best_seen:.4g}", refresh=False)
-        return value
-
-    def _call(self, e: Node, fid: str) -> tuple[float, str | None, float]:
-        t0 = time.perf_counter()
-        try:
-            value, reason = float(self.fitness.evaluate(Metric(e, self.spec), fid)), None
-            if not math.isfinite(value):
-                value, reason = math.inf, f"non-finite fitness {value}"
-        except InvalidMetricError as exc:
-            value, reason = math.inf, exc.reason
-        except Exception as exc:  # noqa: BLE001 -- any failure of one candidate must not stop the run
-            value, reason = math.inf, f"{type(exc).__name__}: {exc}"
-        return value, reason, time.perf_counter() - t0
 
     def _rescore(self, pop: list[Member]) -> None:
         for level in range(1, len(self.fids)):
@@ -287,9 +306,8 @@ class _Search:
                     todo.append((entry.fitness, i))
             todo.sort()
             n = math.ceil(self.cfg.rescore_fraction * len(todo))
-            for _, i in todo[:n]:
-                self._score(*pop[i], cur)
-                self.stats["rescored"] += 1
+            self._score([pop[i] for _, i in todo[:n]], cur)
+            self.stats["rescored"] += n
 
     def _cheap(self, k: str) -> float:
         entry = self.cache.get(k, self.fids[0])
