@@ -20,9 +20,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .search.config import SearchConfig
+    from .search.executors import ExecutorSpec
     from .search.job import SearchJob, run_job
     from .search.leaderboard import LEADERBOARD_MD
 
+    # Honoured on --resume too: where candidates run is not part of the run's saved settings.
+    executor = ExecutorSpec(args.executor, args.workers, args.ray_address, args.cpus_per_worker)
     if args.resume:
         out, job = Path(args.resume), SearchJob()
     else:
@@ -41,12 +44,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                         baselines=args.baselines, reconstruct=args.reconstruct,
                         reconstruct_mode=args.reconstruct_mode, allocation=args.allocation, owl_m=args.owl_m,
                         owl_lambda=args.owl_lambda, search=search)
-    outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
+                      executor=executor)
     result = outcome["result"]
     print(f"best metric: {result.best}   (saved to {out}/best_metric.txt and best_tree.json)")
     s = result.stats
     print(f"evaluations {s['evaluations']}, cache hits {s['cache_hits']}, duplicates replaced "
           f"{s['duplicates_replaced']}, invalid {s['invalid']}; fidelity agreement {s.get('fidelity_spearman')}")
+    if s.get("worker_replacements"):
+        print(f"Ray workers replaced after dying: {s['worker_replacements']} (their candidates were retried)")
     board = out / LEADERBOARD_MD
     if board.exists():
         print(board.read_text())
@@ -88,4 +94,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="owl: OWL layer-wise sparsity for unstructured settings")
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--owl-lambda", type=float, default=0.08)
+    p.add_argument("--executor", default="serial", choices=("serial", "ray"),
+                   help="where candidates are evaluated: serial (this process) or ray (pip install 'prunerzero[ray]'); "
+                        "may differ on --resume")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers, each loading the model once (default: one per GPU of the cluster, else 1)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster (auto or HOST:PORT); default: start a local one")
+    p.add_argument("--cpus-per-worker", type=int, default=None,
+                   help="CPUs (and torch threads) per Ray worker (default: a local cluster's cores split evenly, else 1)")
     p.set_defaults(func=cmd_search)

@@ -25,6 +25,7 @@ from ..errors import UserError, known_keys_only
 from ..models import LoadedModel, load_model, parse_dtype, resolve_device
 from ..pipeline import collect_dense_stats
 from .config import SearchConfig
+from .executors import ExecutorSpec
 from .fitness import FitnessSettings, ProxyFitness, parse_setting
 
 JOB_FILE = "job.json"
@@ -192,35 +193,62 @@ class JobContext:
     report_info: dict | None
 
 
+def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats]) -> ProxyFitness:
+    """The search fitness over the job's search split (shared by this process and Ray workers)."""
+    split = fitness_split(job.fitness_data, job.calib_data)
+    search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split))
+    return ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
+                        data_info=describe_source(job.fitness_data, split))
+
+
 def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
     lm = load_model(job.model, dtype=parse_dtype(job.dtype), device=resolve_device(job.device))
     calib_split = "calib" if job.calib_data == "lambada" else "train"
     calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split)),
                                     job.nsamples, job.seqlen, job.seed)
-    split = fitness_split(job.fitness_data, job.calib_data)
-    search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split))
     report_tokens = report_info = None
     if job.report_data:
         report_split = evaluation_split(job.report_data)
         report_tokens = tokenize(lm.tokenizer, load_text(job.report_data, report_split))
         report_info = describe_source(job.report_data, report_split)
     stats = proxy_statistics(lm, job, calib_ids, out, progress)
-    fitness = ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
-                           data_info=describe_source(job.fitness_data, split))
-    return JobContext(lm, calib_ids, fitness, report_tokens, report_info)
+    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info)
+
+
+@dataclass(frozen=True)
+class ProxyFitnessFactory:
+    """Builds the job's ProxyFitness inside a Ray worker: loads the model and reads X and G from
+    the run folder's stats.safetensors (written by this process before any worker starts), so
+    no worker recomputes statistics.  On a multi-node cluster the run folder (and a local model
+    path) must be reachable at the same path on every node, e.g. a shared filesystem."""
+
+    job: SearchJob
+    out: str
+
+    def __call__(self) -> ProxyFitness:
+        # Inside a GPU actor, Ray makes its one GPU "cuda"; "cuda:N" of the driver means nothing here.
+        device = "cuda" if self.job.device != "cpu" and torch.cuda.is_available() else "cpu"
+        path = Path(self.out) / STATS_FILE
+        if not path.exists():
+            raise UserError(f"{path} not found on this Ray node: the run folder must be on a filesystem every node sees")
+        return _proxy_fitness(self.job, load_model(self.job.model, device=device), _load_stats(path))
 
 
 def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Search, then the leaderboard. Returns {"result": SearchResult, "leaderboard": rows}."""
+            progress: bool = True, executor: ExecutorSpec = ExecutorSpec()) -> dict[str, Any]:
+    """Search, then the leaderboard. Returns {"result": SearchResult, "leaderboard": rows}.
+    ``executor`` says where candidates are evaluated (not saved: resume may use another)."""
     from .engine import run_search
     from .leaderboard import run_leaderboard
 
     out = Path(out)
+    executor.check()  # e.g. Ray missing: say so before loading anything
     if not resume:
         validate_job(job)
     job = prepare_out_dir(out, job, resume, overwrite)
     ctx = build_context(job, out, progress)
-    result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress)
+    with executor.build(ctx.fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
+        result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
+                            executor=ex)
     rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress) if ctx.report_tokens is not None else []
     return {"result": result, "leaderboard": rows, "job": job}
