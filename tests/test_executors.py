@@ -149,11 +149,12 @@ def _cli_search(model_dir, wikitext, out, *extra: str) -> list[str]:
     return ["--quiet", "search", "--model", str(model_dir), "--out", str(out), "--population", "6",
             "--generations", "2", "--seed", "0", "--nsamples", "4", "--seqlen", "32",
             "--fidelity-tokens", "64,128", "--report-data", str(wikitext), "--report-tokens", "64",
-            "--leaderboard-top", "1", "--baselines", "magnitude", *extra]
+            "--leaderboard-top", "1", "--baselines", "magnitude", "--reconstruct", "obs", *extra]
 
 
 def test_cli_ray_workers_build_the_job_fitness_from_the_run_folder(ray_cluster, tiny_model_dir, wikitext_test,
                                                                     tmp_path, monkeypatch):
+    """ProxyFitnessFactory in a worker: model, search split, X, G and H (--reconstruct obs) read back."""
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
     assert main(_cli_search(tiny_model_dir, wikitext_test, tmp_path / "serial")) == 0
     assert main(_cli_search(tiny_model_dir, wikitext_test, tmp_path / "ray", "--executor", "ray", "--workers", "1")) == 0

@@ -217,9 +217,9 @@ def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
 
 @dataclass(frozen=True)
 class ProxyFitnessFactory:
-    """Builds the job's ProxyFitness inside a Ray worker: loads the model and reads X and G from
-    the run folder's stats.safetensors (written by this process before any worker starts), so
-    no worker recomputes statistics.  On a multi-node cluster the run folder (and a local model
+    """Builds the job's ProxyFitness inside a Ray worker: loads the model and reads X, G (and H
+    when reconstructing) from the run folder's stats.safetensors, written by this process before
+    any worker starts, so no worker recomputes statistics.  On a multi-node cluster the run folder (and a local model
     path) must be reachable at the same path on every node, e.g. a shared filesystem."""
 
     job: SearchJob
