@@ -174,3 +174,29 @@ def test_cli_without_ray_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
     assert main(["--quiet", "search", "--out", str(tmp_path / "run"), "--workers", "2"]) == 2
     assert "need --executor ray" in capsys.readouterr().err
+
+
+class KillerToy(ToyFitness):
+    """Any metric using tanh kills the worker evaluating it, every time."""
+
+    def evaluate(self, metric, fidelity):  # type: ignore[override]
+        if "tanh" in str(metric):
+            os._exit(1)
+        return super().evaluate(metric, fidelity)
+
+
+def test_a_candidate_that_keeps_killing_workers_is_invalid_but_a_dying_cluster_stops(ray_cluster):
+    from prunerzero.errors import UserError
+    from prunerzero.search.executors import EvalJob
+    from prunerzero.symbolic import load_metric
+
+    def job(formula: str) -> EvalJob:
+        return EvalJob(formula, load_metric(formula), "low")
+
+    with RayExecutor(KillerToy, workers=1, max_attempts=2) as ex:
+        out = {r.job.key: r for r in ex.map_unordered([job("tanh(W)"), job("W * sqrt(X)")])}
+        assert out["tanh(W)"].value == float("inf") and "2 Ray workers died" in out["tanh(W)"].reason
+        assert out["W * sqrt(X)"].reason is None and ex.replacements == 2
+        ex.max_attempts = 1  # now 2 deaths in a row (tanh(W), then tanh(X)) mean the cluster is at fault
+        with pytest.raises(UserError, match="died 2 times in a row"):
+            list(ex.map_unordered([job("tanh(W)"), job("tanh(X)")]))

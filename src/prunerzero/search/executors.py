@@ -14,8 +14,9 @@ reason); ``BaseException`` (KeyboardInterrupt, a simulated crash) stops the run.
 at a time.  Each free actor takes the next job, so a batch waits on its slowest candidate only
 at its tail.  An actor that dies (``RayActorError``: process killed, node lost, out of memory)
 is replaced by a new one and its candidate resubmitted; a candidate on which ``max_attempts``
-workers died in a row is recorded invalid (it is then the likeliest cause, and the search must
-not loop forever).  Invalid candidates are never retried: the worker reports them like any value.
+workers died is recorded invalid (it is then the likeliest cause, and the search must not loop
+forever), unless deaths keep coming without any result in between: then the cluster is the
+cause and the run stops with an error (resumable) instead of marking every candidate invalid.  Invalid candidates are never retried: the worker reports them like any value.
 """
 from __future__ import annotations
 
@@ -171,6 +172,7 @@ class RayExecutor:
         self.workers, self.cpus_per_worker, self.gpus_per_worker = workers, cpus_per_worker, 0
         self.expect, self.max_attempts = expect, max_attempts
         self.replacements = 0
+        self._deaths_in_a_row = 0  # evaluations that killed their worker since the last result
         self.seconds: dict[str, float] = {}  # "cluster": joining/starting Ray, "ready": until every actor is up
         self._connected = False
         self._slots: list[_Slot] = []
@@ -230,7 +232,7 @@ class RayExecutor:
         slot.actor = self._actor_cls.remote(self.factory, self.cpus_per_worker)
         self._inflight[slot.actor.describe.remote()] = _Task(slot, None)
 
-    def _replace(self, slot: _Slot, exc: BaseException) -> None:
+    def _replace(self, slot: _Slot) -> None:
         self.replacements += 1
         try:
             self.ray.kill(slot.actor, no_restart=True)
@@ -284,7 +286,14 @@ class RayExecutor:
                 if slot.start_failures >= self.max_attempts:
                     raise UserError(f"Ray workers died {slot.start_failures} times while starting (loading the "
                                     f"model and statistics): {str(exc).splitlines()[0]}") from None
-            self._replace(slot, exc)
+            else:
+                # Many deaths without a single result in between is the cluster, not the candidates
+                # (e.g. every worker runs out of memory): stop (resumable) rather than mark all invalid.
+                self._deaths_in_a_row += 1
+                if self._deaths_in_a_row >= self.max_attempts * max(self.workers, 2):
+                    raise UserError(f"Ray workers died {self._deaths_in_a_row} times in a row without a result "
+                                    f"(last: {str(exc).splitlines()[0]}); stopping, --resume continues the run") from None
+            self._replace(slot)
             if job is None or task.batch is not batch or queue is None:
                 return None
             if task.attempt < self.max_attempts:
@@ -298,6 +307,7 @@ class RayExecutor:
             self._idle.append(slot)
             return None
         self._idle.append(slot)
+        self._deaths_in_a_row = 0
         return EvalResult(job, *out) if task.batch is batch else None
 
     def _check_started(self, info: dict[str, Any]) -> None:
