@@ -203,3 +203,52 @@ def test_seed_named_puts_named_metrics_in_generation_zero(tmp_path: Path) -> Non
                                         ("magnitude", "wanda", "gblm", "ria", "pruner-zero")]
     assert all(math.isfinite(r["fitness"]) for r in gen0)
     assert terminals_used(parse(gen0[2]["expression"])) == {"W", "X", "G"}
+
+
+class LambdaFitness(ToyFitness):
+    """The toy error, worsened the further a genome's OWL lambda is from 0.12: a planted optimum."""
+
+    def evaluate(self, metric, fidelity):  # type: ignore[override]
+        lam = dict(metric.genes)["owl_lambda"]
+        return super().evaluate(metric, fidelity) * (1 + 4 * abs(lam - 0.12))
+
+
+GENES = SearchConfig(population=10, generations=6, seed=0, owl_lambdas=(0.0, 0.04, 0.08, 0.12, 0.16),
+                     gene_mutation_rate=0.5)
+
+
+def test_owl_lambda_evolves_with_the_metric(tmp_path: Path) -> None:
+    res = _run(tmp_path / "a", LambdaFitness(), cfg=GENES)
+    log = ck.read_log(tmp_path / "a" / ck.LOG)
+    assert all(" @owl_lambda=" in r["key"] for r in log)
+    assert {r["key"].rsplit("=", 1)[1] for r in log} >= {"0", "0.12", "0.16"}  # the gene varies
+    assert dict(res.best.genes) == {"owl_lambda": 0.12}  # and selection finds the planted value
+    assert json.loads((tmp_path / "a" / "best_genes.json").read_text()) == {"owl_lambda": 0.12}
+    # The same formula with two lambdas is two candidates; the checkpoint keeps each gene.
+    saved = json.loads((tmp_path / "a" / ck.CHECKPOINT).read_text())
+    assert all(" @owl_lambda=" in m["key"] for m in saved["population"])
+    again = _run(tmp_path / "b", LambdaFitness(), cfg=GENES)
+    assert again.hall_of_fame == res.hall_of_fame and _log(tmp_path / "a") == _log(tmp_path / "b")
+
+
+def test_crash_and_resume_with_genes(tmp_path: Path) -> None:
+    class CrashingLambda(LambdaFitness):
+        def evaluate(self, metric, fidelity):  # type: ignore[override]
+            if self.calls >= 25:
+                raise Crash()
+            return super().evaluate(metric, fidelity)
+
+    ref = _run(tmp_path / "ref", LambdaFitness(), cfg=GENES)
+    with pytest.raises(Crash):
+        _run(tmp_path / "crash", CrashingLambda(), cfg=GENES)
+    res = _run(tmp_path / "crash", LambdaFitness(), cfg=GENES, resume=True)
+    assert res.hall_of_fame == ref.hall_of_fame and res.population == ref.population
+
+
+def test_gene_config_is_validated() -> None:
+    with pytest.raises(UserError, match="owl_lambdas"):
+        SearchConfig(owl_lambdas=(0.1, 0.05))
+    with pytest.raises(UserError, match="owl_lambdas"):
+        SearchConfig(owl_lambdas=(-0.1,))
+    cfg = SearchConfig(owl_lambdas=(0.0, 0.1))
+    assert SearchConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

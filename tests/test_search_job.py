@@ -103,3 +103,19 @@ def test_fast_path_reconstruction_and_owl_change_the_pruned_weights(tiny_model_d
     assert abs(zeros["owl"] - zeros["plain"]) <= len(pruned["plain"])  # half a weight per linear, each way
     per_linear = {n: float((w == 0).float().mean()) for n, w in pruned["owl"].items()}
     assert max(per_linear.values()) - min(per_linear.values()) > 0.05 and zeros["plain"] / total == pytest.approx(0.6, abs=1e-3)
+
+
+def test_search_evolves_owl_lambda_with_the_metric(tiny_model_dir, wikitext_test, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "genes"
+    assert main(_search_args(tiny_model_dir, wikitext_test, out, "--sparsity", "0.6", "--generations", "2",
+                             "--leaderboard-top", "1", "--baselines", "wanda", "--allocation", "owl",
+                             "--owl-m", "2", "--owl-lambdas", "0,0.05,0.1")) == 0
+    genes = json.loads((out / "best_genes.json").read_text())
+    assert genes["owl_lambda"] in (0.0, 0.05, 0.1)
+    board = (out / "leaderboard.md").read_text()
+    assert f"searched #1 (owl_lambda {genes['owl_lambda']:g})" in board
+    # Evolving lambda needs OWL; one line, nothing written.
+    bad = tmp_path / "bad"
+    assert main(_search_args(tiny_model_dir, wikitext_test, bad, "--owl-lambdas", "0,0.1")) == 2
+    assert "--allocation owl" in capsys.readouterr().err and not bad.exists()

@@ -14,6 +14,13 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -34,7 +41,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         out = Path(args.out)
         settings = args.settings or (f"{args.sparsity}:{args.pattern}" if args.pattern == "unstructured" else args.pattern,)
         search = SearchConfig(population=args.population, generations=args.generations, seed=args.seed,
-                              seed_named=not args.no_seed_named, max_depth=args.max_depth, max_size=args.max_size)
+                              seed_named=not args.no_seed_named, max_depth=args.max_depth, max_size=args.max_size,
+                              owl_lambdas=args.owl_lambdas)
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, fitness_data=args.fitness_data,
                         fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, device=args.device,
@@ -94,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="owl: OWL layer-wise sparsity for unstructured settings")
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--owl-lambda", type=float, default=0.08)
+    p.add_argument("--owl-lambdas", type=_floats, default=(),
+                   help="evolve OWL's lambda with the metric, over these values (e.g. 0,0.04,0.08,0.12); "
+                        "each genome carries one")
     p.add_argument("--executor", default="serial", choices=("serial", "ray"),
                    help="where candidates are evaluated: serial (this process) or ray (pip install 'prunerzero[ray]'); "
                         "may differ on --resume")

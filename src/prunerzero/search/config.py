@@ -36,16 +36,21 @@ class SearchConfig:
     rescore_fraction: float = 0.25
     hall_of_fame_size: int = 10
     ops: tuple[str, ...] = PRUNER_ZERO_OPS  # primitives random trees and point mutation use
+    # OWL's lambda searched jointly with the metric: the values a genome may carry (empty = not
+    # searched, the run's fixed lambda applies). See engine's module doc for how genes evolve.
+    owl_lambdas: tuple[float, ...] = ()
+    gene_mutation_rate: float = 0.2  # an offspring's gene moves to a neighbouring value with this probability
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
+        object.__setattr__(self, "owl_lambdas", tuple(self.owl_lambdas))
         ints = {"population": 1, "generations": 1, "tournament_size": 1, "elitism": 0, "init_min_depth": 0,
                 "init_max_depth": 0, "max_depth": 0, "max_size": 1, "hall_of_fame_size": 1, "seed": -(2**63)}
         for name, low in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise UserError(f"search config {name}={v!r}: must be an integer >= {low}")
-        for name in ("crossover_rate", "mutation_rate", "rescore_fraction"):
+        for name in ("crossover_rate", "mutation_rate", "rescore_fraction", "gene_mutation_rate"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 1):
                 raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
@@ -57,6 +62,11 @@ class SearchConfig:
         if not self.init_min_depth <= self.init_max_depth <= self.max_depth:
             raise UserError(f"search config needs init_min_depth <= init_max_depth <= max_depth, got "
                             f"{self.init_min_depth}, {self.init_max_depth}, {self.max_depth}")
+        lams = self.owl_lambdas
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0) for v in lams) \
+                or list(lams) != sorted(set(lams)):
+            raise UserError(f"search config owl_lambdas={list(lams)!r}: must be distinct ascending numbers >= 0")
+        object.__setattr__(self, "owl_lambdas", tuple(float(v) for v in lams))
         bad = [o for o in self.ops if not isinstance(o, str) or o not in PRIMITIVES]
         if bad or not self.ops:
             raise UserError(f"search config ops: unknown primitive(s) {bad} (choose from {', '.join(PRIMITIVES)})")
@@ -64,6 +74,7 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ops"] = list(self.ops)
+        d["owl_lambdas"] = list(self.owl_lambdas)
         return d
 
     @classmethod
@@ -73,4 +84,8 @@ class SearchConfig:
             if not isinstance(kw["ops"], (list, tuple)):
                 raise UserError(f"search config ops={kw['ops']!r}: must be a list of primitive names")
             kw["ops"] = tuple(kw["ops"])
+        if "owl_lambdas" in kw:
+            if not isinstance(kw["owl_lambdas"], (list, tuple)):
+                raise UserError(f"search config owl_lambdas={kw['owl_lambdas']!r}: must be a list of numbers")
+            kw["owl_lambdas"] = tuple(kw["owl_lambdas"])
         return cls(**kw)

@@ -29,6 +29,15 @@ order or fitness values of the generation in progress, so a crash + resume gives
 candidate invalid; ``BaseException`` (KeyboardInterrupt, SystemExit) stops the run, resumable.
 Not DEAP: its operators draw from the global ``random`` module (no per-run RNG state to
 checkpoint) and it compiles trees via ``eval``; see ``operators``.
+
+Genes (``config.owl_lambdas``): a genome may carry, besides its tree, OWL's lambda, one of the
+listed values. A random tree (and a named seed) draws it uniformly; an offspring inherits the
+gene of its first parent (the tournament winner; crossover swaps subtrees only) and with
+probability ``gene_mutation_rate`` moves it one step up or down the list. The gene is part of
+the member's key (``<canonical key> @owl_lambda=<value>``), so the same formula with another
+lambda is another candidate, and the key carries the gene through the log, the checkpoint and
+the hall of fame; the fitness reads it from ``Metric.genes``. Without genes no extra random
+numbers are drawn, so such runs are unchanged.
 """
 from __future__ import annotations
 
@@ -54,7 +63,19 @@ from .operators import Language, Limits, crossover, mutate, ramped_half_and_half
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30  # per offspring slot: the first half vary parents, the rest draw fresh trees
-Member = tuple[Node, str]  # (simplified tree, canonical key)
+Member = tuple[Node, str]  # (simplified tree, canonical key [+ " @owl_lambda=<value>" when genes are searched])
+GENE_MARK = " @owl_lambda="
+
+
+def genes_of(key: str) -> tuple[tuple[str, float], ...]:
+    """The genes a member key carries, as ``Metric.genes``: (("owl_lambda", 0.08),) or ()."""
+    if GENE_MARK not in key:
+        return ()
+    return (("owl_lambda", float(key.rsplit(GENE_MARK, 1)[1])),)
+
+
+def _with_gene(key: str, lam: float | None) -> str:
+    return key if lam is None else f"{key}{GENE_MARK}{lam:g}"
 
 
 class Fitness(Protocol):
@@ -141,7 +162,7 @@ class _Search:
         hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size)
         if not hof:
             raise UserError(f"the search in {self.out} found no valid metric (every candidate was invalid)")
-        best = Metric(parse(hof[0]["expression"]), self.spec)
+        best = Metric(parse(hof[0]["expression"]), self.spec, genes=genes_of(hof[0]["key"]))
         return SearchResult(hof, best, {**self.stats, "generations": self.summaries,
                                         "fidelity_spearman": ck.fidelity_spearman(self.cache, self.fids)},
                             [format_expr(e) for e, _ in self.pop], self.out)
@@ -166,6 +187,8 @@ class _Search:
             expr = parse(hof[0]["expression"])
             ck.atomic_write_text(self.out / ck.BEST_METRIC, format_expr(expr) + "\n")
             ck.atomic_write_json(self.out / ck.BEST_TREE, to_json(expr))
+            if genes_of(hof[0]["key"]):
+                ck.atomic_write_json(self.out / "best_genes.json", dict(genes_of(hof[0]["key"])))
         ck.atomic_write_json(self.out / ck.CHECKPOINT, {
             "format": 1, "generation": g, "finished": finished,
             "rng_state": ck.rng_state_to_json(self.rng.getstate()),
@@ -179,7 +202,7 @@ class _Search:
         if cfg.seed_named:
             for name in SEED_METRICS[: cfg.population]:
                 e = simplify(named_metric(name).expr, self.spec)
-                k = canonical_key(e, self.spec)
+                k = _with_gene(canonical_key(e, self.spec), self._random_gene())
                 if self.limits.ok(e) and k not in taken:
                     pop.append((e, k))
                     taken.add(k)
@@ -191,7 +214,7 @@ class _Search:
                 index += 1
                 if not self.limits.ok(e):
                     continue
-                k = canonical_key(e, self.spec)
+                k = _with_gene(canonical_key(e, self.spec), self._random_gene())
                 if k not in taken:
                     pop.append((e, k))
                     taken.add(k)
@@ -218,13 +241,14 @@ class _Search:
         fallback: Member | None = None
         for attempt in range(MAX_ATTEMPTS):
             if attempt < MAX_ATTEMPTS // 2:
-                e = self._vary(fit)
+                e, lam = self._vary(fit)
             else:
                 e = ramped_half_and_half(self.rng, self.lang, attempt, self.cfg.init_min_depth, self.cfg.init_max_depth)
+                lam = self._random_gene()
             e = simplify(e, self.spec)
             if not self.limits.ok(e):
                 continue
-            k = canonical_key(e, self.spec)
+            k = _with_gene(canonical_key(e, self.spec), lam)
             if k not in taken and k not in self.cache.seen:
                 taken.add(k)
                 return e, k
@@ -236,18 +260,30 @@ class _Search:
         taken.add(fallback[1])
         return fallback
 
-    def _vary(self, fit: list[float]) -> Node:
+    def _vary(self, fit: list[float]) -> tuple[Node, float | None]:
         """Crossover with probability crossover_rate (else a tournament winner's copy), then
-        mutation with probability mutation_rate -- always if the child equals its parent."""
+        mutation with probability mutation_rate -- always if the child equals its parent.
+        The gene (if any) comes from the first parent, then mutates (module doc)."""
         cfg, rng = self.cfg, self.rng
-        parent = self.pop[tournament(rng, fit, cfg.tournament_size)][0]
+        parent, parent_key = self.pop[tournament(rng, fit, cfg.tournament_size)]
         child = parent
         if rng.random() < cfg.crossover_rate:
             other = self.pop[tournament(rng, fit, cfg.tournament_size)][0]
             child = crossover(rng, parent, other, self.limits)
         if child == parent or rng.random() < cfg.mutation_rate:
             child = mutate(rng, child, self.lang, self.limits)
-        return child
+        lam = None
+        if cfg.owl_lambdas:
+            lam = dict(genes_of(parent_key)).get("owl_lambda", cfg.owl_lambdas[len(cfg.owl_lambdas) // 2])
+            if rng.random() < cfg.gene_mutation_rate:
+                grid = cfg.owl_lambdas
+                i = grid.index(lam) if lam in grid else len(grid) // 2
+                lam = grid[min(max(i + rng.choice((-1, 1)), 0), len(grid) - 1)]
+        return child, lam
+
+    def _random_gene(self) -> float | None:
+        """A uniformly drawn lambda when genes are searched; None (and no draw) otherwise."""
+        return self.rng.choice(self.cfg.owl_lambdas) if self.cfg.owl_lambdas else None
 
     def _too_small(self) -> UserError:
         return UserError(f"cannot find {self.cfg.population} distinct metrics in generation {self.gen}: the "
@@ -268,7 +304,7 @@ class _Search:
             if replayed is not None:  # logged by the interrupted attempt of this generation
                 self._count(replayed.fitness, fid)
             else:
-                jobs.append(EvalJob(k, Metric(e, self.spec), fid))
+                jobs.append(EvalJob(k, Metric(e, self.spec, genes=genes_of(k)), fid))
         if not jobs:
             return
         before = self.executor.replacements

@@ -15,7 +15,8 @@ Levers beyond the mask (issue "beyond metrics"), fixed for a run:
   with each linear's dense Hessian; the inverse-Hessian factors are computed once per run, so a
   candidate pays only the column sweeps (the cost per candidate is in docs/BENCHMARKS.md).
 - ``allocation="owl"``: OWL's per-layer sparsities from the dense X and W, computed once per
-  run; unstructured settings only (N:M settings stay uniform).
+  run; unstructured settings only (N:M settings stay uniform). A candidate's ``owl_lambda``
+  gene (``Metric.genes``, when the search evolves lambda) replaces the run's lambda.
 Like every fast-path statistic, H is the *dense* model's: the full sequential pipeline (the
 leaderboard, ``prunerzero prune``) recomputes it from each pruned layer's inputs.
 """
@@ -102,12 +103,14 @@ class ProxyFitness:
             # Outlier ratios of the dense model (sparsity only shifts them; 0.5 is a placeholder).
             self.allocation = owl_allocation(self.model, self.stats, 0.5, self.config.owl_m, self.config.owl_lambda)
 
-    def layer_sparsities(self, target: SparsityTarget) -> list[float] | None:
-        """Per decoder layer sparsity under this run's allocation, None when uniform."""
+    def layer_sparsities(self, target: SparsityTarget, owl_lambda: float | None = None) -> list[float] | None:
+        """Per decoder layer sparsity under this run's allocation, None when uniform. `owl_lambda`
+        (a candidate's gene, when the search evolves it) overrides the run's lambda."""
         if self.allocation is None or target.structured:
             return None
         a = self.allocation
-        return owl_sparsities(a.outlier_ratio, target.sparsity, self.config.owl_lambda, a.layer_numel)
+        lam = self.config.owl_lambda if owl_lambda is None else owl_lambda
+        return owl_sparsities(a.outlier_ratio, target.sparsity, lam, a.layer_numel)
 
     def _hinv_of(self, name: str) -> torch.Tensor:
         if name not in self._hinv:
@@ -123,7 +126,7 @@ class ProxyFitness:
     def apply(self, metric: Metric, target: SparsityTarget) -> None:
         """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
         start = time.perf_counter()
-        layer_sparsity = self.layer_sparsities(target)
+        layer_sparsity = self.layer_sparsities(target, dict(metric.genes).get("owl_lambda"))
 
         def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
             return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)

@@ -113,13 +113,16 @@ def validate_job(job: SearchJob) -> None:
         raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {job.reconstruct_mode!r}")
     if job.allocation not in ALLOCATIONS:
         raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {job.allocation!r}")
+    if job.search.owl_lambdas and job.allocation != "owl":
+        raise UserError("--owl-lambdas evolves OWL's lambda: it needs --allocation owl")
     if job.allocation == "owl":
         targets = [parse_setting(s) for s in job.settings]
         if all(t.structured for t in targets):
             raise UserError("--allocation owl needs at least one unstructured setting")
         for t in targets:
             if not t.structured:
-                check_owl(t.sparsity, job.owl_m, job.owl_lambda, False)
+                for lam in (job.owl_lambda, *job.search.owl_lambdas):
+                    check_owl(t.sparsity, job.owl_m, lam, False)
 
 
 def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) -> SearchJob:

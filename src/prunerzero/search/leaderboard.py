@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -20,6 +21,7 @@ from ..methods import get_method
 from ..methods.symbolic import symbolic_method
 from ..pipeline import prune_model
 from ..symbolic import Metric, canonical_key, format_expr, load_metric, named_metric
+from .engine import genes_of
 from .fitness import parse_setting
 from .job import JobContext, SearchJob
 
@@ -50,7 +52,9 @@ def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict]) -> list[tuple[
     """(label, metric, method name) for the top searched metrics, then the baselines."""
     entries: list[tuple[str, Metric | None, str]] = []
     for rank, row in enumerate(hall_of_fame[: job.leaderboard_top], start=1):
-        entries.append((f"searched #{rank}", load_metric(row["expression"]), "metric"))
+        genes = genes_of(row["key"])  # an evolved OWL lambda travels with its formula
+        label = f"searched #{rank}" + "".join(f" ({name} {value:g})" for name, value in genes)
+        entries.append((label, replace(load_metric(row["expression"]), genes=genes), "metric"))
     for name in job.baselines:
         if name in ("magnitude", "wanda", "sparsegpt"):
             entries.append((name, None, name))  # direct implementations
@@ -80,7 +84,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
             method = symbolic_method(metric) if metric is not None else get_method(method_name)
             method = ctx.fitness.config.wrap(method)  # the run's reconstruction, if any
             target = parse_setting(setting)
-            layer_sparsity = ctx.fitness.layer_sparsities(target)  # the run's allocation, if any
+            lam = dict(metric.genes).get("owl_lambda") if metric is not None else None
+            layer_sparsity = ctx.fitness.layer_sparsities(target, lam)  # the run's allocation, if any
             target_for = target if layer_sparsity is None else (lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
             prune_model(model, method, target_for, ctx.calib_ids, grads=grads, progress=False)
             formula = format_expr(metric.expr) if metric is not None else method.describe.get("formula", method_name)

@@ -36,6 +36,9 @@ class Metric:
     expr: Node
     spec: TerminalSpec = field(default_factory=TerminalSpec)
     name: str | None = None
+    # Settings evolved together with the formula by the search (e.g. (("owl_lambda", 0.08),)):
+    # not part of the formula, read by the fitness. Empty for every metric a user writes.
+    genes: tuple[tuple[str, float], ...] = ()
 
     def __str__(self) -> str:
         return format_expr(self.expr)
