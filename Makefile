@@ -55,6 +55,7 @@ bench-zeroshot: setup
 
 bench-levers: setup
 	$(BIN)/python bench/levers_bench.py
+	$(BIN)/python bench/fitness_cost.py
 
 # Serial vs Ray (1 and 2 workers) seconds per candidate on SmolLM2, and Ray's start-up cost.
 bench-ray: setup
