@@ -49,7 +49,8 @@ def ray_cluster():
 
 
 class PickyToy(ToyFitness):
-    """Raises for metrics using tanh (a plain bug) or exp (declared invalid)."""
+    """Raises for metrics using tanh (a plain bug) or exp (declared invalid). Same as
+    test_search_engine's PickyFitness, defined here because Ray ships this module by value."""
 
     def evaluate(self, metric, fidelity):  # type: ignore[override]
         text = str(metric)
