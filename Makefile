@@ -40,8 +40,9 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not real" tests
 
-# All benchmarks (about 90 minutes on 2 cores, measured 2026-11-29 before bench-ray was added, which is not yet
-# timed); each part rewrites its own section of docs/BENCHMARKS.md.
+# All benchmarks; each part rewrites its own section of docs/BENCHMARKS.md. Wall times of the parts as last
+# measured on 2 cores (2026-11-29, some while sharing the cores, see each section): prune + metrics + masks about
+# 20 min, search 35 min, zeroshot 33 min, levers 102 min + fitness cost 10 min, ray 6 min: about 3.4 hours.
 bench: bench-prune bench-search bench-zeroshot bench-levers bench-ray
 
 bench-prune: setup
