@@ -17,7 +17,9 @@ from prunerzero.search import SearchConfig, run_search
 from prunerzero.search import checkpoint as ck
 from prunerzero.search.executors import RayExecutor
 from prunerzero.search.toy import ToyFitness
-from prunerzero.symbolic import InvalidMetricError
+
+import test_search_engine  # noqa: E402 -- a sibling test module (tests/ is on sys.path)
+from test_search_engine import PickyFitness  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report attempts (no network here)
 
@@ -41,27 +43,15 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     import ray.cloudpickle
 
-    # The fitness classes below live in this test module, which Ray workers cannot import: ship them by value.
+    # The fitness classes live in test modules, which Ray workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(test_search_engine)
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
 
 
-class PickyToy(ToyFitness):
-    """Raises for metrics using tanh (a plain bug) or exp (declared invalid). Same as
-    test_search_engine's PickyFitness, defined here because Ray ships this module by value."""
-
-    def evaluate(self, metric, fidelity):  # type: ignore[override]
-        text = str(metric)
-        if "tanh" in text:
-            raise ValueError("tanh is broken here")
-        if "exp" in text:
-            raise InvalidMetricError("no exp")
-        return super().evaluate(metric, fidelity)
-
-
-class DyingToy(PickyToy):
+class DyingToy(PickyFitness):
     """The worker process exits hard on its ``at``-th evaluation -- once per marker file."""
 
     def __init__(self, marker: str, at: int) -> None:
@@ -83,12 +73,12 @@ class Crash(BaseException):
     """Stands in for kill -9 of the driver."""
 
 
-def _ray(factory=PickyToy, workers: int = 2) -> RayExecutor:
-    return RayExecutor(factory, workers=workers, expect=PickyToy().describe())
+def _ray(factory=PickyFitness, workers: int = 2) -> RayExecutor:
+    return RayExecutor(factory, workers=workers, expect=PickyFitness().describe())
 
 
 def _search(out: Path, executor=None, **kw):
-    return run_search(PickyToy(), CFG, out, progress=False, executor=executor, **kw)
+    return run_search(PickyFitness(), CFG, out, progress=False, executor=executor, **kw)
 
 
 def _records(out: Path) -> Counter:

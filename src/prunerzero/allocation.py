@@ -46,6 +46,11 @@ class Allocation:
         return d
 
 
+def check_allocation(name: str) -> None:
+    if name not in ALLOCATIONS:
+        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {name!r}")
+
+
 def check_owl(sparsity: float, m: float, lam: float, structured: bool) -> None:
     if structured:
         raise UserError("--allocation owl needs unstructured sparsity (N:M fixes every layer's ratio)")

@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from . import atomic
-from .allocation import ALLOCATIONS, Allocation, check_owl, owl_allocation, plot_allocation
+from .allocation import Allocation, check_allocation, check_owl, owl_allocation, plot_allocation
 from .config import PruneConfig
 from .data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from .errors import UserError
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
+from .methods.reconstruct import check_reconstruct, with_reconstruction
 from .models import (LoadedModel, cache_dir, check_placement, load_model, max_context, parse_dtype, resolve_device,
                      resolve_model_path)
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
@@ -53,7 +54,6 @@ def build_method(cfg: PruneConfig) -> Method:
             options = {"percdamp": cfg.percdamp, "blocksize": cfg.blocksize}
         method = get_method(cfg.method, **options)
     if cfg.reconstruct == "obs":
-        from .methods.reconstruct import with_reconstruction
 
         method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize)
     return method
@@ -118,10 +118,8 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         bad = [t for t in cfg.zero_shot if t not in TASKS]
         if bad:
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
-    if cfg.reconstruct not in ("none", "obs"):
-        raise UserError(f"--reconstruct must be none or obs, not {cfg.reconstruct!r}")
-    if cfg.allocation not in ALLOCATIONS:
-        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {cfg.allocation!r}")
+    check_reconstruct(cfg.reconstruct, cfg.reconstruct_mode)
+    check_allocation(cfg.allocation)
     if cfg.allocation == "owl":
         check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)
     if not cfg.metric and cfg.method not in METHODS:

@@ -26,6 +26,15 @@ from .base import Method
 from .obs import obs_prune
 
 MODES = ("fixed", "block")
+KINDS = ("none", "obs")
+
+
+def check_reconstruct(kind: str, mode: str) -> None:
+    """One-line errors for a bad --reconstruct / --reconstruct-mode (prune and search share it)."""
+    if kind not in KINDS:
+        raise UserError(f"--reconstruct must be none or obs, not {kind!r}")
+    if mode not in MODES:
+        raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
 def reconstruct_prune(

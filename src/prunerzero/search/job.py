@@ -101,18 +101,14 @@ def validate_job(job: SearchJob) -> None:
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
     parse_dtype(job.dtype)
-    from ..allocation import ALLOCATIONS, check_owl
+    from ..allocation import check_allocation, check_owl
     from ..methods import METHODS
-    from ..methods.reconstruct import MODES
+    from ..methods.reconstruct import check_reconstruct
 
     for name in job.baselines:
         METHODS.get(name)
-    if job.reconstruct not in ("none", "obs"):
-        raise UserError(f"--reconstruct must be none or obs, not {job.reconstruct!r}")
-    if job.reconstruct_mode not in MODES:
-        raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {job.reconstruct_mode!r}")
-    if job.allocation not in ALLOCATIONS:
-        raise UserError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, not {job.allocation!r}")
+    check_reconstruct(job.reconstruct, job.reconstruct_mode)
+    check_allocation(job.allocation)
     if job.search.owl_lambdas and job.allocation != "owl":
         raise UserError("--owl-lambdas evolves OWL's lambda: it needs --allocation owl")
     if job.allocation == "owl":
