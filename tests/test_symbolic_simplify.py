@@ -140,9 +140,12 @@ SAME_KEY = [
     ("abs(W)", "W", ABS), ("3 - W", "-W", SIGNED), ("-mms(W)", "-W", SIGNED), ("W + X + G", "G + (X + W)", SIGNED),
     ("abs(W * W) * mms(G)", "mms(G) * (W * W)", ABS), ("sqrt(sqr(W) * X)", "sqr(W) * X", SIGNED),
     ("2 * (W + 1)", "W", SIGNED), ("-(3 - W)", "W", SIGNED), ("skp(W + 0)", "W", SIGNED),
+    ("W + W", "W", SIGNED), ("W * X + X * W", "W * X", SIGNED), ("W * W * X", "sqr(W) * X", SIGNED),
+    ("abs(W * W) * mms(G)", "sqr(W) * mms(G)", SIGNED), ("2 * W + W * 2 + G", "W * 4 + G", SIGNED),
 ]
 DIFFERENT_KEY = [("W", "-W", SIGNED), ("sqr(W)", "W", SIGNED), ("rown(W)", "W", ABS), ("W * X", "W + X", ABS),
-                 ("sqrt(W)", "W", SIGNED), ("-2 * W", "W", SIGNED), ("W / -2", "W", SIGNED)]
+                 ("sqrt(W)", "W", SIGNED), ("-2 * W", "W", SIGNED), ("W / -2", "W", SIGNED),
+                 ("W + W + G", "W + G", SIGNED), ("W * W * X", "W * X", SIGNED)]
 
 
 @pytest.mark.parametrize("a, b, spec", SAME_KEY)

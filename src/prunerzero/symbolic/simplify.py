@@ -27,7 +27,7 @@ approximate), ``sub(x, x) -> 0`` and ``x * 0 -> 0`` (they change the shape a lat
 ``div``/``rown``/``coln``/``zsn`` reduces over, and inf - inf, inf * 0 are nan).
 
 ``canonical_key(e)`` = simplify, flatten and sort ``add``/``mul`` chains, fold their
-constants, then strip outermost strictly increasing maps, which keep every mask (masks keep
+constants, merge equal operands (``x + x -> x * 2``, ``x * x -> sqr(x)``), then strip outermost strictly increasing maps, which keep every mask (masks keep
 the top scores per row, layer or N:M group): skp, tanh, exp (valid scores are < 88.7 so the
 clamp at 100 never ties), mms, zsn (positive global affine), ``div(x, y) -> x`` (divides by
 a positive scalar), + or - a constant, * or pdiv by a positive constant, and sqrt, sqr, pow,
@@ -181,9 +181,27 @@ def _chain(e: Node, op: str) -> list[Node]:
     return _chain(e.children[0], op) + _chain(e.children[1], op) if e.op == op else [e]
 
 
+def _merge_repeats(op: str, items: list[Node]) -> list[Node]:
+    """Equal operands of one chain merged: ``x + x -> x * 2`` and ``x * x -> sqr(x)`` (both exact in
+    floating point), so the search does not treat them as new metrics."""
+    counts: dict[str, tuple[Node, int]] = {}
+    for item in items:
+        key = format_expr(item)
+        counts[key] = (item, counts.get(key, (item, 0))[1] + 1)
+    out: list[Node] = []
+    for item, n in counts.values():
+        if n == 1:
+            out.append(item)
+        elif op == "add":
+            out.append(_sorted_chain("mul", _chain(item, "mul") + [const(float(n))]))
+        else:
+            out += [Node("sqr", (item,))] * (n // 2) + [item] * (n % 2)
+    return out
+
+
 def _sorted_chain(op: str, items: list[Node]) -> Node:
     consts = [c.value for c in items if c.op == "const"]
-    rest = sorted((c for c in items if c.op != "const"), key=format_expr)
+    rest = sorted(_merge_repeats(op, [c for c in items if c.op != "const"]), key=format_expr)
     total = math.fsum(consts) if op == "add" else math.prod(consts)  # type: ignore[arg-type]
     if consts and total != (0.0 if op == "add" else 1.0) or not rest:
         rest.append(const(total))
