@@ -32,6 +32,7 @@ def test_search_writes_everything_and_resume_is_a_no_op(tiny_model_dir, wikitext
     board = (out / "leaderboard.md").read_text()
     for label in ("searched #1", "searched #2", "magnitude", "wanda", "pruner-zero", "dense"):
         assert label in board
+    assert f"measured on {wikitext_test.parent.name}/{wikitext_test.name} (" in board  # not the machine's path
     rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
     assert len(rows) == 1 + 5  # dense + (2 searched + 3 baselines) x 1 setting
     evaluations = (out / "evaluations.jsonl").read_text()

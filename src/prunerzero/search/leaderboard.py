@@ -137,6 +137,8 @@ def _levers(job: SearchJob) -> str:
 def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict | None) -> None:
     tokens = rows[0]["tokens"] if rows else 0
     where = report_info.get("path") or report_info.get("source") if report_info else "-"
+    if report_info and report_info.get("path"):  # folder/file: readable and machine-neutral (job.json has it whole)
+        where = "/".join(Path(where).parts[-2:])
     text = (
         f"# Leaderboard\n\nModel `{job.model}`; each metric pruned with the full sequential pipeline "
         f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, seed {job.seed}) and measured on "
