@@ -188,6 +188,29 @@ def plan(s: Setup, act: dict[str, float], chunk: int | None) -> dict[str, float]
     return out
 
 
+def search_plan(s: Setup, reconstruct: bool) -> dict[str, float]:
+    """Peak bytes of `prunerzero search` (serial executor, layers spread evenly over s.gpus).
+
+    GPU: the weights, the fitness's dense copies of every prunable weight in the model's dtype
+    (b*P_prunable / N: each candidate starts from them), one linear's float32 weight, score and mask
+    (12*h*i), and a perplexity forward at the search window. With --reconstruct obs: each linear's
+    float32 inverse-Hessian factor, kept for the run (4*(3h^2 + i^2) per layer: one for q, k, v, one
+    for o, one for gate and up, which read the same input, h wide, and one for down, i wide), plus the OBS sweep's work on the widest linear (4*h*i + 8*i^2).
+    CPU: the run's statistics, loaded whole: G (8*P_prunable) and, with --reconstruct obs, the
+    Hessians (4*L*(6h^2 + i^2)). Disk: stats.safetensors in the run folder (the same bytes) and the
+    gradient cache (8*P_prunable)."""
+    a, b, T = s.arch, s.weight_bytes, s.arch.seqlen
+    h, i, V, L, N = a.hidden, a.intermediate, a.vocab, a.layers, s.gpus
+    p = params(a)
+    hessians = 4 * L * (6 * h * h + i * i)  # one per linear on the CPU, as saved
+    gpu = (b * p["total"] + b * p["prunable"]) / N + 12 * h * i + s.eval_batch * T * V * (b + 8) \
+        + s.eval_batch * T * (4 * h + 3 * i) * b
+    if reconstruct:
+        gpu += 4 * L * (3 * h * h + i * i) / N + 4 * h * i + 8 * i * i
+    cpu = 8 * p["prunable"] + (hessians if reconstruct else 0)
+    return {"gpu": gpu, "cpu": cpu, "disk": cpu + 8 * p["prunable"]}
+
+
 def largest_chunk(s: Setup, act: dict[str, float], headroom: float = 0.9) -> int:
     """The most decoder layers per gradient chunk that keep the busiest GPU under headroom x its memory."""
     best = 0
@@ -237,6 +260,14 @@ def main() -> None:
               f"({-(-per_gpu // k) if k else '-'} chunks; at most {largest_chunk(s, act)} fit in 90%)")
         for step, value in plan(s, act, k or None).items():
             print(f"    {step:42s} {value / GiB:8.1f} GiB")
+    print()
+    print("Search (serial executor, GiB; the search window = the model's T):")
+    print("| model | GPUs | GPU, busiest | CPU | disk | GPU with --reconstruct obs | CPU | disk |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in SETUPS:
+        plain, obs = search_plan(s, False), search_plan(s, True)
+        print(f"| {s.arch.name} | {s.gpus} | {plain['gpu'] / GiB:.1f} | {plain['cpu'] / GiB:.1f} | "
+              f"{plain['disk'] / GiB:.1f} | {obs['gpu'] / GiB:.1f} | {obs['cpu'] / GiB:.1f} | {obs['disk'] / GiB:.1f} |")
 
 
 if __name__ == "__main__":

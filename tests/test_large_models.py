@@ -362,3 +362,56 @@ def test_cuda_chunked_gradients_equal_cpu(ids):
         for a, b in zip(gpu[name], cpu[name]):
             assert a.device.type == "cpu"
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------- search placement
+
+def _search(model_dir, wikitext, out, *extra):
+    return ["--quiet", "search", "--model", str(model_dir), "--out", str(out), "--population", "4",
+            "--generations", "1", "--seed", "0", "--nsamples", "4", "--seqlen", "32", "--fidelity-tokens", "64",
+            "--report-data", str(wikitext), "--report-tokens", "128", "--leaderboard-top", "1",
+            "--baselines", "wanda", "--dtype", "bfloat16", *extra]
+
+
+def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    """On a CPU `--device-map auto` puts every layer on the CPU: the same bf16 model, so the same
+    fitness for every candidate; the copies the fitness restores from stay bf16 (half the memory)."""
+    from prunerzero.search import job as job_module
+
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    built = []
+    real_build = job_module.build_context
+    monkeypatch.setattr(job_module, "build_context", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    runs = {}
+    for label, extra in (("one", ["--device", "cpu"]), ("spread", ["--device-map", "auto"])):
+        assert main(_search(tiny_model_dir, wikitext_test, tmp_path / label, *extra)) == 0
+        runs[label] = [(r["key"], r["fitness"]) for r in map(json.loads, (tmp_path / label / "evaluations.jsonl").open())]
+    assert runs["one"] == runs["spread"] and len(runs["one"]) >= 4
+    assert json.loads((tmp_path / "spread" / "job.json").read_text())["device_map"] == "auto"
+    assert {w.dtype for w in built[-1].fitness.dense.values()} == {torch.bfloat16}
+
+
+def test_search_refuses_offloaded_layers_and_ray_with_a_device_map(tiny_model_dir, wikitext_test, tmp_path,
+                                                                  monkeypatch, capsys):
+    from prunerzero.search import job as job_module
+
+    # What a device map that does not fit gives: decoder layer 1 on disk.
+    monkeypatch.setattr(job_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
+    assert main(_search(tiny_model_dir, wikitext_test, tmp_path / "run", "--device-map", "auto")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the search needs every layer on a device" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run" / "evaluations.jsonl").exists()
+
+    pytest.importorskip("ray")
+    assert main(_search(tiny_model_dir, wikitext_test, tmp_path / "ray", "--device-map", "auto",
+                        "--executor", "ray")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "use --executor serial with --device-map" in err and len(err.splitlines()) == 1, err
+
+
+def _loaded_offloaded(model_dir: Path, folder: Path):
+    from prunerzero.models import LoadedModel
+
+    lm = load_model(str(model_dir))
+    return LoadedModel(model=_offloaded(model_dir, folder / "offload"), tokenizer=lm.tokenizer, source=str(model_dir),
+                       path=lm.path)

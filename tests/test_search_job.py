@@ -96,6 +96,16 @@ def test_fast_path_reconstruction_and_owl_change_the_pruned_weights(tiny_model_d
         fitness.apply(wanda, parse_target(0.6))
         pruned[label] = {n: weight_matrix(m).detach().clone() for n, m in fitness.linears.items()}
         fitness.restore()
+        if label == "obs":  # q, k, v (and gate, up) read one input: one inverse-Hessian factor for each group
+            layer0 = {n.rsplit(".", 1)[-1]: f for n, f in fitness._hinv.items() if ".0." in n}
+            assert layer0["q_proj"] is layer0["k_proj"] is layer0["v_proj"] and layer0["gate_proj"] is layer0["up_proj"]
+            assert len({id(f) for f in layer0.values()}) == 4
+    from prunerzero.methods.reconstruct import reconstruct_prune
+
+    name = next(n for n in pruned["obs"] if n.endswith("k_proj"))  # a linear given q_proj's factor
+    own = reconstruct_prune(weight_matrix(fitness.linears[name]).detach().float(), stats[name], parse_target(0.6),
+                            lambda w, st: wanda.scores(w, st.x_mean_sq), "fixed")
+    assert torch.equal(own, pruned["obs"][name])
     name = next(iter(pruned["plain"]))
     assert torch.equal(pruned["plain"][name] == 0, pruned["obs"][name] == 0)  # fixed mode: same mask
     assert not torch.equal(pruned["plain"][name], pruned["obs"][name])  # survivors updated

@@ -46,7 +46,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, fitness_data=args.fitness_data,
                         fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, device=args.device,
-                        dtype=args.dtype,
+                        dtype=args.dtype, device_map=args.device_map, max_memory=args.max_memory,
                         report_data=args.report_data,
                         report_tokens=args.report_tokens, leaderboard_top=args.leaderboard_top,
                         baselines=args.baselines, reconstruct=args.reconstruct,
@@ -91,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--eval-dtype", default="float32", help="float32 or bfloat16 for fitness forwards")
     p.add_argument("--dtype", default="float32", help="weights as loaded: float32, bfloat16 or float16")
+    p.add_argument("--device-map", default="none",
+                   help="none (one --device), or auto / balanced / sequential: one model spread over GPUs "
+                        "(serial executor; every layer must fit on a GPU)")
+    p.add_argument("--max-memory", help='with --device-map: memory per device, e.g. "0=70GiB,1=70GiB"')
     p.add_argument("--report-data", default="wikitext2", help="reporting set for the leaderboard (wikitext2 or a file)")
     p.add_argument("--report-tokens", type=int, default=None, help="first N tokens of the reporting set")
     p.add_argument("--leaderboard-top", type=int, default=3)

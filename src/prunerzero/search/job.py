@@ -22,7 +22,8 @@ from .. import atomic
 from ..calib.stats import LinearStats
 from ..data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from ..errors import UserError, known_keys_only
-from ..models import LoadedModel, load_model, parse_dtype, resolve_device
+from ..models import LoadedModel, check_placement, load_model, parse_dtype, resolve_device
+from ..placement import has_offloaded_weights
 from ..pipeline import collect_dense_stats
 from .config import SearchConfig
 from .executors import ExecutorSpec
@@ -45,6 +46,8 @@ class SearchJob:
     eval_dtype: str = "float32"
     device: str = "auto"
     dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
+    device_map: str = "none"  # or auto / balanced / sequential: one model spread over GPUs (serial executor)
+    max_memory: str | None = None  # with device_map: "0=70GiB,1=70GiB"
     report_data: str | None = "wikitext2"
     report_tokens: int | None = None
     leaderboard_top: int = 3
@@ -101,6 +104,7 @@ def validate_job(job: SearchJob) -> None:
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
     parse_dtype(job.dtype)
+    check_placement(job.device, job.device_map, job.max_memory)
     from ..allocation import check_allocation, check_owl
     from ..methods import METHODS
     from ..methods.reconstruct import check_reconstruct
@@ -201,7 +205,14 @@ def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats
 
 
 def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
-    lm = load_model(job.model, dtype=parse_dtype(job.dtype), device=resolve_device(job.device))
+    spread = job.device_map != "none"
+    lm = load_model(job.model, dtype=parse_dtype(job.dtype), device="cpu" if spread else resolve_device(job.device),
+                    device_map=job.device_map if spread else None, max_memory=job.max_memory)
+    if has_offloaded_weights(lm.model):
+        # Every candidate rewrites every weight: layers on disk or in accelerate's CPU store would be
+        # written back once per candidate and per setting, far slower than the search is worth.
+        raise UserError("the search needs every layer on a device, but the device map offloaded some "
+                        "(give --max-memory more room, or use more GPUs)")
     calib_split = "calib" if job.calib_data == "lambada" else "train"
     calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split)),
                                     job.nsamples, job.seqlen, job.seed)
@@ -233,7 +244,8 @@ class ProxyFitnessFactory:
         path = Path(self.out) / STATS_FILE
         if not path.exists():
             raise UserError(f"{path} not found on this Ray node: the run folder must be on a filesystem every node sees")
-        return _proxy_fitness(self.job, load_model(self.job.model, device=device), _load_stats(path))
+        lm = load_model(self.job.model, dtype=parse_dtype(self.job.dtype), device=device)
+        return _proxy_fitness(self.job, lm, _load_stats(path))
 
 
 def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool = False,
@@ -248,6 +260,9 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
     if not resume:
         validate_job(job)
     job = prepare_out_dir(out, job, resume, overwrite)
+    if executor.kind == "ray" and job.device_map != "none":
+        raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
+                        "each: use --executor serial with --device-map")
     ctx = build_context(job, out, progress)
     with executor.build(ctx.fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
         result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
