@@ -389,6 +389,10 @@ def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitex
     assert runs["one"] == runs["spread"] and len(runs["one"]) >= 4
     assert json.loads((tmp_path / "spread" / "job.json").read_text())["device_map"] == "auto"
     assert {w.dtype for w in built[-1].fitness.dense.values()} == {torch.bfloat16}
+    # What a Ray worker builds from the run folder: the job's dtype too.
+    worker = job_module.ProxyFitnessFactory(job_module.SearchJob.from_dict(
+        json.loads((tmp_path / "one" / "job.json").read_text())), str(tmp_path / "one"))()
+    assert next(worker.model.parameters()).dtype == torch.bfloat16
 
 
 def test_search_refuses_offloaded_layers_and_ray_with_a_device_map(tiny_model_dir, wikitext_test, tmp_path,
