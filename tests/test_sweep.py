@@ -146,6 +146,8 @@ def test_other_settings_need_overwrite(memorised_model_dir, wikitext_test, tmp_p
     (["--sparsities", "0.5,1.2"], "outside [0, 1)"),
     (["--pattern", "2:4", "--sparsities", "0.6"], "means sparsity 0.5"),
     (["--methods", "wandda"], "did you mean 'wanda'"),
+    (["--dtype", "float8"], "--dtype must be one of"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_model_dir, wikitext_test, tmp_path, capsys, extra, message):
     out = tmp_path / "sweep"
@@ -162,3 +164,24 @@ def test_parse_sparsities_and_nm_grid():
     assert sweep.sparsity_grid(sweep.SweepConfig(pattern="4:8", sparsities="0.5")) == [0.5]
     with pytest.raises(UserError):
         sweep.parse_sparsities("")
+
+
+def test_bf16_sweep_keeps_bf16_weights_and_float32_math(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    """--dtype bfloat16: the kept dense copies and the model stay bf16; each method gets float32."""
+    seen = []
+    real = sweep.DenseState.apply
+
+    def spy(self, method, target):
+        seen.append({w.dtype for w in self.dense.values()} | {next(self.lm.model.parameters()).dtype})
+        return real(self, method, target)
+
+    monkeypatch.setattr(sweep.DenseState, "apply", spy)
+    out = tmp_path / "sweep"
+    assert main(_args(tiny_model_dir, wikitext_test, out, "--methods", "wanda,sparsegpt", "--sparsities", "0.5",
+                      "--dtype", "bfloat16", "--device", "cpu")) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert seen and all(s == {torch.bfloat16} for s in seen)
+    assert result["settings"]["dtype"] == "bfloat16"
+    for r in result["results"]:
+        assert r["actual_sparsity"] == pytest.approx(0.5, abs=1e-3) and 1 < r["ppl"] < float("inf")
+

@@ -34,7 +34,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       group=args.group, calib_data=args.calib_data, nsamples=args.nsamples, seqlen=args.seqlen,
                       seed=args.seed, batch_size=args.batch_size, percdamp=args.percdamp, blocksize=args.blocksize,
                       gradients=args.gradients, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
-                      eval_tokens=args.eval_tokens)
+                      eval_tokens=args.eval_tokens, device=args.device, dtype=args.dtype)
     run_sweep(cfg, Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
     print((Path(args.out) / MD).read_text())
     return 0
@@ -66,5 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", default="wikitext2", help="wikitext2, c4, ptb, lambada or a text file")
     p.add_argument("--eval-seqlen", type=int, default=None)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N test tokens")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", help="weights as loaded: float32, bfloat16 or float16")
     p.add_argument("--overwrite", action="store_true", help="replace a sweep with other settings in --out")
     p.set_defaults(func=cmd_sweep)

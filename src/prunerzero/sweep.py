@@ -53,6 +53,8 @@ class SweepConfig:
     eval_data: str = "wikitext2"
     eval_seqlen: int | None = None  # default: seqlen
     eval_tokens: int | None = None
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    dtype: str = "float32"  # weights as loaded; the pruning math stays float32
 
     @property
     def effective_eval_seqlen(self) -> int:
@@ -62,7 +64,7 @@ class SweepConfig:
         """What the measured numbers depend on. Methods and sparsities are left out: they only
         choose grid points, so a rerun may add some and reuse every point already measured."""
         d = asdict(self)
-        for k in ("methods", "sparsities", "batch_size"):  # batch size changes speed, not results
+        for k in ("methods", "sparsities", "batch_size", "device"):  # they change speed, not results
             d.pop(k)
         d["eval_seqlen"] = self.effective_eval_seqlen
         return {"format": 1, "variant": "one-shot-dense-stats", **d}
@@ -175,9 +177,9 @@ class DenseState:
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
         from .api import check_seqlen
         from .data import calibration_windows, evaluation_split, load_text, tokenize
-        from .models import find_decoder_layers, find_linears, load_model, weight_matrix
+        from .models import find_decoder_layers, find_linears, load_model, parse_dtype, resolve_device, weight_matrix
 
-        self.lm = load_model(cfg.model)
+        self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device))
         check_seqlen(self.lm, cfg.seqlen)
         check_seqlen(self.lm, cfg.effective_eval_seqlen)
         tok = self.lm.tokenizer
@@ -185,8 +187,9 @@ class DenseState:
         layers_name, layers = find_decoder_layers(self.lm.model)
         self.linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers)
                         for n, m in find_linears(layer).items()}
-        # (out, in) float32 copies: every point is pruned from these, never from a pruned model
-        self.dense = {n: weight_matrix(m).detach().float().clone() for n, m in self.linears.items()}
+        # (out, in) copies in the model's dtype: every point is pruned from these, never from a pruned
+        # model; each method sees a float32 copy of one linear at a time
+        self.dense = {n: weight_matrix(m).detach().clone() for n, m in self.linears.items()}
         self.needs = frozenset().union(*(m.needs for m in methods.values()))
         self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}}
         self.calib_ids = None
@@ -232,7 +235,9 @@ class DenseState:
 
         zeros = total = 0
         for name, module in self.linears.items():
-            new = method.prune(self.dense[name], self.stats[name], target)  # (out, in)
+            weight = self.dense[name].float()  # (out, in)
+            # Statistics wait on the CPU; a GPU run moves one linear's at a time.
+            new = method.prune(weight, self.stats[name].to(weight.device), target)  # (out, in)
             set_weight_matrix(module, new)
             zeros += int((new == 0).sum())
             total += new.numel()
@@ -261,6 +266,10 @@ def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
+    from .models import parse_dtype, resolve_device
+
+    parse_dtype(cfg.dtype)
+    resolve_device(cfg.device)
     if cfg.gradients and not Path(cfg.gradients).is_file():
         raise UserError(f"gradient file not found: {cfg.gradients}")
     resolve_model_path(cfg.model)
