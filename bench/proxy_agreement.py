@@ -12,7 +12,8 @@ separates them by measuring each metric three ways on one finished search run:
 
 proxy vs pipeline-on-LAMBADA isolates the proxy's approximation; pipeline-on-LAMBADA vs
 pipeline-on-WikiText isolates the change of text. Metrics: the named baselines and the run's hall
-of fame. Everything runs in this process from the run folder's statistics.
+of fame (a seeded baseline found there is measured once). Everything runs in this process from the
+run folder's statistics; results go to <run>/proxy_agreement.jsonl as measured, so a killed run resumes.
 
 Run from the repository root:
     .venv/bin/python bench/proxy_agreement.py --run runs/bench-search-long [--top 8] [--write]
@@ -57,7 +58,7 @@ def main() -> None:
     from prunerzero.search.checkpoint import read_json
     from prunerzero.search.fitness import parse_setting
     from prunerzero.search.job import JOB_FILE, SearchJob, build_context
-    from prunerzero.symbolic import load_metric, named_metric
+    from prunerzero.symbolic import canonical_key, load_metric, named_metric
 
     run = args.run.resolve()
     job = SearchJob.from_dict(json.loads((run / JOB_FILE).read_text()))
@@ -72,16 +73,29 @@ def main() -> None:
 
     metrics = [(name, named_metric(name)) for name in args.baselines.split(",") if name]
     hof = read_json(run / "hall_of_fame.json")
+    seen = {canonical_key(m.expr, m.spec): label for label, m in metrics}
     for rank, row in enumerate(hof[: args.top], start=1):
-        metrics.append((f"searched #{rank}", load_metric(row["expression"])))
+        metric = load_metric(row["expression"])
+        key = canonical_key(metric.expr, metric.spec)
+        if key in seen:  # a seeded baseline that ranks high in the hall of fame: measured once
+            print(f"searched #{rank} is {seen[key]}: not measured twice")
+            continue
+        seen[key] = f"searched #{rank}"
+        metrics.append((f"searched #{rank}", metric))
 
     def ppl(windows: torch.Tensor, ctx_manager=None) -> float:
         with torch.no_grad(), (ctx_manager or nullcontext()):
             return math.exp(float(window_nll(ctx.lm.model, windows).mean()))
 
+    # One line per metric, appended as measured: a killed run resumes (delete the file to re-measure).
+    log = run / "proxy_agreement.jsonl"
+    done = {r["formula"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
     rows = []
     started = time.perf_counter()
     for label, metric in metrics:
+        if str(metric) in done:
+            rows.append({**done[str(metric)], "label": label})
+            continue
         row = {"label": label, "formula": str(metric), "proxy": [], "lambada": [], "wiki": []}
         for setting in job.settings:
             target = parse_setting(setting)
@@ -93,6 +107,8 @@ def main() -> None:
             row["wiki"].append(ppl(wiki))
             fitness.restore()
         rows.append(row)
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
         print(f"{label:14s} proxy {geo(row['proxy']):8.2f}  pipeline/LAMBADA {geo(row['lambada']):8.2f}  "
               f"pipeline/WikiText {geo(row['wiki']):8.2f}   {row['formula']}", flush=True)
     minutes = (time.perf_counter() - started) / 60
