@@ -48,10 +48,24 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def baseline_ranks(job: SearchJob, hall_of_fame: list[dict]) -> dict[int, str]:
+    """Hall-of-fame rank -> baseline name, for the baselines the search itself ranks there (the
+    named metrics are seeded into generation 0): they are measured once, under their own name."""
+    keys = {}
+    for name in job.baselines:
+        if name != "sparsegpt":  # no formula: it never appears in a search
+            metric = named_metric(name)
+            keys[canonical_key(metric.expr, metric.spec)] = name
+    return {rank: keys[row["key"]] for rank, row in enumerate(hall_of_fame, start=1) if row["key"] in keys}
+
+
 def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict]) -> list[tuple[str, Metric | None, str]]:
-    """(label, metric, method name) for the top searched metrics, then the baselines."""
+    """(label, metric, method name) for the top searched metrics that are not baselines (labelled by
+    their hall-of-fame rank), then the baselines."""
     entries: list[tuple[str, Metric | None, str]] = []
-    for rank, row in enumerate(hall_of_fame[: job.leaderboard_top], start=1):
+    skip = baseline_ranks(job, hall_of_fame)
+    ranked = [(rank, row) for rank, row in enumerate(hall_of_fame, start=1) if rank not in skip]
+    for rank, row in ranked[: job.leaderboard_top]:
         genes = genes_of(row["key"])  # an evolved OWL lambda travels with its formula
         label = f"searched #{rank}" + "".join(f" ({name} {value:g})" for name, value in genes)
         entries.append((label, replace(load_metric(row["expression"]), genes=genes), "metric"))
@@ -97,7 +111,7 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
         _append(log_path, record)
         rows.append(record)
     ctx.fitness.restore()
-    write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info)
+    write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info, baseline_ranks(job, hall_of_fame))
     return rows
 
 
@@ -134,7 +148,8 @@ def _levers(job: SearchJob) -> str:
     return (" Levers: " + "; ".join(parts) + ".") if parts else ""
 
 
-def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict | None) -> None:
+def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict | None,
+                   seeded: dict[int, str] | None = None) -> None:
     tokens = rows[0]["tokens"] if rows else 0
     where = report_info.get("path") or report_info.get("source") if report_info else "-"
     if report_info and report_info.get("path"):  # folder/file: readable and machine-neutral (job.json has it whole)
@@ -145,4 +160,8 @@ def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: di
         f"{where} ({tokens} tokens, seqlen {job.seqlen}). Settings: {', '.join(job.settings)} "
         "(a bare number is unstructured sparsity)." + _levers(job) + "\n\n" + format_table(rows, job) + "\n"
     )
+    if seeded:  # "searched #k" keeps the hall-of-fame rank, so the gaps are explained
+        text += ("\nIn the search's hall of fame (search fitness), " + ", ".join(
+            f"#{rank} is {name}" for rank, name in sorted(seeded.items()))
+            + " (seeded into generation 0), listed under its own name.\n")
     atomic.write_text(path, text)
