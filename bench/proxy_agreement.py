@@ -91,10 +91,12 @@ def main() -> None:
     log = run / "proxy_agreement.jsonl"
     done = {r["formula"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
     rows = []
+    resumed = 0
     started = time.perf_counter()
     for label, metric in metrics:
         if str(metric) in done:
             rows.append({**done[str(metric)], "label": label})
+            resumed += 1
             continue
         row = {"label": label, "formula": str(metric), "proxy": [], "lambada": [], "wiki": []}
         for setting in job.settings:
@@ -128,7 +130,8 @@ def main() -> None:
              f"(all linears pruned at once from the dense statistics, {top_fid} of the search split, forwards in "
              f"{job.eval_dtype}); the full sequential pipeline measured on the same search-split windows; and the "
              f"full pipeline on the first {args.report_tokens} WikiText-2 test tokens. Machine: {machine()}; "
-             f"{minutes:.0f} min.", "",
+             f"{minutes:.0f} min" + (f" ({resumed} metrics read back from an earlier, interrupted invocation's "
+                                    "proxy_agreement.jsonl)" if resumed else "") + ".", "",
              "| metric | formula | proxy | pipeline, LAMBADA | pipeline, WikiText-2 | "
              + " | ".join(f"WikiText {s}" for s in job.settings) + " |",
              "|---|---|---|---|---|" + "---|" * len(job.settings)]
