@@ -18,7 +18,7 @@ import torch
 from . import atomic
 from .allocation import Allocation, check_allocation, check_owl, owl_allocation, plot_allocation
 from .config import PruneConfig
-from .data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
+from .data import calib_split, calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from .errors import UserError
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
@@ -194,8 +194,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
 
     calib_ids = None
     if method.needs & {"X", "H", "G"} or cfg.allocation == "owl":
-        calib_split = "calib" if cfg.calib_data == "lambada" else "train"
-        calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split)),
+        calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split(cfg.calib_data))),
                                         cfg.nsamples, cfg.seqlen, cfg.seed)
 
     results: dict[str, Any] = {

@@ -56,7 +56,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=_float, default=0.5)
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
     p.add_argument("--group", default="row", help="comparison group for unstructured sparsity: row or layer")
-    p.add_argument("--calib-data", default="lambada", help="lambada, c4, wikitext2 (train), or a text file")
+    p.add_argument("--calib-data", default="lambada", help="lambada (fiction), squad (Wikipedia paragraphs), c4, wikitext2 (train), or a text file")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
     p.add_argument("--seed", type=int, default=0)
@@ -83,7 +83,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_args(p: argparse.ArgumentParser, default_data: str | None = "wikitext2") -> None:
     p.add_argument("--eval-data", default=default_data, type=_none_or_text,
-                   help="wikitext2, c4, ptb, lambada, a text file, or none (skip perplexity)")
+                   help="wikitext2, c4, ptb, lambada, squad (their search splits), a text file, or none (skip perplexity)")
     p.add_argument("--eval-seqlen", type=int, default=None)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N test tokens")
     p.add_argument("--zero-shot", type=_tasks, default=(), help="comma list: boolq,rte,hellaswag,winogrande,...")

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT damping")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
     p.add_argument("--gradients", help="precomputed gradient file (else computed and cached when G is used)")
-    p.add_argument("--eval-data", default="wikitext2", help="wikitext2, c4, ptb, lambada or a text file")
+    p.add_argument("--eval-data", default="wikitext2", help="wikitext2, c4, ptb, lambada, squad or a text file")
     p.add_argument("--eval-seqlen", type=int, default=None)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N test tokens")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")

@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-data", default="lambada")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--fitness-data", default="lambada", help="scored on its search split (lambada: last 20%%)")
+    p.add_argument("--fitness-data", default="lambada", help="scored on its search split (lambada: last 20%% of passages; squad: last 20%% of articles)")
     p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096), help="token budgets, cheapest first")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--eval-dtype", default="float32", help="float32 or bfloat16 for fitness forwards")

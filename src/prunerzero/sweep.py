@@ -176,7 +176,7 @@ class DenseState:
 
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
         from .api import check_seqlen
-        from .data import calibration_windows, evaluation_split, load_text, tokenize
+        from .data import calib_split, calibration_windows, evaluation_split, load_text, tokenize
         from .models import find_decoder_layers, find_linears, load_model, parse_dtype, resolve_device, weight_matrix
 
         self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device))
@@ -194,8 +194,7 @@ class DenseState:
         self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}}
         self.calib_ids = None
         if self.needs & {"X", "H", "G"}:
-            split = "calib" if cfg.calib_data == "lambada" else "train"
-            self.calib_ids = calibration_windows(tokenize(tok, load_text(cfg.calib_data, split)),
+            self.calib_ids = calibration_windows(tokenize(tok, load_text(cfg.calib_data, calib_split(cfg.calib_data))),
                                                  cfg.nsamples, cfg.seqlen, cfg.seed)
         self.stats = self._statistics(cfg, progress)
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import atomic
 from ..calib.stats import LinearStats
-from ..data import calibration_windows, describe_source, evaluation_split, load_text, tokenize
+from ..data import LOCAL_SOURCES, calib_split, calibration_windows, describe_source, evaluation_split, load_text, tokenize
 from ..errors import UserError, known_keys_only
 from ..models import LoadedModel, check_placement, load_model, parse_dtype, resolve_device
 from ..placement import has_offloaded_weights
@@ -83,7 +83,7 @@ class SearchJob:
 
 def fitness_split(source: str, calib_source: str) -> str:
     """The split of `source` that scores candidates: never the calibration text, never a test set."""
-    if source == "lambada":
+    if source in LOCAL_SOURCES:
         return "search"
     if source in ("c4", "wikitext2", "ptb"):
         return "validation"
@@ -213,8 +213,7 @@ def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
         # written back once per candidate and per setting, far slower than the search is worth.
         raise UserError("the search needs every layer on a device, but the device map offloaded some "
                         "(give --max-memory more room, or use more GPUs)")
-    calib_split = "calib" if job.calib_data == "lambada" else "train"
-    calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split)),
+    calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split(job.calib_data))),
                                     job.nsamples, job.seqlen, job.seed)
     report_tokens = report_info = None
     if job.report_data:
