@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-fast bench bench-prune bench-search bench-zeroshot bench-levers bench-ray clean
+.PHONY: setup demo test test-fast bench bench-prune bench-search bench-search-squad bench-proxy bench-zeroshot bench-levers bench-ray clean
 
 setup: $(STAMP)
 
@@ -43,13 +43,24 @@ test-fast: setup
 # All benchmarks; each part rewrites its own section of docs/BENCHMARKS.md. Wall times of the parts as last
 # measured on 2 cores (2026-11-29, some while sharing the cores, see each section): prune + metrics + masks about
 # 20 min, search 35 min, zeroshot 33 min, levers 102 min + fitness cost 10 min, ray 6 min: about 3.4 hours.
-bench: bench-prune bench-search bench-zeroshot bench-levers bench-ray
+bench: bench-prune bench-search bench-proxy bench-search-squad bench-zeroshot bench-levers bench-ray
 
 bench-prune: setup
 	$(BIN)/python bench/run_bench.py
 
 bench-search: setup
 	$(BIN)/python bench/search_bench.py
+
+# The search's proxy against the full pipeline, on LAMBADA and on WikiText-2, for bench-search's metrics.
+bench-proxy: bench-search
+	$(BIN)/python bench/proxy_agreement.py --run runs/bench-search --top 3 --write
+
+# The same search calibrated and scored on Wikipedia paragraphs (SQuAD) instead of fiction (LAMBADA).
+bench-search-squad: setup
+	$(BIN)/python bench/search_bench.py --section search-squad --run runs/bench-search-squad \
+	    --title "Metric search on Wikipedia text (calibration and fitness on SQuAD paragraphs)" \
+	    --calib-data squad --fitness-data squad --population 24 --generations 8 --leaderboard-top 3 \
+	    --baselines magnitude,wanda,gblm,ria,pruner-zero,sparsegpt
 
 bench-zeroshot: setup
 	cd bench && ../$(BIN)/python zeroshot_bench.py --limit 30
