@@ -53,17 +53,23 @@ def main() -> None:
     parser.add_argument("--section", default="search")
     parser.add_argument("--run", type=Path, default=RUN)
     parser.add_argument("--title", default="Metric search")
+    parser.add_argument("--reuse", action="store_true",
+                        help="write the section from the finished run in --run (e.g. one finished with "
+                             "`prunerzero search --resume`); wall time = job.json to leaderboard.md, interruptions included")
     own, extra = parser.parse_known_args()
     run = own.run.resolve()
-    if run.exists():
-        shutil.rmtree(run)
-    cmd = [str(BIN / "prunerzero"), "--quiet", "search", *ARGS, *extra, "--report-data", str(WIKI.resolve()),
-           "--out", str(run)]
-    # A fresh cache so the gradients are really computed (and timed), not read from an earlier run.
-    env = {**os.environ, "PRUNERZERO_CACHE": tempfile.mkdtemp(prefix="prunerzero-bench-cache-")}
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    wall = time.perf_counter() - start
+    if own.reuse:
+        wall = (run / "leaderboard.md").stat().st_mtime - (run / "job.json").stat().st_mtime
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        cmd = [str(BIN / "prunerzero"), "--quiet", "search", *ARGS, *extra, "--report-data", str(WIKI.resolve()),
+               "--out", str(run)]
+        # A fresh cache so the gradients are really computed (and timed), not read from an earlier run.
+        env = {**os.environ, "PRUNERZERO_CACHE": tempfile.mkdtemp(prefix="prunerzero-bench-cache-")}
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+        wall = time.perf_counter() - start
 
     evaluations = [json.loads(l) for l in (run / "evaluations.jsonl").read_text().splitlines()]
     checkpoint = json.loads((run / "checkpoint.json").read_text())
