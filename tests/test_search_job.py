@@ -139,3 +139,32 @@ def test_search_evolves_owl_lambda_with_the_metric(tiny_model_dir, wikitext_test
     bad = tmp_path / "bad"
     assert main(_search_args(tiny_model_dir, wikitext_test, bad, "--owl-lambdas", "0,0.1")) == 2
     assert "--allocation owl" in capsys.readouterr().err and not bad.exists()
+
+
+def test_resume_with_more_generations_equals_a_longer_run(tiny_model_dir, wikitext_test, tmp_path, monkeypatch,
+                                                          capsys):
+    """`search --resume DIR --generations N` extends a finished search: the same evaluations, hall of
+    fame and leaderboard as a run started with N; a smaller budget than already run is refused."""
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    short, long = tmp_path / "short", tmp_path / "long"
+    assert main(_search_args(tiny_model_dir, wikitext_test, short)) == 0  # 2 generations
+    assert main(_search_args(tiny_model_dir, wikitext_test, long, "--generations", "3")) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "search", "--resume", str(short), "--generations", "3"]) == 0
+    def evaluations(run):  # without the timings
+        return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "time")}
+                for line in (run / "evaluations.jsonl").read_text().splitlines()]
+
+    assert evaluations(short) == evaluations(long)
+    for name in ("hall_of_fame.json", "best_metric.txt"):
+        assert (short / name).read_text() == (long / name).read_text(), name
+    assert json.loads((short / "job.json").read_text())["search"]["generations"] == 3
+    board = {run: [(r["label"], r["setting"], r.get("key"), r["ppl"]) for r in
+                   map(json.loads, (run / "leaderboard.jsonl").read_text().splitlines())] for run in (short, long)}
+    # The extended run's leaderboard.md shows the rows of its current hall of fame only.
+    assert (short / "leaderboard.md").read_text().split("\n", 3)[3] == (long / "leaderboard.md").read_text().split("\n", 3)[3]
+    assert set(board[long]) <= set(board[short])
+    assert main(["--quiet", "search", "--resume", str(short), "--generations", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already run 3 generations" in err and len(err.splitlines()) == 1, err
+    assert json.loads((short / "job.json").read_text())["search"]["generations"] == 3  # nothing written

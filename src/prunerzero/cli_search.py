@@ -36,6 +36,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume:
         out, job = Path(args.resume), SearchJob()
     else:
+        args.generations = 15 if args.generations is None else args.generations
         if not args.out:
             raise UserError("pass --out DIR for a new search, or --resume DIR to continue one")
         out = Path(args.out)
@@ -53,7 +54,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                         reconstruct_mode=args.reconstruct_mode, allocation=args.allocation, owl_m=args.owl_m,
                         owl_lambda=args.owl_lambda, search=search)
     outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
-                      executor=executor)
+                      executor=executor, generations=args.generations if args.resume else None)
     result = outcome["result"]
     print(f"best metric: {result.best}   (saved to {out}/best_metric.txt and best_tree.json)")
     s = result.stats
@@ -78,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settings", type=_names, default=None,
                    help='several settings scored together by geometric-mean perplexity, e.g. "0.5,2:4"')
     p.add_argument("--population", type=int, default=40)
-    p.add_argument("--generations", type=int, default=15)
+    p.add_argument("--generations", type=int, default=None,
+                   help="default 15; with --resume: a new budget (extend a finished search, or stop sooner)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-depth", type=int, default=6)
     p.add_argument("--max-size", type=int, default=25)

@@ -215,7 +215,8 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any], resume: bool,
                     overwrite: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Check the out dir against the request; returns (log records, checkpoint or None).
 
-    resume: continue the run there (same config or UserError); an empty dir starts a new run.
+    resume: continue the run there (same config but for the generation budget, or UserError); an
+    empty dir starts a new run.
     Without resume, a dir holding a run is refused unless ``overwrite`` (its run files are removed).
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -223,10 +224,17 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any], resume: bool,
     if resume and present:
         if not (out / CONFIG).exists():
             raise UserError(f"cannot resume {out}: it has {', '.join(present)} but no {CONFIG}")
-        diffs = _diff(read_json(out / CONFIG), run_config)
+        # The generation budget may change (extend a search, or stop it sooner): generation g
+        # does not depend on how many follow, so the run equals one started with the new budget.
+        diffs = [d for d in _diff(read_json(out / CONFIG), run_config) if not d.startswith("search.generations:")]
         if diffs:
             raise UserError(f"cannot resume {out} with a different config than the saved one: {'; '.join(diffs)}")
         saved = read_json(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
+        budget = run_config.get("search", {}).get("generations")
+        if saved and budget is not None and saved["generation"] + 1 > budget:
+            raise UserError(f"{out} has already run {saved['generation'] + 1} generations; "
+                            f"--generations {budget} cannot take them back")
+        atomic_write_json(out / CONFIG, run_config)  # records the budget now in force
         return read_log(out / LOG, repair=True), saved
     if present and not overwrite:
         done = (out / CHECKPOINT).exists() and read_json(out / CHECKPOINT).get("finished")

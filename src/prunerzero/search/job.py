@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +248,11 @@ class ProxyFitnessFactory:
 
 
 def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool = False,
-            progress: bool = True, executor: ExecutorSpec = ExecutorSpec()) -> dict[str, Any]:
+            progress: bool = True, executor: ExecutorSpec = ExecutorSpec(),
+            generations: int | None = None) -> dict[str, Any]:
     """Search, then the leaderboard. Returns {"result": SearchResult, "leaderboard": rows}.
-    ``executor`` says where candidates are evaluated (not saved: resume may use another)."""
+    ``executor`` says where candidates are evaluated (not saved: resume may use another);
+    ``generations`` (with resume) replaces the saved generation budget."""
     from .engine import run_search
     from .leaderboard import run_leaderboard
 
@@ -259,6 +261,14 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
     if not resume:
         validate_job(job)
     job = prepare_out_dir(out, job, resume, overwrite)
+    if resume and generations is not None and generations != job.search.generations:
+        from .checkpoint import CHECKPOINT, read_json
+
+        done = read_json(out / CHECKPOINT)["generation"] + 1 if (out / CHECKPOINT).exists() else 0
+        if generations < max(done, 1):
+            raise UserError(f"{out} has already run {done} generations; --generations {generations} cannot take them back")
+        job = replace(job, search=replace(job.search, generations=generations))
+        atomic.write_json(out / JOB_FILE, job.to_dict())
     if executor.kind == "ray" and job.device_map != "none":
         raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
                         "each: use --executor serial with --device-map")

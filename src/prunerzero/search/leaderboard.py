@@ -81,15 +81,22 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
                     progress: bool = True) -> list[dict]:
     log_path = out / LEADERBOARD_LOG
     rows = _read_log(log_path)
-    done = {(r["label"], r["setting"]) for r in rows}
     model, stats = ctx.lm.model, ctx.fitness.stats
     grads = {n: (s.grad_l1, s.grad_l2) for n, s in stats.items() if s.grad_l1 is not None}
     fitness_of = {row["expression"]: row["fitness"] for row in hall_of_fame}
-    todo = [("dense", None, "dense", None)] + [
+    wanted = [("dense", None, "dense", None)] + [
         (label, metric, method, setting) for label, metric, method in leaderboard_entries(job, hall_of_fame)
         for setting in job.settings
     ]
-    todo = [t for t in todo if (t[0], t[3]) not in done]
+
+    def ident(label: str, metric: Metric | None, setting: str | None) -> tuple:
+        # The formula is part of a row's identity: after a search is extended, "searched #1" may be another metric.
+        return label, setting, canonical_key(metric.expr, metric.spec) if metric is not None else None
+
+    want = {ident(label, metric, setting) for label, metric, _, setting in wanted}
+    rows = [r for r in rows if (r["label"], r["setting"], r.get("key")) in want]  # stale rows left out
+    done = {(r["label"], r["setting"], r.get("key")) for r in rows}
+    todo = [t for t in wanted if ident(t[0], t[1], t[3]) not in done]
     for label, metric, method_name, setting in tqdm(todo, desc="leaderboard", disable=not progress):
         ctx.fitness.restore()
         start = time.perf_counter()
