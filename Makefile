@@ -42,7 +42,8 @@ test-fast: setup
 
 # All benchmarks; each part rewrites its own section of docs/BENCHMARKS.md. Wall times of the parts as last
 # measured on 2 cores (2026-11-29, some while sharing the cores, see each section): prune + metrics + masks about
-# 20 min, search 35 min, zeroshot 33 min, levers 102 min + fitness cost 10 min, ray 6 min: about 3.4 hours.
+# 20 min, search 35 min, proxy about 50 min (one core), search-squad about 65 min (sharing the cores), zeroshot
+# 33 min, levers 102 min + fitness cost 10 min, ray 6 min: about 5.3 hours.
 bench: bench-prune bench-search bench-proxy bench-search-squad bench-zeroshot bench-levers bench-ray
 
 bench-prune: setup
@@ -59,7 +60,7 @@ bench-proxy: bench-search
 bench-search-squad: setup
 	$(BIN)/python bench/search_bench.py --section search-squad --run runs/bench-search-squad \
 	    --title "Metric search on Wikipedia text (calibration and fitness on SQuAD paragraphs)" \
-	    --calib-data squad --fitness-data squad --population 24 --generations 8 --leaderboard-top 3 \
+	    --calib-data squad --fitness-data squad --population 24 --generations 6 --leaderboard-top 3 \
 	    --baselines magnitude,wanda,gblm,ria,pruner-zero,sparsegpt
 
 bench-zeroshot: setup
