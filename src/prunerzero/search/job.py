@@ -261,17 +261,19 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
     if not resume:
         validate_job(job)
     job = prepare_out_dir(out, job, resume, overwrite)
+    if executor.kind == "ray" and job.device_map != "none":
+        raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
+                        "each: use --executor serial with --device-map")
     if resume and generations is not None and generations != job.search.generations:
         from .checkpoint import CHECKPOINT, read_json
 
         done = read_json(out / CHECKPOINT)["generation"] + 1 if (out / CHECKPOINT).exists() else 0
-        if generations < max(done, 1):
+        if generations < 1:
+            raise UserError("--generations must be >= 1")
+        if generations < done:
             raise UserError(f"{out} has already run {done} generations; --generations {generations} cannot take them back")
         job = replace(job, search=replace(job.search, generations=generations))
         atomic.write_json(out / JOB_FILE, job.to_dict())
-    if executor.kind == "ray" and job.device_map != "none":
-        raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
-                        "each: use --executor serial with --device-map")
     ctx = build_context(job, out, progress)
     with executor.build(ctx.fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
         result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
