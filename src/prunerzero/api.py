@@ -54,7 +54,6 @@ def build_method(cfg: PruneConfig) -> Method:
             options = {"percdamp": cfg.percdamp, "blocksize": cfg.blocksize}
         method = get_method(cfg.method, **options)
     if cfg.reconstruct == "obs":
-
         method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize)
     return method
 

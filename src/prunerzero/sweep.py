@@ -257,7 +257,7 @@ def _measure(state: DenseState, cfg: SweepConfig) -> dict[str, Any]:
 
 def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     """Every cheap check, before loading anything big."""
-    from .models import resolve_model_path
+    from .models import parse_dtype, resolve_device, resolve_model_path
 
     grid = sparsity_grid(cfg)
     methods = build_methods(cfg)
@@ -265,8 +265,6 @@ def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
-    from .models import parse_dtype, resolve_device
-
     parse_dtype(cfg.dtype)
     resolve_device(cfg.device)
     if cfg.gradients and not Path(cfg.gradients).is_file():

@@ -211,6 +211,15 @@ def _diff(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def check_budget(out: Path, generations: int) -> None:
+    """A resumed run's generation budget may grow or shrink, but not below what it has already run."""
+    if generations < 1:
+        raise UserError("--generations must be >= 1")
+    done = read_json(out / CHECKPOINT)["generation"] + 1 if (out / CHECKPOINT).exists() else 0
+    if generations < done:
+        raise UserError(f"{out} has already run {done} generations; --generations {generations} cannot take them back")
+
+
 def prepare_out_dir(out: Path, run_config: dict[str, Any], resume: bool,
                     overwrite: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Check the out dir against the request; returns (log records, checkpoint or None).
@@ -231,9 +240,8 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any], resume: bool,
             raise UserError(f"cannot resume {out} with a different config than the saved one: {'; '.join(diffs)}")
         saved = read_json(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
         budget = run_config.get("search", {}).get("generations")
-        if saved and budget is not None and saved["generation"] + 1 > budget:
-            raise UserError(f"{out} has already run {saved['generation'] + 1} generations; "
-                            f"--generations {budget} cannot take them back")
+        if budget is not None:
+            check_budget(out, budget)
         atomic_write_json(out / CONFIG, run_config)  # records the budget now in force
         return read_log(out / LOG, repair=True), saved
     if present and not overwrite:

@@ -265,13 +265,9 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
         raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
                         "each: use --executor serial with --device-map")
     if resume and generations is not None and generations != job.search.generations:
-        from .checkpoint import CHECKPOINT, read_json
+        from .checkpoint import check_budget
 
-        done = read_json(out / CHECKPOINT)["generation"] + 1 if (out / CHECKPOINT).exists() else 0
-        if generations < 1:
-            raise UserError("--generations must be >= 1")
-        if generations < done:
-            raise UserError(f"{out} has already run {done} generations; --generations {generations} cannot take them back")
+        check_budget(out, generations)  # before job.json changes (run_search checks again, for API callers)
         job = replace(job, search=replace(job.search, generations=generations))
         atomic.write_json(out / JOB_FILE, job.to_dict())
     ctx = build_context(job, out, progress)

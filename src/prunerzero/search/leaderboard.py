@@ -59,11 +59,11 @@ def baseline_ranks(job: SearchJob, hall_of_fame: list[dict]) -> dict[int, str]:
     return {rank: keys[row["key"]] for rank, row in enumerate(hall_of_fame, start=1) if row["key"] in keys}
 
 
-def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict]) -> list[tuple[str, Metric | None, str]]:
-    """(label, metric, method name) for the top searched metrics that are not baselines (labelled by
-    their hall-of-fame rank), then the baselines."""
+def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict],
+                        skip: dict[int, str]) -> list[tuple[str, Metric | None, str]]:
+    """(label, metric, method name) for the top searched metrics that are not baselines (``skip``:
+    baseline_ranks; the others labelled by their hall-of-fame rank), then the baselines."""
     entries: list[tuple[str, Metric | None, str]] = []
-    skip = baseline_ranks(job, hall_of_fame)
     ranked = [(rank, row) for rank, row in enumerate(hall_of_fame, start=1) if rank not in skip]
     for rank, row in ranked[: job.leaderboard_top]:
         genes = genes_of(row["key"])  # an evolved OWL lambda travels with its formula
@@ -84,8 +84,9 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
     model, stats = ctx.lm.model, ctx.fitness.stats
     grads = {n: (s.grad_l1, s.grad_l2) for n, s in stats.items() if s.grad_l1 is not None}
     fitness_of = {row["expression"]: row["fitness"] for row in hall_of_fame}
+    seeded = baseline_ranks(job, hall_of_fame)
     wanted = [("dense", None, "dense", None)] + [
-        (label, metric, method, setting) for label, metric, method in leaderboard_entries(job, hall_of_fame)
+        (label, metric, method, setting) for label, metric, method in leaderboard_entries(job, hall_of_fame, seeded)
         for setting in job.settings
     ]
 
@@ -118,7 +119,7 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
         _append(log_path, record)
         rows.append(record)
     ctx.fitness.restore()
-    write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info, baseline_ranks(job, hall_of_fame))
+    write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info, seeded)
     return rows
 
 

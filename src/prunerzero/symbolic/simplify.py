@@ -27,8 +27,8 @@ approximate), ``sub(x, x) -> 0`` and ``x * 0 -> 0`` (they change the shape a lat
 ``div``/``rown``/``coln``/``zsn`` reduces over, and inf - inf, inf * 0 are nan).
 
 ``canonical_key(e)`` = simplify, flatten and sort ``add``/``mul`` chains, fold their
-constants, merge equal operands (``x + x -> x * 2``, ``x * x -> sqr(x)``), then strip outermost strictly increasing maps, which keep every mask (masks keep
-the top scores per row, layer or N:M group): skp, tanh, exp (valid scores are < 88.7 so the
+constants, merge equal operands (``x + x -> x * 2``, ``x * x -> sqr(x)``), then strip outermost
+strictly increasing maps, which keep every mask (masks keep the top scores per row, layer or N:M group): skp, tanh, exp (valid scores are < 88.7 so the
 clamp at 100 never ties), mms, zsn (positive global affine), ``div(x, y) -> x`` (divides by
 a positive scalar), + or - a constant, * or pdiv by a positive constant, and sqrt, sqr, pow,
 abs, log of a provably non-negative subexpression (of any x they are increasing in |x|,
@@ -184,12 +184,12 @@ def _chain(e: Node, op: str) -> list[Node]:
 def _merge_repeats(op: str, items: list[Node]) -> list[Node]:
     """Equal operands of one chain merged: ``x + x -> x * 2`` and ``x * x -> sqr(x)`` (both exact in
     floating point), so the search does not treat them as new metrics."""
-    counts: dict[str, tuple[Node, int]] = {}
+    groups: dict[str, list[Node]] = {}
     for item in items:
-        key = format_expr(item)
-        counts[key] = (item, counts.get(key, (item, 0))[1] + 1)
+        groups.setdefault(format_expr(item), []).append(item)
     out: list[Node] = []
-    for item, n in counts.values():
+    for same in groups.values():
+        item, n = same[0], len(same)
         if n == 1:
             out.append(item)
         elif op == "add":
