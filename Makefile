@@ -42,8 +42,8 @@ test-fast: setup
 
 # All benchmarks; each part rewrites its own section of docs/BENCHMARKS.md. Wall times of the parts as last
 # measured on 2 cores (2026-11-29, some while sharing the cores, see each section): prune + metrics + masks about
-# 20 min, search 35 min, proxy about 50 min (one core), search-squad about 65 min (sharing the cores), zeroshot
-# 33 min, levers 102 min + fitness cost 10 min, ray 6 min: about 5.3 hours.
+# 20 min, search 35 min, proxy about 32 min (one core), search-squad about 65 min (sharing the cores), zeroshot
+# 33 min, levers 102 min + fitness cost 10 min, ray 6 min: about 5 hours.
 bench: bench-prune bench-search bench-proxy bench-search-squad bench-zeroshot bench-levers bench-ray
 
 bench-prune: setup
