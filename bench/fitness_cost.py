@@ -27,7 +27,8 @@ LEVERS = {
 
 def main() -> None:
     from prunerzero.calib.gradients import load_or_compute_gradients
-    from prunerzero.data import calibration_windows, load_text, tokenize
+    from prunerzero.data import load_text
+    from prunerzero.windows import calibration_windows, tokenize
     from prunerzero.models import load_model
     from prunerzero.pipeline import collect_dense_stats
     from prunerzero.search.fitness import FitnessSettings, ProxyFitness

@@ -51,8 +51,9 @@ def main() -> None:
 
     from scipy.stats import kendalltau, spearmanr
 
-    from prunerzero.data import evaluation_split, load_text, tokenize
-    from prunerzero.eval.perplexity import test_windows, window_nll
+    from prunerzero.data import evaluation_split, load_text
+    from prunerzero.windows import eval_windows, tokenize
+    from prunerzero.eval.perplexity import window_nll
     from prunerzero.methods.symbolic import symbolic_method
     from prunerzero.pipeline import prune_model
     from prunerzero.search.checkpoint import read_json
@@ -66,7 +67,7 @@ def main() -> None:
     fitness = ctx.fitness
     top_fid = fitness.fidelities[-1]
     lambada = fitness._windows[top_fid]  # (n, seqlen) the search's own windows at its dearest fidelity
-    wiki = test_windows(tokenize(ctx.lm.tokenizer, load_text(str(WIKI.resolve()), evaluation_split(str(WIKI)))),
+    wiki = eval_windows(tokenize(ctx.lm.tokenizer, load_text(str(WIKI.resolve()), evaluation_split(str(WIKI)))),
                         job.seqlen, args.report_tokens)
     grads = {n: (s.grad_l1, s.grad_l2) for n, s in fitness.stats.items() if s.grad_l1 is not None}
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if job.eval_dtype == "bfloat16" else nullcontext()

@@ -84,7 +84,8 @@ def bench_masks() -> None:
     code = r'''
 import time, statistics, torch
 from prunerzero.models import load_model
-from prunerzero.data import load_text, tokenize, calibration_windows
+from prunerzero.data import load_text
+from prunerzero.windows import calibration_windows, tokenize
 from prunerzero.pipeline import collect_dense_stats
 from prunerzero.search.fitness import ProxyFitness, FitnessSettings
 from prunerzero.symbolic import named_metric

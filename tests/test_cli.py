@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunerzero.cli import main
-from prunerzero.data import load_text, tokenize
+from prunerzero.data import load_text
+from prunerzero.windows import tokenize
 from prunerzero.eval.perplexity import perplexity
 from prunerzero.models import find_decoder_layers, find_linears, weight_matrix
 

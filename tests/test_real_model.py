@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunerzero.data import calibration_windows, load_text, tokenize
+from prunerzero.data import load_text
+from prunerzero.windows import calibration_windows, tokenize
 from prunerzero.eval.perplexity import perplexity
 from prunerzero.masks import parse_target
 from prunerzero.methods import get_method

@@ -25,7 +25,8 @@ def memorised_model_dir(tiny_model_dir, wikitext_test, tmp_path_factory) -> Path
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prunerzero.data import load_text, tokenize
+    from prunerzero.data import load_text
+    from prunerzero.windows import tokenize
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

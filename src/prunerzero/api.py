@@ -18,7 +18,7 @@ import torch
 from . import atomic
 from .allocation import Allocation, check_allocation, check_owl, owl_allocation, plot_allocation
 from .config import PruneConfig
-from .data import calib_split, calibration_windows, describe_source, evaluation_split, load_text, tokenize
+from .data import calib_split, describe_source, evaluation_split, load_text
 from .errors import UserError
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
@@ -28,6 +28,7 @@ from .models import (LoadedModel, cache_dir, check_placement, load_model, max_co
                      resolve_model_path)
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
 from .placement import devices_of, input_device
+from .windows import Windowing, calibration_windows, check_bos_mode, tokenize, windowing_for
 
 RESULTS_FILE = "results.json"
 
@@ -78,12 +79,16 @@ def peak_gpu_mib() -> dict[str, float]:
 
 
 def open_model(spec: str, device: str = "auto", dtype: str = "float32", device_map: str = "none",
-               max_memory: str | None = None, offload_folder: str | None = None) -> LoadedModel:
-    """Load `spec` on one device (device_map "none") or spread by accelerate, weights in `dtype`."""
+               max_memory: str | None = None, offload_folder: str | None = None,
+               bos: str = "auto") -> tuple[LoadedModel, Windowing]:
+    """Load `spec` on one device (device_map "none") or spread by accelerate, weights in `dtype`;
+    with the window rule `bos` means for its tokenizer (refused before the weights load)."""
     check_placement(device, device_map, max_memory)
     one_device = resolve_device(device) if device_map == "none" else "cpu"
-    return load_model(spec, dtype=parse_dtype(dtype), device=one_device, device_map=device_map,
-                      max_memory=max_memory, offload_folder=offload_folder)
+    lm = load_model(spec, dtype=parse_dtype(dtype), device=one_device, device_map=device_map,
+                    max_memory=max_memory, offload_folder=offload_folder,
+                    check_tokenizer=lambda tok: windowing_for(tok, bos))
+    return lm, windowing_for(lm.tokenizer, bos)
 
 
 def placement_record(lm: LoadedModel) -> dict[str, Any]:
@@ -104,6 +109,7 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
     if cfg.within_layer not in ("auto", "sequential", "parallel"):
         raise UserError(f"--within-layer must be auto, sequential or parallel, not {cfg.within_layer!r}")
+    check_bos_mode(cfg.bos)
     if cfg.calib_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--calib-dtype must be float32 or bfloat16, not {cfg.calib_dtype!r}")
     parse_dtype(cfg.dtype)
@@ -141,23 +147,26 @@ def check_seqlen(lm: LoadedModel, seqlen: int) -> None:
         raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
 
 
-def _ppl_cache_file(lm: LoadedModel, eval_info: dict, seqlen: int, tokens: int | None) -> Path:
+def _ppl_cache_file(lm: LoadedModel, eval_info: dict, seqlen: int, tokens: int | None,
+                    windowing: Windowing) -> Path:
     stamp = [str(p.stat().st_mtime_ns) for p in sorted(Path(lm.path).glob("*.safetensors"))] if Path(lm.path).exists() else []
     parts: list[Any] = [lm.path, stamp, eval_info, seqlen, tokens]
     dtype = next(lm.model.parameters()).dtype
     if dtype != torch.float32:  # float32 keeps the keys of earlier versions
         parts.append(str(dtype))
+    if windowing.cache_part() is not None:  # a BOS rule gets its own keys; no BOS keeps the earlier ones
+        parts.append(windowing.cache_part())
     key = json.dumps(parts, sort_keys=True)
     return cache_dir() / "dense-ppl" / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
 
 
 def dense_perplexity(lm: LoadedModel, test_tokens: torch.Tensor, eval_info: dict, seqlen: int,
-                     tokens: int | None, progress: bool) -> dict:
+                     tokens: int | None, progress: bool, windowing: Windowing) -> dict:
     """Dense perplexity, cached on disk: it depends only on the model and the eval settings."""
-    cache = _ppl_cache_file(lm, eval_info, seqlen, tokens)
+    cache = _ppl_cache_file(lm, eval_info, seqlen, tokens, windowing)
     if cache.exists():
         return {**json.loads(cache.read_text()), "cached": True}
-    result = perplexity(lm.model, test_tokens, seqlen, tokens, progress=progress)
+    result = perplexity(lm.model, test_tokens, seqlen, tokens, progress=progress, windowing=windowing)
     atomic.write_json(cache, result)
     return {**result, "cached": False}
 
@@ -180,7 +189,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    lm = open_model(cfg.model, cfg.device, cfg.dtype, cfg.device_map, cfg.max_memory, cfg.offload_folder)
+    lm, windowing = open_model(cfg.model, cfg.device, cfg.dtype, cfg.device_map, cfg.max_memory, cfg.offload_folder,
+                               cfg.bos)
     timings["load_model"] = time.perf_counter() - t
     check_seqlen(lm, cfg.seqlen)
     check_seqlen(lm, cfg.effective_eval_seqlen)
@@ -188,24 +198,27 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     test_tokens, eval_info = None, None
     if cfg.eval_data:  # load before pruning: unreachable data must fail before minutes of work
         split = evaluation_split(cfg.eval_data)
-        test_tokens = tokenize(lm.tokenizer, load_text(cfg.eval_data, split))
+        test_tokens = tokenize(lm.tokenizer, load_text(cfg.eval_data, split), windowing)
         eval_info = describe_source(cfg.eval_data, split)
 
     calib_ids = None
     if method.needs & {"X", "H", "G"} or cfg.allocation == "owl":
-        calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split(cfg.calib_data))),
-                                        cfg.nsamples, cfg.seqlen, cfg.seed)
+        calib_ids = calibration_windows(
+            tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split(cfg.calib_data)), windowing),
+            cfg.nsamples, cfg.seqlen, cfg.seed, windowing)
 
     results: dict[str, Any] = {
         "method": method.name, "method_details": method.describe, "model": cfg.model, "model_path": lm.path,
         "pattern": target.pattern, "target_sparsity": target.sparsity, "group": target.group,
         "calibration": {"data": cfg.calib_data, "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "seed": cfg.seed,
                         "dtype": cfg.calib_dtype} if calib_ids is not None else None,
+        "windowing": windowing.to_dict(),
         "config": cfg.to_dict(), "placement": placement_record(lm), "versions": package_versions(),
     }
 
     if test_tokens is not None and not cfg.skip_dense:
-        results["dense"] = dense_perplexity(lm, test_tokens, eval_info, cfg.effective_eval_seqlen, cfg.eval_tokens, progress)
+        results["dense"] = dense_perplexity(lm, test_tokens, eval_info, cfg.effective_eval_seqlen, cfg.eval_tokens,
+                                            progress, windowing)
 
     grads = None
     if "G" in method.needs:
@@ -240,7 +253,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     results["layers"] = report.layers
 
     if test_tokens is not None:
-        pruned = perplexity(lm.model, test_tokens, cfg.effective_eval_seqlen, cfg.eval_tokens, progress=progress)
+        pruned = perplexity(lm.model, test_tokens, cfg.effective_eval_seqlen, cfg.eval_tokens, progress=progress,
+                            windowing=windowing)
         results["pruned"] = pruned
         results["eval"] = {**eval_info, "seqlen": cfg.effective_eval_seqlen, "tokens": pruned["tokens"]}
         timings["eval"] = pruned["seconds"]
@@ -280,7 +294,8 @@ def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any],
 def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: int | None,
                    zero_shot: tuple[str, ...] = (), zero_shot_limit: int | None = None,
                    progress: bool = True, device: str = "auto", dtype: str = "float32", device_map: str = "none",
-                   max_memory: str | None = None, offload_folder: str | None = None) -> dict[str, Any]:
+                   max_memory: str | None = None, offload_folder: str | None = None,
+                   bos: str = "auto") -> dict[str, Any]:
     """Perplexity (and optionally zero-shot accuracy) of any model, pruned or not."""
     if zero_shot:
         from .eval.zeroshot import TASKS
@@ -289,14 +304,16 @@ def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: 
         if bad:
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
     parse_dtype(dtype)
-    lm = open_model(model, device, dtype, device_map, max_memory, offload_folder)
+    check_bos_mode(bos)
+    lm, windowing = open_model(model, device, dtype, device_map, max_memory, offload_folder, bos)
     seqlen = seqlen or min(max_context(lm.model) or 2048, 2048)
     check_seqlen(lm, seqlen)
-    out: dict[str, Any] = {"model": model, "model_path": lm.path, "placement": placement_record(lm)}
+    out: dict[str, Any] = {"model": model, "model_path": lm.path, "placement": placement_record(lm),
+                           "windowing": windowing.to_dict()}
     if eval_data:
         split = evaluation_split(eval_data)
-        tokens = tokenize(lm.tokenizer, load_text(eval_data, split))
-        out["perplexity"] = perplexity(lm.model, tokens, seqlen, eval_tokens, progress=progress)
+        tokens = tokenize(lm.tokenizer, load_text(eval_data, split), windowing)
+        out["perplexity"] = perplexity(lm.model, tokens, seqlen, eval_tokens, progress=progress, windowing=windowing)
         out["eval"] = describe_source(eval_data, split)
     if zero_shot:
         from .eval.zeroshot import evaluate_zeroshot

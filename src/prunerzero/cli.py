@@ -14,6 +14,7 @@ from typing import Any, Callable, NoReturn
 from .cli_analysis import register as register_analysis
 from .cli_search import register as register_search
 from .errors import UserError
+from .windows import BOS_HELP, BOS_MODES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +61,7 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--within-layer", default="auto", help="sequential, parallel (reference order) or auto")
     _add_placement_args(p)
@@ -123,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out = evaluate_model(args.model, args.eval_data, args.eval_seqlen, args.eval_tokens, args.zero_shot,
                          args.zero_shot_limit, progress=not args.quiet, device=args.device, dtype=args.dtype,
-                         device_map=args.device_map, max_memory=args.max_memory, offload_folder=args.offload_folder)
+                         device_map=args.device_map, max_memory=args.max_memory, offload_folder=args.offload_folder,
+                         bos=args.bos)
     if "perplexity" in out:
         p = out["perplexity"]
         print(f"perplexity {p['ppl']:.3f}  ({p['tokens']} tokens, seqlen {p['seqlen']}, {args.eval_data})")
@@ -198,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     _add_placement_args(p)
     _add_eval_args(p)
+    p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_eval)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .windows import BOS_HELP, BOS_MODES
+
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
@@ -32,7 +34,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = SweepConfig(model=args.model, methods=args.methods, sparsities=args.sparsities, pattern=args.pattern,
                       group=args.group, calib_data=args.calib_data, nsamples=args.nsamples, seqlen=args.seqlen,
-                      seed=args.seed, batch_size=args.batch_size, percdamp=args.percdamp, blocksize=args.blocksize,
+                      seed=args.seed, bos=args.bos, batch_size=args.batch_size, percdamp=args.percdamp, blocksize=args.blocksize,
                       gradients=args.gradients, eval_data=args.eval_data, eval_seqlen=args.eval_seqlen,
                       eval_tokens=args.eval_tokens, device=args.device, dtype=args.dtype)
     run_sweep(cfg, Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
@@ -59,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT damping")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
+from .windows import BOS_HELP, BOS_MODES
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -45,7 +46,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                               seed_named=not args.no_seed_named, max_depth=args.max_depth, max_size=args.max_size,
                               owl_lambdas=args.owl_lambdas)
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
-                        seqlen=args.seqlen, seed=args.seed, fitness_data=args.fitness_data,
+                        seqlen=args.seqlen, seed=args.seed, bos=args.bos, fitness_data=args.fitness_data,
                         fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, device=args.device,
                         dtype=args.dtype, device_map=args.device_map, max_memory=args.max_memory,
                         report_data=args.report_data,
@@ -88,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-data", default="lambada")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
     p.add_argument("--fitness-data", default="lambada", help="scored on its search split (lambada: last 20%% of passages; squad: last 20%% of articles)")
     p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096), help="token budgets, cheapest first")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")

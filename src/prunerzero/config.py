@@ -23,6 +23,7 @@ class PruneConfig:
     nsamples: int = 32
     seqlen: int = 512  # calibration window; also the evaluation window unless eval_seqlen is set
     seed: int = 0
+    bos: str = "auto"  # window rule: auto, window (BOS + seqlen-1 tokens), stream (one BOS at the start), none
     eval_data: str | None = "wikitext2"
     eval_seqlen: int | None = None
     eval_tokens: int | None = None  # None = the whole test set, as the papers report

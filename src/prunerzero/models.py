@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -158,11 +159,13 @@ def check_placement(device: str, device_map: str, max_memory: str | None = None)
 
 def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                device_map: str | dict | None = None, max_memory: str | dict | None = None,
-               offload_folder: str | None = None) -> LoadedModel:
+               offload_folder: str | None = None,
+               check_tokenizer: Callable[[object], None] | None = None) -> LoadedModel:
     """Load weights in `dtype`, on `device`, or spread by accelerate when `device_map` is given
     ("auto", "balanced", "sequential", or a dict; "none"/None = `device`). `max_memory`
     ("0=70GiB,cpu=200GiB" or accelerate's dict) caps what each device gets; layers that do not fit
-    are offloaded to the CPU, or to `offload_folder` on disk."""
+    are offloaded to the CPU, or to `offload_folder` on disk. The tokenizer loads first and
+    `check_tokenizer` (e.g. the BOS rule's check) may refuse it before any weight is read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
@@ -174,8 +177,10 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torc
         if offload_folder:
             kwargs["offload_folder"] = str(offload_folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if check_tokenizer is not None:
+            check_tokenizer(tokenizer)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:  # hub unreachable, missing files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {spec!r}: {first}") from None

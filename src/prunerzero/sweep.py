@@ -46,6 +46,7 @@ class SweepConfig:
     nsamples: int = 32
     seqlen: int = 512
     seed: int = 0
+    bos: str = "auto"  # window rule (windows.BOS_MODES): part of the settings, so a rerun under another is refused
     batch_size: int = 8
     percdamp: float = 0.01
     blocksize: int = 128
@@ -176,14 +177,17 @@ class DenseState:
 
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
         from .api import check_seqlen
-        from .data import calib_split, calibration_windows, evaluation_split, load_text, tokenize
+        from .data import calib_split, evaluation_split, load_text
         from .models import find_decoder_layers, find_linears, load_model, parse_dtype, resolve_device, weight_matrix
+        from .windows import calibration_windows, tokenize, windowing_for
 
-        self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device))
+        self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device),
+                             check_tokenizer=lambda t: windowing_for(t, cfg.bos))
         check_seqlen(self.lm, cfg.seqlen)
         check_seqlen(self.lm, cfg.effective_eval_seqlen)
         tok = self.lm.tokenizer
-        self.test_tokens = tokenize(tok, load_text(cfg.eval_data, evaluation_split(cfg.eval_data)))
+        self.windowing = windowing_for(tok, cfg.bos)
+        self.test_tokens = tokenize(tok, load_text(cfg.eval_data, evaluation_split(cfg.eval_data)), self.windowing)
         layers_name, layers = find_decoder_layers(self.lm.model)
         self.linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers)
                         for n, m in find_linears(layer).items()}
@@ -191,11 +195,12 @@ class DenseState:
         # model; each method sees a float32 copy of one linear at a time
         self.dense = {n: weight_matrix(m).detach().clone() for n, m in self.linears.items()}
         self.needs = frozenset().union(*(m.needs for m in methods.values()))
-        self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}}
+        self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}, "windowing": self.windowing.to_dict()}
         self.calib_ids = None
         if self.needs & {"X", "H", "G"}:
-            self.calib_ids = calibration_windows(tokenize(tok, load_text(cfg.calib_data, calib_split(cfg.calib_data))),
-                                                 cfg.nsamples, cfg.seqlen, cfg.seed)
+            calib_text = load_text(cfg.calib_data, calib_split(cfg.calib_data))
+            self.calib_ids = calibration_windows(tokenize(tok, calib_text, self.windowing), cfg.nsamples, cfg.seqlen,
+                                                 cfg.seed, self.windowing)
         self.stats = self._statistics(cfg, progress)
 
     def _statistics(self, cfg: SweepConfig, progress: bool) -> dict[str, Any]:
@@ -251,13 +256,15 @@ class DenseState:
 
 
 def _measure(state: DenseState, cfg: SweepConfig) -> dict[str, Any]:
-    r = perplexity(state.lm.model, state.test_tokens, cfg.effective_eval_seqlen, cfg.eval_tokens, progress=False)
+    r = perplexity(state.lm.model, state.test_tokens, cfg.effective_eval_seqlen, cfg.eval_tokens, progress=False,
+                   windowing=state.windowing)
     return {"ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"], "eval_seconds": r["seconds"]}
 
 
 def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     """Every cheap check, before loading anything big."""
     from .models import parse_dtype, resolve_device, resolve_model_path
+    from .windows import check_bos_mode
 
     grid = sparsity_grid(cfg)
     methods = build_methods(cfg)
@@ -266,6 +273,7 @@ def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
     parse_dtype(cfg.dtype)
+    check_bos_mode(cfg.bos)
     resolve_device(cfg.device)
     if cfg.gradients and not Path(cfg.gradients).is_file():
         raise UserError(f"gradient file not found: {cfg.gradients}")

@@ -32,13 +32,14 @@ from torch import nn
 
 from ..allocation import Allocation, owl_allocation, owl_sparsities
 from ..calib.stats import LinearStats
-from ..eval.perplexity import test_windows, window_nll
+from ..eval.perplexity import window_nll
 from ..masks import SparsityTarget, make_mask, parse_target
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
 from ..models import find_decoder_layers, find_linears, weight_matrix
 from ..symbolic import InvalidMetricError, Metric
+from ..windows import NO_BOS, Windowing, eval_windows
 
 
 def parse_setting(text: str) -> SparsityTarget:
@@ -81,6 +82,7 @@ class ProxyFitness:
     stats: dict[str, LinearStats]  # full linear name -> X (and G) of the dense model
     config: FitnessSettings = field(default_factory=FitnessSettings)
     data_info: dict = field(default_factory=dict)
+    windowing: Windowing = NO_BOS  # how the search split is cut into windows (the run's BOS rule)
 
     def __post_init__(self) -> None:
         layers_name, layers = find_decoder_layers(self.model)
@@ -94,7 +96,8 @@ class ProxyFitness:
         self.targets = [parse_setting(s) for s in self.config.settings]
         self.fidelities = tuple(f"{t}tok" for t in self.config.fidelity_tokens)
         self._windows = {
-            f"{t}tok": test_windows(self.search_tokens, self.config.eval_seqlen, t) for t in self.config.fidelity_tokens
+            f"{t}tok": eval_windows(self.search_tokens, self.config.eval_seqlen, t, self.windowing)
+            for t in self.config.fidelity_tokens
         }
         self.seconds = {"masks": 0.0, "eval": 0.0}
         layers_name, _ = find_decoder_layers(self.model)
@@ -128,8 +131,11 @@ class ProxyFitness:
         return self._hinv[name]
 
     def describe(self) -> dict:
-        return {**asdict(self.config), "data": self.data_info,
-                "windows": {k: int(v.shape[0]) for k, v in self._windows.items()}}
+        out = {**asdict(self.config), "data": self.data_info,
+               "windows": {k: int(v.shape[0]) for k, v in self._windows.items()}}
+        if self.windowing.bos != "none":  # runs without BOS keep their earlier description (resume compares it)
+            out["windowing"] = self.windowing.to_dict()
+        return out
 
     @torch.no_grad()
     def apply(self, metric: Metric, target: SparsityTarget) -> None:

@@ -20,11 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from .. import atomic
 from ..calib.stats import LinearStats
-from ..data import LOCAL_SOURCES, calib_split, calibration_windows, describe_source, evaluation_split, load_text, tokenize
+from ..data import LOCAL_SOURCES, calib_split, describe_source, evaluation_split, load_text
 from ..errors import UserError, known_keys_only
 from ..models import LoadedModel, check_placement, load_model, parse_dtype, resolve_device
 from ..placement import has_offloaded_weights
 from ..pipeline import collect_dense_stats
+from ..windows import Windowing, calibration_windows, check_bos_mode, tokenize, windowing_for
 from .config import SearchConfig
 from .executors import ExecutorSpec
 from .fitness import FitnessSettings, ProxyFitness, parse_setting
@@ -41,6 +42,7 @@ class SearchJob:
     nsamples: int = 32
     seqlen: int = 512
     seed: int = 0
+    bos: str = "auto"  # window rule (windows.BOS_MODES) for calibration, fitness and reporting windows
     fitness_data: str = "lambada"  # its search split: disjoint from calibration and reporting text
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
     eval_dtype: str = "float32"
@@ -68,6 +70,7 @@ class SearchJob:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
         data = known_keys_only(data, [f.name for f in fields(cls)], "job.json")
+        data.setdefault("bos", "none")  # runs saved before the BOS rule cut every window without BOS
         for key in ("settings", "fidelity_tokens", "baselines"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -104,6 +107,7 @@ def validate_job(job: SearchJob) -> None:
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
     parse_dtype(job.dtype)
+    check_bos_mode(job.bos)
     check_placement(job.device, job.device_map, job.max_memory)
     from ..allocation import check_allocation, check_owl
     from ..methods import METHODS
@@ -194,34 +198,39 @@ class JobContext:
     fitness: ProxyFitness
     report_tokens: torch.Tensor | None
     report_info: dict | None
+    windowing: Windowing
 
 
 def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats]) -> ProxyFitness:
     """The search fitness over the job's search split (shared by this process and Ray workers)."""
     split = fitness_split(job.fitness_data, job.calib_data)
-    search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split))
+    windowing = windowing_for(lm.tokenizer, job.bos)
+    search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split), windowing)
     return ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
-                        data_info=describe_source(job.fitness_data, split))
+                        data_info=describe_source(job.fitness_data, split), windowing=windowing)
 
 
 def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
     spread = job.device_map != "none"
     lm = load_model(job.model, dtype=parse_dtype(job.dtype), device="cpu" if spread else resolve_device(job.device),
-                    device_map=job.device_map if spread else None, max_memory=job.max_memory)
+                    device_map=job.device_map if spread else None, max_memory=job.max_memory,
+                    check_tokenizer=lambda tok: windowing_for(tok, job.bos))
     if has_offloaded_weights(lm.model):
         # Every candidate rewrites every weight: layers on disk or in accelerate's CPU store would be
         # written back once per candidate and per setting, far slower than the search is worth.
         raise UserError("the search needs every layer on a device, but the device map offloaded some "
                         "(give --max-memory more room, or use more GPUs)")
-    calib_ids = calibration_windows(tokenize(lm.tokenizer, load_text(job.calib_data, calib_split(job.calib_data))),
-                                    job.nsamples, job.seqlen, job.seed)
+    windowing = windowing_for(lm.tokenizer, job.bos)
+    calib_text = load_text(job.calib_data, calib_split(job.calib_data))
+    calib_ids = calibration_windows(tokenize(lm.tokenizer, calib_text, windowing), job.nsamples, job.seqlen, job.seed,
+                                    windowing)
     report_tokens = report_info = None
     if job.report_data:
         report_split = evaluation_split(job.report_data)
-        report_tokens = tokenize(lm.tokenizer, load_text(job.report_data, report_split))
+        report_tokens = tokenize(lm.tokenizer, load_text(job.report_data, report_split), windowing)
         report_info = describe_source(job.report_data, report_split)
     stats = proxy_statistics(lm, job, calib_ids, out, progress)
-    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info)
+    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info, windowing)
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
             record.update(formula=formula, key=canonical_key(metric.expr, metric.spec) if metric else None,
                           search_fitness=fitness_of.get(formula))
         record["prune_seconds"] = time.perf_counter() - start
-        result = perplexity(model, ctx.report_tokens, job.seqlen, job.report_tokens, progress=False)
+        result = perplexity(model, ctx.report_tokens, job.seqlen, job.report_tokens, progress=False,
+                            windowing=ctx.windowing)
         record.update(ppl=result["ppl"], tokens=result["tokens"], seqlen=result["seqlen"])
         _append(log_path, record)
         rows.append(record)
