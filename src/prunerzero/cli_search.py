@@ -47,7 +47,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                               owl_lambdas=args.owl_lambdas)
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, bos=args.bos, fitness_data=args.fitness_data,
-                        fidelity_tokens=args.fidelity_tokens, eval_dtype=args.eval_dtype, device=args.device,
+                        fidelity_tokens=args.fidelity_tokens, ladder=args.ladder, eval_dtype=args.eval_dtype,
+                        device=args.device,
                         dtype=args.dtype, device_map=args.device_map, max_memory=args.max_memory,
                         report_data=args.report_data,
                         report_tokens=args.report_tokens, leaderboard_top=args.leaderboard_top,
@@ -91,7 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
     p.add_argument("--fitness-data", default="lambada", help="scored on its search split (lambada: last 20%% of passages; squad: last 20%% of articles)")
-    p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096), help="token budgets, cheapest first")
+    p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096),
+                   help="perplexity token budgets, cheapest first (when no --ladder)")
+    p.add_argument("--ladder", type=_names, default=(),
+                   help="fidelity rungs, cheapest first: err (layer output error, no forward pass), "
+                        "kl:N (KL from the dense model on N tokens), ppl:N (perplexity); e.g. err,kl:4096")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--eval-dtype", default="float32", help="float32 or bfloat16 for fitness forwards")
     p.add_argument("--dtype", default="float32", help="weights as loaded: float32, bfloat16 or float16")

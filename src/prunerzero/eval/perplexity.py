@@ -126,6 +126,17 @@ def head_chunking_ok(model: nn.Module) -> bool:
     return _chunk_ok[model]
 
 
+def logits_chunks(model: nn.Module, batch: torch.Tensor,
+                  chunk_bytes: int = HEAD_CHUNK_BYTES) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Like :func:`chunked_logits`, falling back to the model's own full logits (one chunk) for a
+    model whose head cannot be applied in chunks."""
+    if head_chunking_ok(model):
+        yield from chunked_logits(model, batch, chunk_bytes)
+        return
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    yield slice(0, logits.shape[0] * logits.shape[1]), logits.reshape(-1, logits.shape[-1]).float()
+
+
 @torch.no_grad()
 def token_nll(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = HEAD_CHUNK_BYTES) -> torch.Tensor:
     """Next-token NLL of every predicted position of `batch` (B, T): (B, T-1) float32."""

@@ -6,9 +6,11 @@ every prunable linear, from a kept copy of the dense weights) plus a short perpl
 evaluation on the *search* split, text disjoint from the calibration windows and from the
 reporting set (WikiText-2 test is never used here).
 
-Several sparsity settings combine by the geometric mean of their perplexities (mean log-ppl),
-so a metric must be good at all of them and no setting dominates by scale.
-Fidelities are token budgets on the search split; each is a prefix of the next.
+Several sparsity settings combine by the geometric mean of their values (mean log-ppl for
+perplexity), so a metric must be good at all of them and no setting dominates by scale.
+Fidelities are the rungs of a ladder (``proxies``): perplexity or KL divergence from the dense
+model on a token budget of the search split (each budget a prefix of the larger ones), or ``err``,
+the relative layer output error from the dense Hessians, with no forward pass at all.
 
 Levers beyond the mask (issue "beyond metrics"), fixed for a run:
 - ``reconstruct="obs"``: after the candidate's mask, the OBS update of ``methods.reconstruct``
@@ -26,20 +28,24 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..allocation import Allocation, owl_allocation, owl_sparsities
 from ..calib.stats import LinearStats
-from ..eval.perplexity import window_nll
+from ..errors import UserError
+from ..eval.perplexity import logits_chunks, window_nll
 from ..masks import SparsityTarget, make_mask, parse_target
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
 from ..models import find_decoder_layers, find_linears, weight_matrix
+from ..placement import input_device
 from ..symbolic import InvalidMetricError, Metric
 from ..windows import NO_BOS, Windowing, eval_windows
+from .proxies import Rung, dense_top_k, kl_top_k, parse_rung, relative_output_error
 
 
 def parse_setting(text: str) -> SparsityTarget:
@@ -54,7 +60,7 @@ def parse_setting(text: str) -> SparsityTarget:
 @dataclass(frozen=True)
 class FitnessSettings:
     settings: tuple[str, ...] = ("0.5",)  # sparsity settings, combined by geometric mean
-    fidelity_tokens: tuple[int, ...] = (1024, 4096)  # cheapest first
+    fidelity_tokens: tuple[int, ...] = (1024, 4096)  # perplexity rungs, cheapest first (when no ladder)
     eval_seqlen: int = 512
     eval_dtype: str = "float32"  # bfloat16 = autocast forwards (~2.5x faster on AMX CPUs)
     reconstruct: str = "none"  # or "obs"
@@ -64,6 +70,18 @@ class FitnessSettings:
     allocation: str = "uniform"  # or "owl"
     owl_m: float = 5.0
     owl_lambda: float = 0.08
+    ladder: tuple[str, ...] = ()  # rungs (proxies.parse_rung), cheapest first; replaces fidelity_tokens
+
+    def rungs(self) -> list[Rung]:
+        return [parse_rung(r) for r in self.ladder] if self.ladder else [Rung("ppl", t) for t in self.fidelity_tokens]
+
+    def to_dict(self) -> dict:
+        """As recorded in a run's config.json: fields added later are left out at their default, so
+        a run started before them still resumes (resume compares this record)."""
+        d = asdict(self)
+        if not self.ladder:
+            del d["ladder"]
+        return d
 
     def wrap(self, method: Method) -> Method:
         """`method` with this run's reconstruction (methods that do not score weights, such as
@@ -79,7 +97,7 @@ class ProxyFitness:
 
     model: nn.Module
     search_tokens: torch.Tensor  # (1, N) token ids of the search split
-    stats: dict[str, LinearStats]  # full linear name -> X (and G) of the dense model
+    stats: dict[str, LinearStats]  # full linear name -> X (and G, H) of the dense model
     config: FitnessSettings = field(default_factory=FitnessSettings)
     data_info: dict = field(default_factory=dict)
     windowing: Windowing = NO_BOS  # how the search split is cut into windows (the run's BOS rule)
@@ -94,19 +112,49 @@ class ProxyFitness:
         # so a bf16 7B model holds 13 GiB of copies, not 26.
         self.dense = {name: weight_matrix(m).detach().clone() for name, m in self.linears.items()}
         self.targets = [parse_setting(s) for s in self.config.settings]
-        self.fidelities = tuple(f"{t}tok" for t in self.config.fidelity_tokens)
-        self._windows = {
-            f"{t}tok": eval_windows(self.search_tokens, self.config.eval_seqlen, t, self.windowing)
-            for t in self.config.fidelity_tokens
-        }
+        self.rungs = {r.name: r for r in self.config.rungs()}
+        if len(self.rungs) != len(self.config.rungs()):
+            raise UserError(f"the fidelity ladder names a rung twice: {', '.join(self.config.ladder)}")
+        self.fidelities = tuple(self.rungs)
+        self._windows = {}
+        for rung in self.rungs.values():
+            if rung.needs_forward:
+                windows = eval_windows(self.search_tokens, self.config.eval_seqlen, rung.tokens, self.windowing)
+                if windows.numel() < rung.tokens - self.config.eval_seqlen + 1:
+                    raise UserError(f"the search text has {self.search_tokens.numel()} tokens, fewer than the "
+                                    f"{rung.tokens} fidelity {rung.name} asks for")
+                self._windows[rung.name] = windows
+        if any(r.kind == "err" for r in self.rungs.values()) and any(s.hessian is None for s in self.stats.values()):
+            raise UserError("the err fidelity needs the Hessians (H) of the dense model's statistics")
         self.seconds = {"masks": 0.0, "eval": 0.0}
-        layers_name, _ = find_decoder_layers(self.model)
         self._layer_of = {name: int(name[len(layers_name) + 1:].split(".")[0]) for name in self.linears}
         self._hinv: dict[str, torch.Tensor] = {}  # inverse-Hessian factors, filled on first use
         self.allocation: Allocation | None = None
         if self.config.allocation == "owl":
             # Outlier ratios of the dense model (sparsity only shifts them; 0.5 is a placeholder).
             self.allocation = owl_allocation(self.model, self.stats, 0.5, self.config.owl_m, self.config.owl_lambda)
+        self._kl_reference = self._dense_top_k()
+
+    def _autocast(self):
+        device_type = next(self.model.parameters()).device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16) if self.config.eval_dtype == "bfloat16" else nullcontext()
+
+    @torch.no_grad()
+    def _dense_top_k(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The dense model's top-k next tokens on the largest KL rung's windows (its prefixes serve
+        the smaller rungs), computed once, before any candidate touches the weights."""
+        kl = [r for r in self.rungs.values() if r.kind == "kl"]
+        if not kl:
+            return None
+        windows = self._windows[max(kl, key=lambda r: r.tokens).name]
+        ids, logp = [], []
+        with self._autocast():
+            for batch in windows.split(4):
+                for _, logits in logits_chunks(self.model, batch.to(input_device(self.model))):
+                    i, lp = dense_top_k(logits)
+                    ids.append(i.cpu())
+                    logp.append(lp.cpu())
+        return torch.cat(ids), torch.cat(logp)  # (positions, k) each
 
     def layer_sparsities(self, target: SparsityTarget, owl_lambda: float | None = None) -> list[float] | None:
         """Per decoder layer sparsity under this run's allocation, None when uniform. `owl_lambda`
@@ -131,16 +179,14 @@ class ProxyFitness:
         return self._hinv[name]
 
     def describe(self) -> dict:
-        out = {**asdict(self.config), "data": self.data_info,
+        out = {**self.config.to_dict(), "data": self.data_info,
                "windows": {k: int(v.shape[0]) for k, v in self._windows.items()}}
         if self.windowing.bos != "none":  # runs without BOS keep their earlier description (resume compares it)
             out["windowing"] = self.windowing.to_dict()
         return out
 
-    @torch.no_grad()
-    def apply(self, metric: Metric, target: SparsityTarget) -> None:
-        """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
-        start = time.perf_counter()
+    def _pruned(self, metric: Metric, target: SparsityTarget) -> Iterator[tuple[str, nn.Module, torch.Tensor]]:
+        """(name, module, pruned float32 weight (out, in)) for every linear, from the dense copies."""
         layer_sparsity = self.layer_sparsities(target, dict(metric.genes).get("owl_lambda"))
 
         def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
@@ -156,6 +202,13 @@ class ProxyFitness:
                                         blocksize=cfg.blocksize, hinv=self._hinv_of(name))
             else:
                 new = weight.masked_fill(make_mask(score(weight, stats), t), 0.0)
+            yield name, module, new
+
+    @torch.no_grad()
+    def apply(self, metric: Metric, target: SparsityTarget) -> None:
+        """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
+        start = time.perf_counter()
+        for _, module, new in self._pruned(metric, target):
             weight_matrix(module).copy_(new)
         self.seconds["masks"] += time.perf_counter() - start
 
@@ -164,18 +217,50 @@ class ProxyFitness:
         for name, module in self.linears.items():
             weight_matrix(module).copy_(self.dense[name])
 
+    @torch.no_grad()
+    def output_error(self, metric: Metric, target: SparsityTarget) -> float:
+        """Mean relative layer output error of the candidate's pruning (the err rung; no forward)."""
+        start = time.perf_counter()
+        errors = [relative_output_error(self.dense[name].float(), new, self.stats[name].hessian.to(new.device))
+                  for name, _, new in self._pruned(metric, target)]
+        self.seconds["masks"] += time.perf_counter() - start
+        return sum(errors) / len(errors)
+
+    @torch.no_grad()
+    def _mean_kl(self, windows: torch.Tensor) -> float:
+        ref_ids, ref_logp = self._kl_reference
+        total, count, offset = 0.0, 0, 0
+        for batch in windows.split(4):
+            for rows, logits in logits_chunks(self.model, batch.to(input_device(self.model))):
+                n = rows.stop - rows.start
+                kl = kl_top_k(logits, ref_ids[offset: offset + n].to(logits.device),
+                              ref_logp[offset: offset + n].to(logits.device))
+                total += float(kl.double().sum())
+                count += n
+                offset += n
+        return total / count
+
+    def measure(self, rung: Rung) -> float:
+        """The rung's value for the weights now in the model (ppl rungs: the mean NLL)."""
+        windows = self._windows[rung.name]
+        start = time.perf_counter()
+        with self._autocast():
+            value = float(window_nll(self.model, windows).mean()) if rung.kind == "ppl" else self._mean_kl(windows)
+        self.seconds["eval"] += time.perf_counter() - start
+        return value
+
     def evaluate(self, metric: Metric, fidelity: str) -> float:
-        windows = self._windows[fidelity]
-        log_ppls = []
-        device_type = next(self.model.parameters()).device.type
-        autocast = torch.autocast(device_type, dtype=torch.bfloat16) if self.config.eval_dtype == "bfloat16" else nullcontext()
+        rung = self.rungs[fidelity]
+        logs = []
         for target in self.targets:
-            self.apply(metric, target)
-            start = time.perf_counter()
-            with autocast:
-                nll = float(window_nll(self.model, windows).mean())
-            self.seconds["eval"] += time.perf_counter() - start
-            if not math.isfinite(nll):
-                raise InvalidMetricError("perplexity is not finite")
-            log_ppls.append(nll)
-        return math.exp(sum(log_ppls) / len(log_ppls))
+            if rung.kind == "err":
+                value = math.log(max(self.output_error(metric, target), 1e-30))
+            else:
+                self.apply(metric, target)
+                value = self.measure(rung)  # ppl: the mean NLL is already log-perplexity
+                if rung.kind == "kl":
+                    value = math.log(max(value, 1e-30))
+            if not math.isfinite(value):
+                raise InvalidMetricError(f"{'perplexity' if rung.kind == 'ppl' else rung.kind} is not finite")
+            logs.append(value)
+        return math.exp(sum(logs) / len(logs))  # geometric mean over the settings

@@ -45,6 +45,7 @@ class SearchJob:
     bos: str = "auto"  # window rule (windows.BOS_MODES) for calibration, fitness and reporting windows
     fitness_data: str = "lambada"  # its search split: disjoint from calibration and reporting text
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
+    ladder: tuple[str, ...] = ()  # fidelity rungs (search.proxies), cheapest first; replaces fidelity_tokens
     eval_dtype: str = "float32"
     device: str = "auto"
     dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
@@ -71,7 +72,7 @@ class SearchJob:
     def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
         data = known_keys_only(data, [f.name for f in fields(cls)], "job.json")
         data.setdefault("bos", "none")  # runs saved before the BOS rule cut every window without BOS
-        for key in ("settings", "fidelity_tokens", "baselines"):
+        for key in ("settings", "fidelity_tokens", "baselines", "ladder"):
             if key in data:
                 data[key] = tuple(data[key])
         if "search" in data:
@@ -81,7 +82,8 @@ class SearchJob:
     def fitness_settings(self) -> FitnessSettings:
         return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
                                reconstruct=self.reconstruct, reconstruct_mode=self.reconstruct_mode,
-                               allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda)
+                               allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda,
+                               ladder=self.ladder)
 
 
 def fitness_split(source: str, calib_source: str) -> str:
@@ -102,6 +104,12 @@ def validate_job(job: SearchJob) -> None:
         raise UserError("--fidelity-tokens must be ascending token budgets, e.g. 1024,4096")
     if job.fidelity_tokens[0] < job.seqlen:
         raise UserError(f"the cheapest fidelity ({job.fidelity_tokens[0]} tokens) is less than one window of {job.seqlen}")
+    rungs = job.fitness_settings().rungs()
+    if len({r.name for r in rungs}) != len(rungs):
+        raise UserError(f"--ladder names a rung twice: {','.join(job.ladder)}")
+    for rung in rungs:
+        if rung.needs_forward and rung.tokens < job.seqlen:
+            raise UserError(f"fidelity {rung.name} is less than one window of {job.seqlen} tokens")
     if job.report_data and job.fitness_data == job.report_data:
         raise UserError("the reporting data cannot also be the search fitness data")
     if job.eval_dtype not in ("float32", "bfloat16"):
@@ -175,7 +183,8 @@ def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, o
     from ..calib.gradients import load_or_compute_gradients
 
     start = time.perf_counter()
-    needs = frozenset({"X", "H"} if job.reconstruct == "obs" else {"X"})
+    wants_h = job.reconstruct == "obs" or any(r.kind == "err" for r in job.fitness_settings().rungs())
+    needs = frozenset({"X", "H"} if wants_h else {"X"})
     stats = collect_dense_stats(lm.model, calib_ids, needs, batch_size=job.nsamples, progress=progress)
     x_seconds = time.perf_counter() - start
     grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,

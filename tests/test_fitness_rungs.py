@@ -1,0 +1,99 @@
+"""The fitness ladder's rungs: perplexity, KL divergence from the dense model, and the forward-free
+layer output error, each checked against a direct computation."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from prunerzero.cli import main
+from prunerzero.errors import UserError
+from prunerzero.pipeline import collect_dense_stats
+from prunerzero.search.fitness import FitnessSettings, ProxyFitness
+from prunerzero.search.proxies import Rung, dense_top_k, kl_top_k, parse_rung, relative_output_error
+from prunerzero.symbolic import named_metric
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_rung_names_parse_both_ways():
+    assert parse_rung("1024") == parse_rung("1024tok") == parse_rung("ppl:1024") == Rung("ppl", 1024)
+    assert parse_rung("kl:4096") == parse_rung("kl4096tok") == Rung("kl", 4096)
+    assert parse_rung("err") == Rung("err")
+    for rung in (Rung("ppl", 64), Rung("kl", 64), Rung("err")):
+        assert parse_rung(rung.name) == rung
+    for bad in ("kl", "ppl:", "fast", "kl:-3", "0"):
+        with pytest.raises(UserError):
+            parse_rung(bad)
+
+
+def test_kl_over_top_k_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below():
+    torch.manual_seed(0)
+    dense, pruned = torch.randn(50, 32) * 3, torch.randn(50, 32) * 3
+    p, q = torch.log_softmax(dense, -1), torch.log_softmax(pruned, -1)
+    exact = (p.exp() * (p - q)).sum(-1)
+    ids, logp = dense_top_k(dense, k=32)
+    assert torch.allclose(kl_top_k(pruned, ids, logp), exact, atol=1e-5)
+    ids, logp = dense_top_k(dense, k=4)
+    coarse = kl_top_k(pruned, ids, logp)
+    assert (coarse <= exact + 1e-5).all() and (coarse >= 0).all()  # coarser outcomes: less KL
+    assert torch.allclose(kl_top_k(dense, ids, logp), torch.zeros(50), atol=1e-5)
+
+
+def test_relative_output_error_is_the_output_energy_changed():
+    torch.manual_seed(0)
+    x = torch.randn(200, 16)  # (tokens, in)
+    w = torch.randn(8, 16)
+    pruned = w.masked_fill(torch.rand(8, 16) < 0.5, 0.0)
+    h = x.t() @ x / x.shape[0]
+    direct = ((x @ (pruned - w).t()) ** 2).sum() / ((x @ w.t()) ** 2).sum()
+    assert relative_output_error(w, pruned, h) == pytest.approx(float(direct), rel=1e-4)
+    assert relative_output_error(w, w, h) == 0.0
+
+
+def _fitness(model, calib_ids, ladder, settings=("0.5",)) -> ProxyFitness:
+    stats = collect_dense_stats(model, calib_ids, frozenset({"X", "H"}), progress=False)
+    tokens = torch.randint(0, 128, (1, 600), generator=torch.Generator().manual_seed(7))
+    return ProxyFitness(model, tokens, stats, FitnessSettings(settings, eval_seqlen=32, ladder=ladder))
+
+
+def test_rungs_measure_what_they_say(make_tiny_model, calib_ids):
+    from prunerzero.eval.perplexity import window_nll
+
+    model = make_tiny_model("llama")
+    fit = _fitness(model, calib_ids, ("err", "kl:64", "ppl:128"))
+    assert fit.fidelities == ("err", "kl64tok", "128tok")
+    wanda = named_metric("wanda")
+    # Nothing pruned: no output error, no divergence from the dense model.
+    none = _fitness(model, calib_ids, ("err", "kl:64"), settings=("0.0",))
+    assert none.evaluate(wanda, "err") < 1e-20 and none.evaluate(wanda, "kl64tok") < 1e-6
+    err, kl, ppl = (fit.evaluate(wanda, f) for f in fit.fidelities)
+    assert 0 < err < 1 and kl > 0 and ppl > 1
+    fit.apply(wanda, fit.targets[0])
+    assert ppl == pytest.approx(math.exp(float(window_nll(model, fit._windows["128tok"]).mean())), rel=1e-9)
+    fit.restore()
+    magnitude = named_metric("magnitude")
+    assert fit.evaluate(magnitude, "err") > 0 and fit.evaluate(magnitude, "kl64tok") > 0
+
+
+def test_err_needs_the_hessians(make_tiny_model, calib_ids):
+    model = make_tiny_model("llama")
+    stats = collect_dense_stats(model, calib_ids, frozenset({"X"}), progress=False)
+    with pytest.raises(UserError, match="needs the Hessians"):
+        ProxyFitness(model, torch.randint(0, 128, (1, 200)), stats, FitnessSettings(eval_seqlen=32, ladder=("err",)))
+
+
+def test_search_with_a_ladder_end_to_end(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["--quiet", "search", "--model", str(tiny_model_dir), "--out", str(out), "--population", "5",
+                 "--generations", "2", "--nsamples", "4", "--seqlen", "32", "--ladder", "err,kl:64",
+                 "--report-data", str(wikitext_test), "--report-tokens", "64", "--leaderboard-top", "1",
+                 "--baselines", "wanda"]) == 0
+    hof = json.loads((out / "hall_of_fame.json").read_text())
+    assert set(hof[0]["fitness"]) == {"err", "kl64tok"}
+    assert json.loads((out / "config.json").read_text())["fidelities"] == ["err", "kl64tok"]
+    assert main(["--quiet", "search", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bad"),
+                 "--seqlen", "32", "--ladder", "err,kl:16"]) == 2
