@@ -252,3 +252,35 @@ def test_gene_config_is_validated() -> None:
         SearchConfig(owl_lambdas=(-0.1,))
     cfg = SearchConfig(owl_lambdas=(0.0, 0.1))
     assert SearchConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+class CoarseFitness(ToyFitness):
+    """The toy fitness rounded to 2 significant digits: many formulas tie, as real ones nearly do."""
+
+    def evaluate(self, metric, fidelity):  # type: ignore[override]
+        value = super().evaluate(metric, fidelity)
+        return float(f"{value:.2g}")
+
+
+def test_parsimony_prefers_the_smaller_formula_at_equal_fitness(tmp_path):
+    """With parsimony on, among hall-of-fame entries of (about) equal fitness the smaller comes first;
+    off, the run is the one made before parsimony existed (its config has no parsimony key)."""
+    cfg = SearchConfig(population=12, generations=4, seed=3, hall_of_fame_size=10, parsimony=0.02)
+    res = _run(tmp_path / "p", CoarseFitness(), cfg)
+    hof = res.hall_of_fame
+    for a, b in zip(hof, hof[1:]):
+        fa, fb = a["fitness"]["low"], b["fitness"]["low"]
+        if a["fitness"].keys() == b["fitness"].keys() and abs(fa - fb) <= 1e-12:
+            assert a["size"] <= b["size"], (a, b)
+    assert all(row["size"] >= 1 for row in hof)
+    off = _run(tmp_path / "off", CoarseFitness(), SearchConfig(population=12, generations=4, seed=3))
+    assert "parsimony" not in json.loads((tmp_path / "off" / "config.json").read_text())["search"]
+    assert "parsimony" in json.loads((tmp_path / "p" / "config.json").read_text())["search"]
+    assert [r["key"] for r in off.hall_of_fame] != [] and off.stats["rung_agreement"]["low~high"]["n"] >= 3
+
+
+def test_rung_agreement_covers_every_pair_of_rungs(tmp_path):
+    res = _run(tmp_path / "r")
+    agreement = res.stats["rung_agreement"]
+    assert set(agreement) == {"low~high"} and agreement["low~high"]["tau"] is not None
+    assert res.stats["fidelity_spearman"]["low~high"]["rho"] == agreement["low~high"]["rho"]

@@ -41,7 +41,7 @@ def test_search_writes_everything_and_resume_is_a_no_op(tiny_model_dir, wikitext
         assert f"| searched #{rank} |" in board
     seeded = [rank for rank, row in enumerate(hof, start=1) if row["key"] in baseline_keys]
     assert all(f"#{rank} is " in board for rank in seeded)
-    assert f"measured on {wikitext_test.parent.name}/{wikitext_test.name} (" in board  # not the machine's path
+    assert f"## {wikitext_test.parent.name}/{wikitext_test.name}, 128 tokens" in board  # not the machine's path
     rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
     assert len(rows) == 1 + 5  # dense + (2 searched + 3 baselines) x 1 setting
     evaluations = (out / "evaluations.jsonl").read_text()
@@ -168,3 +168,31 @@ def test_resume_with_more_generations_equals_a_longer_run(tiny_model_dir, wikite
     err = capsys.readouterr().err.strip()
     assert "already run 3 generations" in err and len(err.splitlines()) == 1, err
     assert json.loads((short / "job.json").read_text())["search"]["generations"] == 3  # nothing written
+
+
+def test_leaderboard_over_calibration_seeds_and_two_texts(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    """Every entry is pruned once per calibration seed and measured on each reporting text; the table
+    shows mean ± sd; a second search with the same settings reuses the cached baselines."""
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    args = ["--calib-seeds", "0,1", "--report-data", f"{wikitext_test},qasper", "--leaderboard-top", "1",
+            "--baselines", "wanda,pruner-zero", "--generations", "1"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(_search_args(tiny_model_dir, wikitext_test, first, *args)) == 0
+    rows = [json.loads(line) for line in (first / "leaderboard.jsonl").read_text().splitlines()]
+    reports = {str(wikitext_test), "qasper"}
+    assert {r["report"] for r in rows} == reports
+    measured = {(r["label"], r["seed"], r["report"]) for r in rows if r["label"] != "dense"}
+    labels = {r["label"] for r in rows} - {"dense"}
+    assert measured == {(lab, s, rep) for lab in labels for s in (0, 1) for rep in reports}
+    by_seed = {s: next(r["ppl"] for r in rows if r["label"] == "pruner-zero" and r["seed"] == s
+                       and r["report"] == "qasper") for s in (0, 1)}
+    assert by_seed[0] != by_seed[1]  # another calibration draw (and its own G): another pruned model
+    board = (first / "leaderboard.md").read_text()
+    assert "mean ± sd over calibration seeds 0, 1" in board and "## qasper (test)" in board and " ± " in board
+    assert main(_search_args(tiny_model_dir, wikitext_test, second, *args)) == 0
+    again = [json.loads(line) for line in (second / "leaderboard.jsonl").read_text().splitlines()]
+    for r in again:
+        if r["label"] in ("wanda", "pruner-zero", "dense"):
+            assert r["cached"], r
+            assert r["ppl"] == next(x["ppl"] for x in rows if (x["label"], x["seed"], x["report"], x["setting"])
+                                    == (r["label"], r["seed"], r["report"], r["setting"]))

@@ -44,14 +44,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         settings = args.settings or (f"{args.sparsity}:{args.pattern}" if args.pattern == "unstructured" else args.pattern,)
         search = SearchConfig(population=args.population, generations=args.generations, seed=args.seed,
                               seed_named=not args.no_seed_named, max_depth=args.max_depth, max_size=args.max_size,
-                              owl_lambdas=args.owl_lambdas)
+                              owl_lambdas=args.owl_lambdas, parsimony=args.parsimony)
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, bos=args.bos, fitness_data=args.fitness_data,
                         fidelity_tokens=args.fidelity_tokens, ladder=args.ladder, eval_dtype=args.eval_dtype,
                         device=args.device,
                         dtype=args.dtype, device_map=args.device_map, max_memory=args.max_memory,
                         report_data=args.report_data,
-                        report_tokens=args.report_tokens, leaderboard_top=args.leaderboard_top,
+                        report_tokens=args.report_tokens, calib_seeds=args.calib_seeds,
+                        leaderboard_top=args.leaderboard_top,
                         baselines=args.baselines, reconstruct=args.reconstruct,
                         reconstruct_mode=args.reconstruct_mode, allocation=args.allocation, owl_m=args.owl_m,
                         owl_lambda=args.owl_lambda, search=search)
@@ -104,7 +105,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="none (one --device), or auto / balanced / sequential: one model spread over GPUs "
                         "(serial executor; every layer must fit on a GPU)")
     p.add_argument("--max-memory", help='with --device-map: memory per device, e.g. "0=70GiB,1=70GiB"')
-    p.add_argument("--report-data", default="wikitext2", help="reporting set for the leaderboard (wikitext2 or a file)")
+    p.add_argument("--report-data", default="wikitext2",
+                   help="reporting texts for the leaderboard, comma-separated: wikitext2, qasper (NLP papers), a file")
+    p.add_argument("--calib-seeds", type=_ints, default=(),
+                   help="the leaderboard prunes with each of these calibration draws and reports mean and spread "
+                        "(default: --seed only)")
+    p.add_argument("--parsimony", type=float, default=0.01,
+                   help="fitness values within this relative tolerance count as equal and the smaller formula wins "
+                        "(0 = off)")
     p.add_argument("--report-tokens", type=int, default=None, help="first N tokens of the reporting set")
     p.add_argument("--leaderboard-top", type=int, default=3)
     p.add_argument("--baselines", type=_names, default=("magnitude", "wanda", "gblm", "ria", "pruner-zero"))

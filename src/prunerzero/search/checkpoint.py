@@ -254,9 +254,22 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any], resume: bool,
     return [], None
 
 
-def hall_of_fame(cache: FitnessCache, fids: tuple[str, ...], size: int) -> list[dict[str, Any]]:
+def parsimony_bucket(fitness: float, tolerance: float) -> float:
+    """Fitness values within a relative ``tolerance`` of each other share a bucket, so that at (about)
+    equal fitness the smaller formula wins (lexicographic parsimony); 0 = no buckets."""
+    if tolerance <= 0 or not math.isfinite(fitness) or fitness <= 0:
+        return fitness
+    return float(math.floor(math.log(fitness) / math.log1p(tolerance)))
+
+
+def hall_of_fame(cache: FitnessCache, fids: tuple[str, ...], size: int,
+                 parsimony: float = 0.0) -> list[dict[str, Any]]:
     """Best distinct valid metrics: by the highest fidelity scored (higher first), then by the
-    score there (lower first), then by key.  Invalid at the cheapest fidelity = left out."""
+    score there (lower first; with ``parsimony`` scores within that relative tolerance count as
+    equal and the smaller formula comes first), then by key.  Invalid at the cheapest fidelity =
+    left out.  Each row carries the formula's size (nodes)."""
+    from ..symbolic import parse, size as tree_size
+
     rows: dict[str, dict[str, Any]] = {}
     for (k, f), entry in cache.entries.items():
         if (k, f) in cache.pending:
@@ -271,28 +284,43 @@ def hall_of_fame(cache: FitnessCache, fids: tuple[str, ...], size: int) -> list[
         level = max(i for i, f in enumerate(fids) if f in row["fitness"])
         top = row["fitness"][fids[level]]
         row["fitness"] = {f: row["fitness"][f] for f in fids if f in row["fitness"]}
-        ranked.append(((top is None, -level, math.inf if top is None else top, row["key"]), row))
+        row["size"] = tree_size(parse(row["expression"]))
+        value = math.inf if top is None else top
+        order = (top is None, -level, parsimony_bucket(value, parsimony), row["size"] if parsimony > 0 else 0,
+                 value, row["key"])
+        ranked.append((order, row))
     ranked.sort(key=lambda t: t[0])
     return [row for _, row in ranked[:size]]
 
 
-def fidelity_spearman(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Spearman rank correlation of the cheapest fidelity with each other one, over keys valid
-    at both: ``{"low~high": {"rho": float | None (n < 3 or constant), "n": int}}``."""
-    from scipy.stats import spearmanr  # heavy import, only needed for the report
+def rung_agreement(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Spearman and Kendall rank agreement between every pair of rungs (cheaper first), over keys
+    valid at both: ``{"low~high": {"rho": float | None, "tau": float | None, "n": int}}``.  The
+    pairs come in key order, not arrival order, so any executor gives the same numbers."""
+    from scipy.stats import kendalltau, spearmanr  # heavy import, only needed for the report
 
     out = {}
-    for f in fids[1:]:
-        pairs = []  # in key order, not arrival order: the same rho to the last bit for any executor
-        for (k, fid), entry in sorted(cache.entries.items(), key=lambda item: item[0]):
-            low = cache.entries.get((k, fids[0]))
-            if fid == f and math.isfinite(entry.fitness) and low is not None and math.isfinite(low.fitness):
-                pairs.append((low.fitness, entry.fitness))
-        rho = None
-        if len(pairs) >= 3:
-            with warnings.catch_warnings():  # constant input: nan, reported as None
-                warnings.simplefilter("ignore")
-                r = float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
-            rho = None if math.isnan(r) else r
-        out[f"{fids[0]}~{f}"] = {"rho": rho, "n": len(pairs)}
+    for i, low in enumerate(fids):
+        for high in fids[i + 1:]:
+            pairs = []
+            for (k, fid), entry in sorted(cache.entries.items(), key=lambda item: item[0]):
+                cheap = cache.entries.get((k, low))
+                if fid == high and math.isfinite(entry.fitness) and cheap is not None and math.isfinite(cheap.fitness):
+                    pairs.append((cheap.fitness, entry.fitness))
+            rho = tau = None
+            if len(pairs) >= 3:
+                with warnings.catch_warnings():  # constant input: nan, reported as None
+                    warnings.simplefilter("ignore")
+                    xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
+                    r, t = float(spearmanr(xs, ys).statistic), float(kendalltau(xs, ys).statistic)
+                rho, tau = (None if math.isnan(r) else r), (None if math.isnan(t) else t)
+            out[f"{low}~{high}"] = {"rho": rho, "tau": tau, "n": len(pairs)}
     return out
+
+
+def fidelity_spearman(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Spearman of the cheapest fidelity with each other one (:func:`rung_agreement`'s first row)."""
+    agreement = rung_agreement(cache, fids)
+    return {f"{fids[0]}~{f}": {"rho": agreement[f"{fids[0]}~{f}"]["rho"], "n": agreement[f"{fids[0]}~{f}"]["n"]}
+            for f in fids[1:]}
+

@@ -40,6 +40,10 @@ class SearchConfig:
     # searched, the run's fixed lambda applies). See engine's module doc for how genes evolve.
     owl_lambdas: tuple[float, ...] = ()
     gene_mutation_rate: float = 0.2  # an offspring's gene moves to a neighbouring value with this probability
+    # Lexicographic parsimony: fitness values within this relative tolerance count as equal in
+    # tournaments, elitism and the hall of fame, and the smaller formula wins (smaller formulas
+    # transfer better to other models and texts). 0 = off (runs made before it existed).
+    parsimony: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -50,7 +54,7 @@ class SearchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise UserError(f"search config {name}={v!r}: must be an integer >= {low}")
-        for name in ("crossover_rate", "mutation_rate", "rescore_fraction", "gene_mutation_rate"):
+        for name in ("crossover_rate", "mutation_rate", "rescore_fraction", "gene_mutation_rate", "parsimony"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 1):
                 raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
@@ -75,6 +79,8 @@ class SearchConfig:
         d = asdict(self)
         d["ops"] = list(self.ops)
         d["owl_lambdas"] = list(self.owl_lambdas)
+        if not self.parsimony:  # runs saved before parsimony existed still compare equal on resume
+            del d["parsimony"]
         return d
 
     @classmethod

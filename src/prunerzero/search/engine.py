@@ -54,7 +54,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify
+from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify, size
 from ..symbolic import named_metric, to_json
 from . import checkpoint as ck
 from .config import SEED_METRICS, SearchConfig
@@ -95,7 +95,7 @@ class Fitness(Protocol):
 class SearchResult:
     hall_of_fame: list[dict[str, Any]]  # {"expression", "key", "generation", "fitness": {fidelity: float | None}}
     best: Metric
-    stats: dict[str, Any]  # counters, "generations" (summaries), "fidelity_spearman"
+    stats: dict[str, Any]  # counters, "generations" (summaries), "fidelity_spearman", "rung_agreement"
     population: list[str]  # final population, formulas
     out_dir: Path
 
@@ -159,12 +159,13 @@ class _Search:
         finally:
             self.log.close()
             self.bar.close()
-        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size)
+        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
         if not hof:
             raise UserError(f"the search in {self.out} found no valid metric (every candidate was invalid)")
         best = Metric(parse(hof[0]["expression"]), self.spec, genes=genes_of(hof[0]["key"]))
         return SearchResult(hof, best, {**self.stats, "generations": self.summaries,
-                                        "fidelity_spearman": ck.fidelity_spearman(self.cache, self.fids)},
+                                        "fidelity_spearman": ck.fidelity_spearman(self.cache, self.fids),
+                                        "rung_agreement": ck.rung_agreement(self.cache, self.fids)},
                             [format_expr(e) for e, _ in self.pop], self.out)
 
     def _finish_generation(self, g: int, before: dict[str, int], created: int) -> None:
@@ -180,7 +181,7 @@ class _Search:
             "duplicates_replaced": dups, "duplicate_share": dups / (dups + created) if dups + created else 0.0,
             **{f"new_{c}": self.stats[c] - before[c] for c in ("evaluations", "cache_hits", "invalid", "rescored")},
         })
-        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size)
+        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
         ck.atomic_write_json(self.out / ck.HALL_OF_FAME, hof)
         finished = g == self.cfg.generations - 1
         if finished and hof:  # best files before the checkpoint: "finished" implies they exist
@@ -224,18 +225,27 @@ class _Search:
                 raise self._too_small()
         return pop, len(pop) - seeds
 
+    def _selection_keys(self) -> list[tuple[float, int, float]]:
+        """What tournaments and elitism compare, lower first: the cheapest fidelity's value, bucketed
+        by the parsimony tolerance with the formula's size next (plain fitness when parsimony is off)."""
+        keys = []
+        for e, k in self.pop:
+            f = self._cheap(k)
+            keys.append((ck.parsimony_bucket(f, self.cfg.parsimony), size(e) if self.cfg.parsimony else 0, f))
+        return keys
+
     def _breed(self) -> tuple[list[Member], int]:
         cfg = self.cfg
-        fit = [self._cheap(k) for _, k in self.pop]
+        fit = self._selection_keys()
         order = sorted(range(len(fit)), key=lambda i: (fit[i], i))
-        new = [self.pop[i] for i in order[: cfg.elitism] if math.isfinite(fit[i])]
+        new = [self.pop[i] for i in order[: cfg.elitism] if math.isfinite(fit[i][2])]
         taken = {k for _, k in new}
         elites = len(new)
         while len(new) < cfg.population:
             new.append(self._offspring(fit, taken))
         return new, len(new) - elites
 
-    def _offspring(self, fit: list[float], taken: set[str]) -> Member:
+    def _offspring(self, fit: list[tuple[float, int, float]], taken: set[str]) -> Member:
         """A new member whose key is neither in ``taken`` nor seen before (bounded tries; as a
         last resort a seen-before key re-enters, served from the cache)."""
         fallback: Member | None = None
@@ -260,7 +270,7 @@ class _Search:
         taken.add(fallback[1])
         return fallback
 
-    def _vary(self, fit: list[float]) -> tuple[Node, float | None]:
+    def _vary(self, fit: list[tuple[float, int, float]]) -> tuple[Node, float | None]:
         """Crossover with probability crossover_rate (else a tournament winner's copy), then
         mutation with probability mutation_rate -- always if the child equals its parent.
         The gene (if any) comes from the first parent, then mutates (module doc)."""

@@ -51,8 +51,9 @@ class SearchJob:
     dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
     device_map: str = "none"  # or auto / balanced / sequential: one model spread over GPUs (serial executor)
     max_memory: str | None = None  # with device_map: "0=70GiB,1=70GiB"
-    report_data: str | None = "wikitext2"
+    report_data: str | None = "wikitext2"  # reporting texts, comma-separated (e.g. "wikitext2,qasper")
     report_tokens: int | None = None
+    calib_seeds: tuple[int, ...] = ()  # the leaderboard's calibration draws (empty: just `seed`)
     leaderboard_top: int = 3
     baselines: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
     reconstruct: str = "none"  # obs: fitness (and leaderboard) prune with the OBS update after the mask
@@ -72,12 +73,20 @@ class SearchJob:
     def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
         data = known_keys_only(data, [f.name for f in fields(cls)], "job.json")
         data.setdefault("bos", "none")  # runs saved before the BOS rule cut every window without BOS
-        for key in ("settings", "fidelity_tokens", "baselines", "ladder"):
+        for key in ("settings", "fidelity_tokens", "baselines", "ladder", "calib_seeds"):
             if key in data:
                 data[key] = tuple(data[key])
         if "search" in data:
             data["search"] = SearchConfig.from_dict(data["search"])
         return cls(**data)
+
+    @property
+    def report_sources(self) -> list[str]:
+        return [r.strip() for r in (self.report_data or "").split(",") if r.strip()]
+
+    @property
+    def leaderboard_seeds(self) -> tuple[int, ...]:
+        return self.calib_seeds or (self.seed,)
 
     def fitness_settings(self) -> FitnessSettings:
         return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
@@ -110,8 +119,12 @@ def validate_job(job: SearchJob) -> None:
     for rung in rungs:
         if rung.needs_forward and rung.tokens < job.seqlen:
             raise UserError(f"fidelity {rung.name} is less than one window of {job.seqlen} tokens")
-    if job.report_data and job.fitness_data == job.report_data:
+    if job.fitness_data in job.report_sources:
         raise UserError("the reporting data cannot also be the search fitness data")
+    if job.report_data is not None and not job.report_sources:
+        raise UserError("--report-data is empty (give wikitext2, qasper, a file, or several comma-separated)")
+    if len(set(job.leaderboard_seeds)) != len(job.leaderboard_seeds):
+        raise UserError(f"--calib-seeds repeats a seed: {','.join(map(str, job.calib_seeds))}")
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
     parse_dtype(job.dtype)
@@ -205,9 +218,30 @@ class JobContext:
     lm: LoadedModel
     calib_ids: torch.Tensor
     fitness: ProxyFitness
-    report_tokens: torch.Tensor | None
-    report_info: dict | None
+    report_tokens: dict[str, torch.Tensor]  # reporting source -> (1, N) tokens
+    report_info: dict[str, dict]
     windowing: Windowing
+    job: SearchJob
+    calib_tokens: torch.Tensor  # (1, N) the calibration text, for other seeds' windows
+    progress: bool = True
+
+    def calibration(self, seed: int | None, with_gradients: bool) -> tuple[torch.Tensor, Any]:
+        """Calibration windows of `seed` (the run's seed: the search's own) and, when asked, their G
+        (computed once per seed into the gradient cache)."""
+        job = self.job
+        seed = job.seed if seed is None else seed
+        ids = self.calib_ids if seed == job.seed else calibration_windows(self.calib_tokens, job.nsamples, job.seqlen,
+                                                                          seed, self.windowing)
+        if not with_gradients:
+            return ids, None
+        if seed == job.seed:
+            return ids, {n: (s.grad_l1, s.grad_l2) for n, s in self.fitness.stats.items() if s.grad_l1 is not None}
+        from ..calib.gradients import load_or_compute_gradients
+
+        self.fitness.restore()  # G of the dense model
+        grads, _ = load_or_compute_gradients(self.lm.model, ids, model_id=self.lm.path, data_id=job.calib_data,
+                                             seed=seed, progress=self.progress)
+        return ids, grads
 
 
 def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats]) -> ProxyFitness:
@@ -230,16 +264,16 @@ def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
         raise UserError("the search needs every layer on a device, but the device map offloaded some "
                         "(give --max-memory more room, or use more GPUs)")
     windowing = windowing_for(lm.tokenizer, job.bos)
-    calib_text = load_text(job.calib_data, calib_split(job.calib_data))
-    calib_ids = calibration_windows(tokenize(lm.tokenizer, calib_text, windowing), job.nsamples, job.seqlen, job.seed,
-                                    windowing)
-    report_tokens = report_info = None
-    if job.report_data:
-        report_split = evaluation_split(job.report_data)
-        report_tokens = tokenize(lm.tokenizer, load_text(job.report_data, report_split), windowing)
-        report_info = describe_source(job.report_data, report_split)
+    calib_tokens = tokenize(lm.tokenizer, load_text(job.calib_data, calib_split(job.calib_data)), windowing)
+    calib_ids = calibration_windows(calib_tokens, job.nsamples, job.seqlen, job.seed, windowing)
+    report_tokens, report_info = {}, {}
+    for source in job.report_sources:  # loaded before the search: unreachable data fails now, not in hours
+        report_split = evaluation_split(source)
+        report_tokens[source] = tokenize(lm.tokenizer, load_text(source, report_split), windowing)
+        report_info[source] = describe_source(source, report_split)
     stats = proxy_statistics(lm, job, calib_ids, out, progress)
-    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info, windowing)
+    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info, windowing, job,
+                      calib_tokens, progress)
 
 
 @dataclass(frozen=True)
@@ -292,5 +326,5 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
     with executor.build(ctx.fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
         result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
                             executor=ex)
-    rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress) if ctx.report_tokens is not None else []
+    rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress) if ctx.report_tokens else []
     return {"result": result, "leaderboard": rows, "job": job}

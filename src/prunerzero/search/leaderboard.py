@@ -1,8 +1,10 @@
 """Re-evaluate the best searched metrics next to the baselines with the full sequential pipeline
-on the reporting data, and write the side-by-side table.
+on every reporting text, for every calibration seed, and write the side-by-side table (mean and
+standard deviation over the seeds, so a win can be told from the noise of the calibration draw).
 
-Each (metric, setting) result is appended to leaderboard.jsonl as soon as it is measured, so a
-killed leaderboard resumes where it stopped.
+Each (metric, setting, seed, text) result is appended to leaderboard.jsonl as soon as it is
+measured, so a killed leaderboard resumes where it stopped, and cached under the cache folder by
+everything it depends on, so the baselines measured for one search are reused by the next.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .job import JobContext, SearchJob
 
 LEADERBOARD_LOG = "leaderboard.jsonl"
 LEADERBOARD_MD = "leaderboard.md"
+CACHE_VERSION = 1  # bump when a change of the pipeline changes leaderboard numbers
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -77,74 +80,164 @@ def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict],
     return entries
 
 
+def _cache_file(ctx: JobContext, job: SearchJob, ident: dict) -> Path:
+    """Where one (entry, setting, calibration seed, reporting text) perplexity is cached across runs:
+    baselines measured for one search are reused by the next with the same settings."""
+    import hashlib
+    import importlib.metadata
+
+    from ..models import cache_dir
+
+    path = Path(ctx.lm.path)
+    stamp = [str(f.stat().st_mtime_ns) for f in sorted(path.glob("*.safetensors"))] if path.exists() else []
+    try:
+        version = importlib.metadata.version("prunerzero")
+    except importlib.metadata.PackageNotFoundError:
+        version = "?"
+    parts = {"v": CACHE_VERSION, "prunerzero": version, "model": ctx.lm.path, "stamp": stamp, "dtype": job.dtype,
+             "windowing": ctx.windowing.to_dict(), "calib": [job.calib_data, job.nsamples, job.seqlen],
+             "levers": [job.reconstruct, job.reconstruct_mode, job.allocation, job.owl_m, job.owl_lambda], **ident}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / "leaderboard" / f"{key}.json"
+
+
 def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], out: Path,
                     progress: bool = True) -> list[dict]:
+    """Every entry x setting x calibration seed, pruned by the full pipeline, measured on every
+    reporting text; one line of leaderboard.jsonl per (entry, setting, seed, text)."""
     log_path = out / LEADERBOARD_LOG
     rows = _read_log(log_path)
-    model, stats = ctx.lm.model, ctx.fitness.stats
-    grads = {n: (s.grad_l1, s.grad_l2) for n, s in stats.items() if s.grad_l1 is not None}
+    model = ctx.lm.model
     fitness_of = {row["expression"]: row["fitness"] for row in hall_of_fame}
+    size_of = {row["expression"]: row.get("size") for row in hall_of_fame}
     seeded = baseline_ranks(job, hall_of_fame)
-    wanted = [("dense", None, "dense", None)] + [
-        (label, metric, method, setting) for label, metric, method in leaderboard_entries(job, hall_of_fame, seeded)
-        for setting in job.settings
-    ]
+    reports = list(ctx.report_tokens)
+    entries = leaderboard_entries(job, hall_of_fame, seeded)
 
-    def ident(label: str, metric: Metric | None, setting: str | None) -> tuple:
+    def ident(label: str, metric: Metric | None, setting: str | None, seed: int | None, report: str) -> tuple:
         # The formula is part of a row's identity: after a search is extended, "searched #1" may be another metric.
-        return label, setting, canonical_key(metric.expr, metric.spec) if metric is not None else None
+        return label, setting, canonical_key(metric.expr, metric.spec) if metric is not None else None, seed, report
 
-    want = {ident(label, metric, setting) for label, metric, _, setting in wanted}
-    rows = [r for r in rows if (r["label"], r["setting"], r.get("key")) in want]  # stale rows left out
-    done = {(r["label"], r["setting"], r.get("key")) for r in rows}
-    todo = [t for t in wanted if ident(t[0], t[1], t[3]) not in done]
-    for label, metric, method_name, setting in tqdm(todo, desc="leaderboard", disable=not progress):
+    wanted = [("dense", None, "dense", None, None)] + [
+        (label, metric, method, setting, seed) for label, metric, method in entries for setting in job.settings
+        for seed in job.leaderboard_seeds]
+    want = {ident(lab, met, st, sd, r) for lab, met, _, st, sd in wanted for r in reports}
+    rows = [r for r in rows if (r["label"], r["setting"], r.get("key"), r.get("seed"), r.get("report")) in want]
+    done = {(r["label"], r["setting"], r.get("key"), r.get("seed"), r.get("report")) for r in rows}
+    todo = [t for t in wanted if any(ident(t[0], t[1], t[3], t[4], r) not in done for r in reports)]
+    for label, metric, method_name, setting, seed in tqdm(todo, desc="leaderboard", disable=not progress):
         ctx.fitness.restore()
-        start = time.perf_counter()
-        record: dict = {"label": label, "setting": setting}
+        base: dict = {"label": label, "setting": setting, "seed": seed}
         if setting is not None:
+            formula = format_expr(metric.expr) if metric is not None else method_name
+            base.update(formula=formula, key=canonical_key(metric.expr, metric.spec) if metric else None,
+                        search_fitness=fitness_of.get(formula), size=size_of.get(formula))
+        pending = [r for r in reports if ident(label, metric, setting, seed, r) not in done]
+        cached = {}
+        for r in pending:
+            genes = list(metric.genes) if metric is not None else []
+            cache = _cache_file(ctx, job, {"entry": [method_name, base.get("key"), genes], "setting": setting,
+                                           "seed": seed, "report": ctx.report_info[r], "tokens": job.report_tokens})
+            cached[r] = (cache, json.loads(cache.read_text()) if cache.exists() else None)
+        pruned_seconds = 0.0
+        if setting is not None and any(c is None for _, c in cached.values()):
+            start = time.perf_counter()
             method = symbolic_method(metric) if metric is not None else get_method(method_name)
             method = ctx.fitness.config.wrap(method)  # the run's reconstruction, if any
             target = parse_setting(setting)
             lam = dict(metric.genes).get("owl_lambda") if metric is not None else None
             layer_sparsity = ctx.fitness.layer_sparsities(target, lam)  # the run's allocation, if any
             target_for = target if layer_sparsity is None else (lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
-            prune_model(model, method, target_for, ctx.calib_ids, grads=grads, progress=False)
-            formula = format_expr(metric.expr) if metric is not None else method.describe.get("formula", method_name)
-            record.update(formula=formula, key=canonical_key(metric.expr, metric.spec) if metric else None,
-                          search_fitness=fitness_of.get(formula))
-        record["prune_seconds"] = time.perf_counter() - start
-        result = perplexity(model, ctx.report_tokens, job.seqlen, job.report_tokens, progress=False,
-                            windowing=ctx.windowing)
-        record.update(ppl=result["ppl"], tokens=result["tokens"], seqlen=result["seqlen"])
-        _append(log_path, record)
-        rows.append(record)
+            calib_ids, grads = ctx.calibration(seed, "G" in method.needs)
+            prune_model(model, method, target_for, calib_ids, grads=grads, progress=False)
+            pruned_seconds = time.perf_counter() - start
+        for r in pending:
+            cache, result = cached[r]
+            from_cache = result is not None
+            if result is None:
+                result = perplexity(model, ctx.report_tokens[r], job.seqlen, job.report_tokens, progress=False,
+                                    windowing=ctx.windowing)
+                result = {"ppl": result["ppl"], "tokens": result["tokens"], "seqlen": result["seqlen"],
+                          "prune_seconds": pruned_seconds}
+                atomic.write_json(cache, result)
+            record = {**base, "report": r, **result, "cached": from_cache}
+            _append(log_path, record)
+            rows.append(record)
     ctx.fitness.restore()
     write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info, seeded)
     return rows
 
 
-def format_table(rows: list[dict], job: SearchJob) -> str:
-    settings = list(job.settings)
+def _stats(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def summarize(rows: list[dict], job: SearchJob, report: str) -> tuple[list[dict], dict | None]:
+    """Per entry on one reporting text: {label, formula, size, ppl: {setting: (mean, sd, n)}}, ranked by
+    the geometric mean over the settings of the mean perplexity; and the dense row."""
     by_label: dict[str, dict] = {}
+    dense = None
     for r in rows:
-        entry = by_label.setdefault(r["label"], {"label": r["label"], "formula": r.get("formula", ""), "ppl": {}})
-        entry["ppl"][r["setting"]] = r["ppl"]
-    dense = by_label.pop("dense", None)
+        if r.get("report") != report:
+            continue
+        if r["label"] == "dense":
+            dense = r
+            continue
+        entry = by_label.setdefault(r["label"], {"label": r["label"], "formula": r.get("formula", ""),
+                                                  "size": r.get("size"), "runs": {}})
+        entry["runs"].setdefault(r["setting"], []).append(r["ppl"])
+    for entry in by_label.values():
+        entry["ppl"] = {s: (*_stats(v), len(v)) for s, v in entry["runs"].items()}
 
     def score(entry: dict) -> float:  # geometric mean over the settings, as the search's fitness
-        values = [entry["ppl"].get(s) for s in settings]
+        values = [entry["ppl"].get(s, (None,))[0] for s in job.settings]
         return math.exp(sum(math.log(v) for v in values) / len(values)) if all(values) else math.inf
 
-    ranked = sorted(by_label.values(), key=score)
-    head = "| rank | metric | formula | " + " | ".join(f"ppl {s}" for s in settings) + " |"
-    lines = [head, "|" + "---|" * (3 + len(settings))]
+    return sorted(by_label.values(), key=score), dense
+
+
+def format_table(rows: list[dict], job: SearchJob, report: str) -> str:
+    ranked, dense = summarize(rows, job, report)
+    settings = list(job.settings)
+    head = "| rank | metric | formula | size | " + " | ".join(f"ppl {s}" for s in settings) + " |"
+    lines = [head, "|" + "---|" * (4 + len(settings))]
     for i, entry in enumerate(ranked, start=1):
-        cells = " | ".join(f"{entry['ppl'][s]:.2f}" if s in entry["ppl"] else "-" for s in settings)
-        lines.append(f"| {i} | {entry['label']} | `{entry['formula']}` | {cells} |")
+        cells = []
+        for s in settings:
+            if s not in entry["ppl"]:
+                cells.append("-")
+                continue
+            mean, sd, n = entry["ppl"][s]
+            cells.append(f"{mean:.2f} ± {sd:.2f}" if n > 1 else f"{mean:.2f}")
+        size = entry["size"] if entry["size"] is not None else ""
+        lines.append(f"| {i} | {entry['label']} | `{entry['formula']}` | {size} | {' | '.join(cells)} |")
     if dense:
-        lines.append("| - | dense | | " + " | ".join(f"{dense['ppl'][None]:.2f}" for _ in settings) + " |")
+        lines.append("| - | dense | | | " + " | ".join(f"{dense['ppl']:.2f}" for _ in settings) + " |")
     return "\n".join(lines)
+
+
+def gap_summary(rows: list[dict], job: SearchJob, report: str) -> str:
+    """Gap to dense of the best searched entry vs the best hand-made metric, per setting (means over
+    seeds): how much of the damage the discovered metric removes."""
+    ranked, dense = summarize(rows, job, report)
+    if dense is None:
+        return ""
+    hand = [e for e in ranked if not e["label"].startswith("searched") and e["label"] != "sparsegpt"]
+    searched = [e for e in ranked if e["label"].startswith("searched")]
+    if not hand or not searched:
+        return ""
+    parts = []
+    for s in job.settings:
+        best_hand = min((e for e in hand if s in e["ppl"]), key=lambda e: e["ppl"][s][0], default=None)
+        best_found = min((e for e in searched if s in e["ppl"]), key=lambda e: e["ppl"][s][0], default=None)
+        if best_hand is None or best_found is None:
+            continue
+        g_hand, g_found = best_hand["ppl"][s][0] - dense["ppl"], best_found["ppl"][s][0] - dense["ppl"]
+        parts.append(f"{s}: {best_found['label']} {g_found:.2f} vs {best_hand['label']} {g_hand:.2f} "
+                     f"({100 * (1 - g_found / g_hand):+.1f}% smaller)")
+    return "Gap to dense, best searched vs best hand-made: " + "; ".join(parts) + "." if parts else ""
 
 
 def _levers(job: SearchJob) -> str:
@@ -157,18 +250,31 @@ def _levers(job: SearchJob) -> str:
     return (" Levers: " + "; ".join(parts) + ".") if parts else ""
 
 
-def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict | None,
-                   seeded: dict[int, str] | None = None) -> None:
-    tokens = rows[0]["tokens"] if rows else 0
-    where = report_info.get("path") or report_info.get("source") if report_info else "-"
-    if report_info and report_info.get("path"):  # folder/file: readable and machine-neutral (job.json has it whole)
+def _where(info: dict | None) -> str:
+    where = (info.get("path") or info.get("source")) if info else "-"
+    if info and info.get("path"):  # folder/file: readable and machine-neutral (job.json has it whole)
         where = "/".join(Path(where).parts[-2:])
+    elif info and info.get("split"):
+        where = f"{where} ({info['split']})"
+    return where
+
+
+def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict[str, dict],
+                   seeded: dict[int, str] | None = None) -> None:
+    seeds = job.leaderboard_seeds
     text = (
         f"# Leaderboard\n\nModel `{job.model}`; each metric pruned with the full sequential pipeline "
-        f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, seed {job.seed}) and measured on "
-        f"{where} ({tokens} tokens, seqlen {job.seqlen}). Settings: {', '.join(job.settings)} "
-        "(a bare number is unstructured sparsity)." + _levers(job) + "\n\n" + format_table(rows, job) + "\n"
+        f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, "
+        + (f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± sd over calibration seeds {', '.join(map(str, seeds))}")
+        + f"), seqlen {job.seqlen}. Settings: {', '.join(job.settings)} (a bare number is unstructured sparsity)."
+        + _levers(job) + "\n"
     )
+    for report, info in report_info.items():
+        tokens = next((r["tokens"] for r in rows if r.get("report") == report), 0)
+        text += f"\n## {_where(info)}, {tokens} tokens\n\n" + format_table(rows, job, report) + "\n"
+        gap = gap_summary(rows, job, report)
+        if gap:
+            text += "\n" + gap + "\n"
     if seeded:  # "searched #k" keeps the hall-of-fame rank, so the gaps are explained
         text += ("\nIn the search's hall of fame (search fitness), " + ", ".join(
             f"#{rank} is {name}" for rank, name in sorted(seeded.items()))

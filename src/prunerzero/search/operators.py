@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..symbolic import PRIMITIVES, Node, call, const, depth, replace_at, size, subtrees, var
 
@@ -148,9 +148,10 @@ def mutate(rng: random.Random, e: Node, lang: Language, limits: Limits) -> Node:
     return mutate_hoist(rng, e, lang, limits)
 
 
-def tournament(rng: random.Random, fitness: Sequence[float], k: int) -> int:
-    """Index of the best (lowest fitness) of ``k`` members drawn with replacement; ties go to
-    the earlier draw, so the result depends only on the RNG state."""
+def tournament(rng: random.Random, fitness: Sequence[Any], k: int) -> int:
+    """Index of the best (lowest fitness, or lowest key such as (bucket, size, fitness)) of ``k``
+    members drawn with replacement; ties go to the earlier draw, so the result depends only on the
+    RNG state."""
     best = rng.randrange(len(fitness))
     for _ in range(k - 1):
         j = rng.randrange(len(fitness))
