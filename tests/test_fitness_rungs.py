@@ -97,3 +97,39 @@ def test_search_with_a_ladder_end_to_end(tiny_model_dir, wikitext_test, tmp_path
     assert json.loads((out / "config.json").read_text())["fidelities"] == ["err", "kl64tok"]
     assert main(["--quiet", "search", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bad"),
                  "--seqlen", "32", "--ladder", "err,kl:16"]) == 2
+
+
+def test_scale_free_terminals_balance_sums_not_products():
+    """Dividing each terminal by its layer mean leaves a product's ranking alone, changes a sum's,
+    and makes the score of a rescaled layer (x10 weights, x100 gradients) the same."""
+    from prunerzero.masks import make_mask, parse_target
+    from prunerzero.symbolic import Metric, TerminalSpec, load_metric
+
+    torch.manual_seed(0)
+    w, x, g = torch.randn(16, 32), torch.rand(32), torch.rand(16, 32)
+    scaled = TerminalSpec(scale="layer")
+    product, total = load_metric("W * sqrt(X) * G"), load_metric("W * sqrt(X) + W * G")
+    half = parse_target(0.5)
+    assert torch.equal(make_mask(product.scores(w, x, None, g), half),
+                       make_mask(Metric(product.expr, scaled).scores(w, x, None, g), half))
+    raw_sum = total.scores(w, x, None, g)
+    free_sum = Metric(total.expr, scaled).scores(w, x, None, g)
+    assert not torch.equal(make_mask(raw_sum, half), make_mask(free_sum, half))
+    assert torch.allclose(Metric(total.expr, scaled).scores(10 * w, 4 * x, None, 100 * g), free_sum, rtol=1e-5)
+    assert not torch.allclose(total.scores(10 * w, 4 * x, None, 100 * g) / raw_sum, torch.full_like(raw_sum, 1000.0))
+    assert TerminalSpec.from_dict(scaled.to_dict()) == scaled and "scale" not in TerminalSpec().to_dict()
+
+
+def test_scale_free_search_saves_the_spec_with_its_winner(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["--quiet", "search", "--model", str(tiny_model_dir), "--out", str(out), "--population", "5",
+                 "--generations", "1", "--nsamples", "4", "--seqlen", "32", "--fidelity-tokens", "64",
+                 "--terminals", "layer", "--report-data", str(wikitext_test), "--report-tokens", "64",
+                 "--leaderboard-top", "1", "--baselines", "wanda"]) == 0
+    from prunerzero.symbolic import load_metric
+
+    saved = load_metric(str(out / "best_metric.json"))
+    assert saved.spec.scale == "layer"
+    rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
+    assert any(r["label"] == "searched #1" for r in rows)  # seeded baselines are other metrics here

@@ -196,3 +196,49 @@ def test_leaderboard_over_calibration_seeds_and_two_texts(tiny_model_dir, wikite
             assert r["cached"], r
             assert r["ppl"] == next(x["ppl"] for x in rows if (x["label"], x["seed"], x["report"], x["setting"])
                                     == (r["label"], r["seed"], r["report"], r["setting"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_dir(tmp_path_factory, smollm_tokenizer):
+    """A second model family (Qwen2) with the same tokenizer, for multi-model searches."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(smollm_tokenizer), max_position_embeddings=128))
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    model.save_pretrained(path)
+    smollm_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_search_over_two_model_families(tiny_model_dir, tiny_qwen_dir, wikitext_test, tmp_path, monkeypatch):
+    """--model a,b scores each candidate on both models (geometric mean of each one's own fitness) and
+    the leaderboard measures every entry on each model."""
+    import math
+
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    extra = ["--generations", "1", "--population", "5", "--leaderboard-top", "1", "--baselines", "wanda"]
+    runs = {"both": f"{tiny_model_dir},{tiny_qwen_dir}", "llama": str(tiny_model_dir), "qwen": str(tiny_qwen_dir)}
+    for name, model in runs.items():
+        args = _search_args(model, wikitext_test, tmp_path / name, *extra)
+        assert main(args) == 0, name
+    cheap = {}
+    for name in runs:
+        for line in (tmp_path / name / "evaluations.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["fidelity"] == "64tok":
+                cheap.setdefault(name, {})[r["key"]] = r["fitness"]
+    shared = set(cheap["both"]) & set(cheap["llama"]) & set(cheap["qwen"])
+    assert shared  # at least the seeded named metrics
+    for key in shared:
+        if cheap["both"][key] is not None:
+            want = math.sqrt(cheap["llama"][key] * cheap["qwen"][key])
+            assert cheap["both"][key] == pytest.approx(want, rel=1e-9), key
+    assert (tmp_path / "both" / "stats-1.safetensors").exists()
+    config = json.loads((tmp_path / "both" / "config.json").read_text())
+    assert [m["model"] for m in config["fitness"]["models"]] == [str(tiny_model_dir), str(tiny_qwen_dir)]
+    board = (tmp_path / "both" / "leaderboard.md").read_text()
+    assert board.count(f", model `{tiny_model_dir}`") == 1 and board.count(f", model `{tiny_qwen_dir}`") == 1

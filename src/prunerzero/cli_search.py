@@ -47,7 +47,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                               owl_lambdas=args.owl_lambdas, parsimony=args.parsimony)
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, bos=args.bos, fitness_data=args.fitness_data,
-                        fidelity_tokens=args.fidelity_tokens, ladder=args.ladder, eval_dtype=args.eval_dtype,
+                        fidelity_tokens=args.fidelity_tokens, ladder=args.ladder, terminal_scale=args.terminals,
+                        eval_dtype=args.eval_dtype,
                         device=args.device,
                         dtype=args.dtype, device_map=args.device_map, max_memory=args.max_memory,
                         report_data=args.report_data,
@@ -59,7 +60,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
                       executor=executor, generations=args.generations if args.resume else None)
     result = outcome["result"]
-    print(f"best metric: {result.best}   (saved to {out}/best_metric.txt and best_tree.json)")
+    if result.best.spec.scale == "raw":
+        print(f"best metric: {result.best}   (saved to {out}/best_metric.txt, best_tree.json and best_metric.json)")
+    else:
+        print(f"best metric: {result.best} with scale-free terminals   (saved to {out}/best_metric.json: "
+              "prune --metric-file it; the .txt and tree files hold the formula only)")
     s = result.stats
     print(f"evaluations {s['evaluations']}, cache hits {s['cache_hits']}, duplicates replaced "
           f"{s['duplicates_replaced']}, invalid {s['invalid']}; fidelity agreement {s.get('fidelity_spearman')}")
@@ -110,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-seeds", type=_ints, default=(),
                    help="the leaderboard prunes with each of these calibration draws and reports mean and spread "
                         "(default: --seed only)")
+    p.add_argument("--terminals", default="raw", choices=("raw", "layer"),
+                   help="layer: scale-free W, X, G (each divided by its mean over the layer), so sums of terms "
+                        "balance the same way on every model; the winner is saved with it in best_metric.json")
     p.add_argument("--parsimony", type=float, default=0.01,
                    help="fitness values within this relative tolerance count as equal and the smaller formula wins "
                         "(0 = off)")

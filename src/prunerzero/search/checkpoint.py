@@ -38,8 +38,8 @@ from typing import Any
 from ..errors import UserError
 
 LOG, CHECKPOINT, CONFIG, HALL_OF_FAME = "evaluations.jsonl", "checkpoint.json", "config.json", "hall_of_fame.json"
-BEST_METRIC, BEST_TREE = "best_metric.txt", "best_tree.json"
-RUN_FILES = (LOG, CHECKPOINT, CONFIG, HALL_OF_FAME, BEST_METRIC, BEST_TREE)
+BEST_METRIC, BEST_TREE, BEST_METRIC_JSON = "best_metric.txt", "best_tree.json", "best_metric.json"
+RUN_FILES = (LOG, CHECKPOINT, CONFIG, HALL_OF_FAME, BEST_METRIC, BEST_TREE, BEST_METRIC_JSON)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -188,6 +188,9 @@ class _Search:
             expr = parse(hof[0]["expression"])
             ck.atomic_write_text(self.out / ck.BEST_METRIC, format_expr(expr) + "\n")
             ck.atomic_write_json(self.out / ck.BEST_TREE, to_json(expr))
+            # The formula with the meaning of its terminals (best_tree.json is Pruner-Zero's format,
+            # which has no place for it): what `prune --metric-file` should read after a scale-free run.
+            ck.atomic_write_json(self.out / ck.BEST_METRIC_JSON, Metric(expr, self.spec).to_dict())
             if genes_of(hof[0]["key"]):
                 ck.atomic_write_json(self.out / "best_genes.json", dict(genes_of(hof[0]["key"])))
         ck.atomic_write_json(self.out / ck.CHECKPOINT, {

@@ -43,7 +43,7 @@ from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
 from ..models import find_decoder_layers, find_linears, weight_matrix
 from ..placement import input_device
-from ..symbolic import InvalidMetricError, Metric
+from ..symbolic import InvalidMetricError, Metric, TerminalSpec
 from ..windows import NO_BOS, Windowing, eval_windows
 from .proxies import Rung, dense_top_k, kl_top_k, parse_rung, relative_output_error
 
@@ -71,6 +71,7 @@ class FitnessSettings:
     owl_m: float = 5.0
     owl_lambda: float = 0.08
     ladder: tuple[str, ...] = ()  # rungs (proxies.parse_rung), cheapest first; replaces fidelity_tokens
+    terminal_scale: str = "raw"  # "layer": scale-free terminals (symbolic.terminals) for every candidate
 
     def rungs(self) -> list[Rung]:
         return [parse_rung(r) for r in self.ladder] if self.ladder else [Rung("ppl", t) for t in self.fidelity_tokens]
@@ -79,9 +80,15 @@ class FitnessSettings:
         """As recorded in a run's config.json: fields added later are left out at their default, so
         a run started before them still resumes (resume compares this record)."""
         d = asdict(self)
-        if not self.ladder:
-            del d["ladder"]
+        for key, default in (("ladder", ()), ("terminal_scale", "raw")):
+            if d[key] == default or d[key] == list(default):
+                del d[key]
         return d
+
+    @property
+    def spec(self) -> TerminalSpec:
+        """The meaning of W, X, G for every candidate (the engine reads ``fitness.spec``)."""
+        return TerminalSpec(scale=self.terminal_scale)
 
     def wrap(self, method: Method) -> Method:
         """`method` with this run's reconstruction (methods that do not score weights, such as
@@ -127,6 +134,7 @@ class ProxyFitness:
         if any(r.kind == "err" for r in self.rungs.values()) and any(s.hessian is None for s in self.stats.values()):
             raise UserError("the err fidelity needs the Hessians (H) of the dense model's statistics")
         self.seconds = {"masks": 0.0, "eval": 0.0}
+        self.spec = self.config.spec
         self._layer_of = {name: int(name[len(layers_name) + 1:].split(".")[0]) for name in self.linears}
         self._hinv: dict[str, torch.Tensor] = {}  # inverse-Hessian factors, filled on first use
         self.allocation: Allocation | None = None
@@ -264,3 +272,26 @@ class ProxyFitness:
                 raise InvalidMetricError(f"{'perplexity' if rung.kind == 'ppl' else rung.kind} is not finite")
             logs.append(value)
         return math.exp(sum(logs) / len(logs))  # geometric mean over the settings
+
+
+@dataclass
+class MultiModelFitness:
+    """One fitness over several models (``search --model a,b``): the geometric mean of each model's
+    own fitness at the same rung, so a metric has to be good on all of them (a metric found on one
+    model is only useful if it holds on the next). Every model keeps its own statistics and text."""
+
+    parts: list[ProxyFitness]
+    labels: list[str]
+
+    def __post_init__(self) -> None:
+        if len({p.fidelities for p in self.parts}) != 1:
+            raise UserError("every model of a multi-model search needs the same fidelity rungs")
+        self.fidelities = self.parts[0].fidelities
+        self.spec = self.parts[0].spec
+
+    def evaluate(self, metric: Metric, fidelity: str) -> float:
+        logs = [math.log(part.evaluate(metric, fidelity)) for part in self.parts]
+        return math.exp(sum(logs) / len(logs))
+
+    def describe(self) -> dict:
+        return {"models": [{"model": label, **part.describe()} for label, part in zip(self.labels, self.parts)]}

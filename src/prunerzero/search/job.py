@@ -28,7 +28,7 @@ from ..pipeline import collect_dense_stats
 from ..windows import Windowing, calibration_windows, check_bos_mode, tokenize, windowing_for
 from .config import SearchConfig
 from .executors import ExecutorSpec
-from .fitness import FitnessSettings, ProxyFitness, parse_setting
+from .fitness import FitnessSettings, MultiModelFitness, ProxyFitness, parse_setting
 
 JOB_FILE = "job.json"
 STATS_FILE = "stats.safetensors"
@@ -46,6 +46,7 @@ class SearchJob:
     fitness_data: str = "lambada"  # its search split: disjoint from calibration and reporting text
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
     ladder: tuple[str, ...] = ()  # fidelity rungs (search.proxies), cheapest first; replaces fidelity_tokens
+    terminal_scale: str = "raw"  # "layer": scale-free W, X, G (each divided by its layer mean)
     eval_dtype: str = "float32"
     device: str = "auto"
     dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
@@ -81,6 +82,11 @@ class SearchJob:
         return cls(**data)
 
     @property
+    def models(self) -> list[str]:
+        """`model` may name several models, comma-separated: the fitness is their geometric mean."""
+        return [m.strip() for m in self.model.split(",") if m.strip()]
+
+    @property
     def report_sources(self) -> list[str]:
         return [r.strip() for r in (self.report_data or "").split(",") if r.strip()]
 
@@ -92,7 +98,7 @@ class SearchJob:
         return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
                                reconstruct=self.reconstruct, reconstruct_mode=self.reconstruct_mode,
                                allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda,
-                               ladder=self.ladder)
+                               ladder=self.ladder, terminal_scale=self.terminal_scale)
 
 
 def fitness_split(source: str, calib_source: str) -> str:
@@ -107,6 +113,10 @@ def fitness_split(source: str, calib_source: str) -> str:
 
 
 def validate_job(job: SearchJob) -> None:
+    if not job.models:
+        raise UserError("--model is empty")
+    if len(set(job.models)) != len(job.models):
+        raise UserError(f"--model names a model twice: {job.model}")
     for s in job.settings:
         parse_setting(s)
     if not job.fidelity_tokens or list(job.fidelity_tokens) != sorted(job.fidelity_tokens):
@@ -129,6 +139,8 @@ def validate_job(job: SearchJob) -> None:
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
     parse_dtype(job.dtype)
     check_bos_mode(job.bos)
+    if job.terminal_scale not in ("raw", "layer"):
+        raise UserError(f"--terminals must be raw or layer, not {job.terminal_scale!r}")
     check_placement(job.device, job.device_map, job.max_memory)
     from ..allocation import check_allocation, check_owl
     from ..methods import METHODS
@@ -186,11 +198,16 @@ def _load_stats(path: Path) -> dict[str, LinearStats]:
     return out
 
 
+def stats_file(index: int) -> str:
+    """The statistics of the job's index-th model (one model: stats.safetensors, as before)."""
+    return STATS_FILE if index == 0 else f"stats-{index}.safetensors"
+
+
 def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, out: Path,
-                     progress: bool) -> dict[str, LinearStats]:
+                     progress: bool, index: int = 0) -> dict[str, LinearStats]:
     """X (and H when reconstructing) from the dense model and G from backprop, once per run (kept in
     the run folder)."""
-    path = out / STATS_FILE
+    path = out / stats_file(index)
     if path.exists():
         return _load_stats(path)
     from ..calib.gradients import load_or_compute_gradients
@@ -203,8 +220,8 @@ def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, o
     grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
                                                  seed=job.seed, progress=progress)
     # What recomputing the statistics per candidate would cost (bench/search_bench.py reads it).
-    atomic.write_json(out / "timing.json", {"statistics": x_seconds, "gradients": grad_info["seconds"],
-                                            "gradients_cached": grad_info["cached"]})
+    atomic.write_json(out / ("timing.json" if index == 0 else f"timing-{index}.json"),
+                      {"statistics": x_seconds, "gradients": grad_info["seconds"], "gradients_cached": grad_info["cached"]})
     for name, (l1, l2) in grads.items():
         stats[name].grad_l1, stats[name].grad_l2 = l1, l2
     _save_stats(path, stats)
@@ -253,9 +270,11 @@ def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats
                         data_info=describe_source(job.fitness_data, split), windowing=windowing)
 
 
-def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
+def build_context(job: SearchJob, out: Path, progress: bool, index: int = 0) -> JobContext:
+    """The loaded model, data and fitness of the job's index-th model (the only one, usually)."""
+    model = job.models[index]
     spread = job.device_map != "none"
-    lm = load_model(job.model, dtype=parse_dtype(job.dtype), device="cpu" if spread else resolve_device(job.device),
+    lm = load_model(model, dtype=parse_dtype(job.dtype), device="cpu" if spread else resolve_device(job.device),
                     device_map=job.device_map if spread else None, max_memory=job.max_memory,
                     check_tokenizer=lambda tok: windowing_for(tok, job.bos))
     if has_offloaded_weights(lm.model):
@@ -269,9 +288,12 @@ def build_context(job: SearchJob, out: Path, progress: bool) -> JobContext:
     report_tokens, report_info = {}, {}
     for source in job.report_sources:  # loaded before the search: unreachable data fails now, not in hours
         report_split = evaluation_split(source)
-        report_tokens[source] = tokenize(lm.tokenizer, load_text(source, report_split), windowing)
-        report_info[source] = describe_source(source, report_split)
-    stats = proxy_statistics(lm, job, calib_ids, out, progress)
+        name = source if len(job.models) == 1 else f"{source} @ {model}"
+        report_tokens[name] = tokenize(lm.tokenizer, load_text(source, report_split), windowing)
+        report_info[name] = describe_source(source, report_split)
+        if len(job.models) > 1:
+            report_info[name]["model"] = model
+    stats = proxy_statistics(lm, job, calib_ids, out, progress, index)
     return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info, windowing, job,
                       calib_tokens, progress)
 
@@ -295,7 +317,7 @@ class ProxyFitnessFactory:
         path = Path(self.out) / STATS_FILE
         if not path.exists():
             raise UserError(f"{path} not found on this Ray node: the run folder must be on a filesystem every node sees")
-        lm = load_model(self.job.model, dtype=parse_dtype(self.job.dtype), device=device)
+        lm = load_model(self.job.models[0], dtype=parse_dtype(self.job.dtype), device=device)
         return _proxy_fitness(self.job, lm, _load_stats(path))
 
 
@@ -322,9 +344,17 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
         check_budget(out, generations)  # before job.json changes (run_search checks again, for API callers)
         job = replace(job, search=replace(job.search, generations=generations))
         atomic.write_json(out / JOB_FILE, job.to_dict())
-    ctx = build_context(job, out, progress)
-    with executor.build(ctx.fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
-        result = run_search(ctx.fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
+    if executor.kind == "ray" and len(job.models) > 1:
+        raise UserError("a search over several models runs with --executor serial (a Ray worker holds one model)")
+    contexts = [build_context(job, out, progress, i) for i in range(len(job.models))]
+    fitness = contexts[0].fitness if len(contexts) == 1 else MultiModelFitness([c.fitness for c in contexts],
+                                                                               job.models)
+    with executor.build(fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
+        result = run_search(fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
                             executor=ex)
-    rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress) if ctx.report_tokens else []
+    rows: list[dict] = []
+    report_info = {name: info for ctx in contexts for name, info in ctx.report_info.items()}
+    for ctx in contexts:
+        if ctx.report_tokens:
+            rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress, report_info)
     return {"result": result, "leaderboard": rows, "job": job}

@@ -22,7 +22,7 @@ from ..eval.perplexity import perplexity
 from ..methods import get_method
 from ..methods.symbolic import symbolic_method
 from ..pipeline import prune_model
-from ..symbolic import Metric, canonical_key, format_expr, load_metric, named_metric
+from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_metric
 from .engine import genes_of
 from .fitness import parse_setting
 from .job import JobContext, SearchJob
@@ -53,7 +53,10 @@ def _append(path: Path, record: dict) -> None:
 
 def baseline_ranks(job: SearchJob, hall_of_fame: list[dict]) -> dict[int, str]:
     """Hall-of-fame rank -> baseline name, for the baselines the search itself ranks there (the
-    named metrics are seeded into generation 0): they are measured once, under their own name."""
+    named metrics are seeded into generation 0): they are measured once, under their own name.
+    With scale-free terminals a seeded formula is another metric than the baseline: none match."""
+    if job.terminal_scale != "raw":
+        return {}
     keys = {}
     for name in job.baselines:
         if name != "sparsegpt":  # no formula: it never appears in a search
@@ -71,7 +74,8 @@ def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict],
     for rank, row in ranked[: job.leaderboard_top]:
         genes = genes_of(row["key"])  # an evolved OWL lambda travels with its formula
         label = f"searched #{rank}" + "".join(f" ({name} {value:g})" for name, value in genes)
-        entries.append((label, replace(load_metric(row["expression"]), genes=genes), "metric"))
+        spec = TerminalSpec(scale=job.terminal_scale)  # the run's meaning of W, X, G
+        entries.append((label, replace(load_metric(row["expression"]), genes=genes, spec=spec), "metric"))
     for name in job.baselines:
         if name in ("magnitude", "wanda", "sparsegpt"):
             entries.append((name, None, name))  # direct implementations
@@ -102,7 +106,7 @@ def _cache_file(ctx: JobContext, job: SearchJob, ident: dict) -> Path:
 
 
 def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], out: Path,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, all_report_info: dict[str, dict] | None = None) -> list[dict]:
     """Every entry x setting x calibration seed, pruned by the full pipeline, measured on every
     reporting text; one line of leaderboard.jsonl per (entry, setting, seed, text)."""
     log_path = out / LEADERBOARD_LOG
@@ -122,7 +126,9 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
         (label, metric, method, setting, seed) for label, metric, method in entries for setting in job.settings
         for seed in job.leaderboard_seeds]
     want = {ident(lab, met, st, sd, r) for lab, met, _, st, sd in wanted for r in reports}
-    rows = [r for r in rows if (r["label"], r["setting"], r.get("key"), r.get("seed"), r.get("report")) in want]
+    mine = [r for r in rows if r.get("report") in reports]  # a multi-model job: other models' rows stay
+    others = [r for r in rows if r.get("report") not in reports and r.get("report") in (all_report_info or {})]
+    rows = [r for r in mine if (r["label"], r["setting"], r.get("key"), r.get("seed"), r.get("report")) in want]
     done = {(r["label"], r["setting"], r.get("key"), r.get("seed"), r.get("report")) for r in rows}
     todo = [t for t in wanted if any(ident(t[0], t[1], t[3], t[4], r) not in done for r in reports)]
     for label, metric, method_name, setting, seed in tqdm(todo, desc="leaderboard", disable=not progress):
@@ -164,7 +170,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
             _append(log_path, record)
             rows.append(record)
     ctx.fitness.restore()
-    write_markdown(out / LEADERBOARD_MD, rows, job, ctx.report_info, seeded)
+    rows = others + rows
+    write_markdown(out / LEADERBOARD_MD, rows, job, all_report_info or ctx.report_info, seeded)
     return rows
 
 
@@ -256,6 +263,8 @@ def _where(info: dict | None) -> str:
         where = "/".join(Path(where).parts[-2:])
     elif info and info.get("split"):
         where = f"{where} ({info['split']})"
+    if info and info.get("model"):
+        where = f"{where}, model `{info['model']}`"
     return where
 
 

@@ -4,6 +4,12 @@ The same formula ranks weights differently if W is signed or X is an RMS instead
 mean square, so the meaning of each terminal is part of the metric, not of the run.
 Defaults reproduce Pruner-Zero: W = |w|, X = mean over tokens of x^2 per input channel,
 G = 100 * l2 norm (over calibration samples) of each weight's gradient.
+
+``scale="layer"`` makes the terminals scale-free: each is divided by its mean over the layer, so
+W, X and G are all around 1 in every layer of every model. A product ranks a layer's weights the
+same either way; a sum such as ``W * sqrt(X) + W * G`` does not: with raw terminals the balance of
+its terms depends on the model's and the loss's scales (G of a larger model is smaller), with
+scale-free ones it does not, so a searched formula means the same on the next model.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from ..errors import UserError, known_keys_only
 
 TERMINALS: tuple[str, ...] = ("W", "X", "G")
 
-_CHOICES = {"w": ("abs", "signed"), "x": ("mean_sq", "rms"), "g": ("l2", "l1")}
+_CHOICES = {"w": ("abs", "signed"), "x": ("mean_sq", "rms"), "g": ("l2", "l1"), "scale": ("raw", "layer")}
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class TerminalSpec:
     x: str = "mean_sq"  # "mean_sq": X = mean x^2 per channel;  "rms": X = sqrt of that
     g: str = "l2"  # which per-weight gradient norm over calibration samples
     g_scale: float = 100.0  # G = g_scale * norm (GBLM-Pruner / Pruner-Zero use 100)
+    scale: str = "raw"  # "layer": each terminal divided by its mean over the layer (scale-free)
 
     def __post_init__(self) -> None:
         for key, allowed in _CHOICES.items():
@@ -41,11 +48,14 @@ class TerminalSpec:
         object.__setattr__(self, "g_scale", float(self.g_scale))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.scale == "raw":  # metrics saved before scale existed read back equal
+            del d["scale"]
+        return d
 
     @classmethod
     def from_dict(cls, obj: Any) -> "TerminalSpec":
-        return cls(**known_keys_only(obj, ("w", "x", "g", "g_scale"), "terminal spec"))
+        return cls(**known_keys_only(obj, ("w", "x", "g", "g_scale", "scale"), "terminal spec"))
 
     def nonneg_terminals(self) -> frozenset[str]:
         """Terminals that are >= 0 under this spec (X and G always are; W only if |w|)."""
@@ -84,6 +94,8 @@ def prepare_terminals(
         if g.shape != w.shape:
             raise ValueError(f"grad_{spec.g} has shape {tuple(g.shape)}, weight has {tuple(w.shape)}")
         out["G"] = g * spec.g_scale  # (out, in)
+    if spec.scale == "layer":  # scale-free: every terminal about 1 on average in every layer
+        out = {name: t / t.abs().mean().clamp_min(1e-30) for name, t in out.items()}
     missing = [t for t in TERMINALS if t in set(needed) and t not in out]
     if missing:
         what = {"X": "activation statistics (x_mean_sq)", "G": f"gradient statistics (grad_{spec.g})"}
