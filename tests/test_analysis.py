@@ -133,3 +133,106 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "no evaluations.jsonl" in err and len(err.splitlines()) == 1
     with pytest.raises(UserError):
         analyze_run(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- several runs
+def _random_rows(n: int, seed: int, g_share: float, g_effect: float, scale: float) -> list:
+    """Metrics using G (else X) with a random primitive; log fitness = log(scale) + 3 - g_effect
+    (when G is used) + noise.  ``scale`` puts each run on its own fitness scale, as real runs are."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        uses_g = rng.random() < g_share
+        op = rng.choice(["sqrt", "abs", "log", "tanh"])
+        fit = scale * math.exp(3.0 - (g_effect if uses_g else 0.0) + rng.gauss(0, 0.3))
+        rows.append((i % 4, f"{op}(W) * {'G' if uses_g else 'X'} + {i + 1}", fit))
+    return rows + [(1, "exp(exp(W)) + 1000", None)]
+
+
+def test_planted_g_effect_is_found_across_runs_with_its_consistency(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    # Three runs where G helps, on fitness scales 1000x apart; a fourth where no metric uses G.
+    for k, scale in enumerate((1.0, 1000.0, 0.01)):
+        _write_run(runs / f"r{k}", _random_rows(40, seed=k, g_share=0.5, g_effect=1.0, scale=scale))
+    _write_run(runs / "no-g", _random_rows(30, seed=9, g_share=0.0, g_effect=0.0, scale=5.0))
+    out = tmp_path / "report"
+    assert main(["analyze", *(str(runs / r) for r in ("r0", "r1", "r2", "no-g")), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs, 150 candidates pooled on the rank percentile within the run" in printed
+
+    from prunerzero.analysis_runs import analyze_runs
+
+    result = analyze_runs([runs / "r0", runs / "r1", runs / "r2", runs / "no-g"], out)
+    corr = {c.feature: c for c in result["correlations"]}
+    g = corr["G"]
+    assert g.runs == 3 and g.n == 120 and g.rho < -0.5 and g.rho_p < 1e-6 and g.tau < 0
+    assert g.same_sign == 3 and g.opposite_sign == 0 and g.per_run["no-g"] == "constant"
+    assert corr["X"].rho > 0.5 and corr["X"].runs == 3  # X is G's alternative (and constant in no-g: always used)
+    assert result["correlations"][0].feature in ("G", "X")
+    g_line = next(p for p in result["principles"] if p.startswith("Using G"))
+    assert g_line.startswith("Using G goes with better fitness: pooled Spearman -0.")
+    assert "significant with that sign in 3 of 4 runs (it varies in 3 of them)" in g_line
+    assert any(p.startswith("Using X goes with worse fitness") for p in result["principles"])
+    assert not any(p.startswith(("Using sqrt", "Using abs", "Using log", "Using tanh")) for p in result["principles"])
+
+    md = (out / "cross_runs.md").read_text()
+    assert "rank percentile within the run" in md and "## Principles these runs support" in md
+    assert g_line in md and "| G * | 3 of 4 | 120 |" in md
+    assert (out / "cross_runs_correlations.png").stat().st_size > 1000
+    assert not any((runs / r / "analysis.md").exists() for r in ("r0", "r1", "r2", "no-g"))
+
+
+def test_run_level_differences_alone_claim_no_principle(tmp_path):
+    """G is common in a run with huge fitness values and rare in one with small ones, but within
+    each run it does nothing: pooling raw values would 'find' that G hurts, percentiles must not."""
+    from prunerzero.analysis_runs import analyze_runs
+
+    runs = tmp_path / "runs"
+    _write_run(runs / "a", _random_rows(60, seed=1, g_share=0.8, g_effect=0.0, scale=1000.0))
+    _write_run(runs / "b", _random_rows(60, seed=2, g_share=0.2, g_effect=0.0, scale=1.0))
+    _write_run(runs / "c", _random_rows(60, seed=3, g_share=0.5, g_effect=0.0, scale=30.0))
+    raw = [f for r in ("a", "b") for f in [json.loads(line) for line in (runs / r / "evaluations.jsonl").open()]
+           if f["fitness"] is not None]
+    from scipy.stats import spearmanr
+    assert spearmanr([float("G" in f["expression"]) for f in raw], [f["fitness"] for f in raw]).statistic > 0.4
+
+    result = analyze_runs([runs / "a", runs / "b", runs / "c"])  # default out: the runs' common parent
+    assert result["principles"] == []
+    assert result["markdown"] == runs / "cross_runs.md"
+    md = result["markdown"].read_text()
+    assert "None: no property correlates" in md
+    assert sum(len(s.cands) for s in result["runs"]) == result["n"] == 180
+
+
+def test_shared_candidates_count_once_per_run(tmp_path):
+    from prunerzero.analysis_runs import analyze_runs
+
+    rows = [(0, f"W * X + {i + 1}", float(i + 1)) for i in range(6)] + [(1, "sqrt(W) * G + 1", 0.5)]
+    _write_run(tmp_path / "a", rows)
+    _write_run(tmp_path / "b", rows + [(2, "sqrt(W) * G + 1", 0.1)])  # a repeat within a run is one candidate
+    result = analyze_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert result["n"] == 14 and result["shared_keys"] == 7
+    assert [s.percentiles[-1] for s in result["runs"]] == [0.5 / 7, 0.5 / 7]  # first record wins, as in the engine
+
+
+def test_bad_cross_run_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    rows = [(i % 2, f"W * X + {i + 1}", float(i + 1)) for i in range(6)]
+    _write_run(tmp_path / "good", rows)
+    (tmp_path / "empty").mkdir()
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "config.json").write_text(json.dumps({"format": 1, "fidelities": ["1024tok"]}))
+    (dead / "evaluations.jsonl").write_text(json.dumps({"generation": 0, "expression": "exp(exp(W))", "key": "k",
+                                                        "fidelity": "1024tok", "fitness": None}) + "\n")
+    out = tmp_path / "out"
+    cases = {
+        (str(tmp_path / "good"), str(tmp_path / "good" / ".." / "good")): "given twice",
+        (str(tmp_path / "good"), str(tmp_path / "empty")): "no evaluations.jsonl",
+        (str(tmp_path / "good"), str(tmp_path / "missing")): "run folder not found",
+        (str(tmp_path / "good"), str(dead)): "no valid candidate",
+    }
+    for args, message in cases.items():
+        assert main(["analyze", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not out.exists() and not (tmp_path / "cross_runs.md").exists()

@@ -159,3 +159,35 @@ def plot_sweep(rows: dict[str, dict[float, float]], dense: float | None, path: P
     ax.set_title(title)
     ax.legend()
     return save_figure(fig, path)
+
+
+def plot_cross_correlations(corrs: list, labels: list[str], path: Path) -> Path | None:
+    """Pooled Spearman rho of each property (bars; faded: pooled p >= 0.05) with each run's own rho
+    as a dot, so a pooled effect carried by one run stands out."""
+    from .analysis import Correlation
+
+    rows = [c for c in corrs if c.rho is not None][:25][::-1]  # strongest on top
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.6))
+    ys = range(len(rows))
+    bars = ax.barh(list(ys), [c.rho for c in rows], color=["C3" if c.rho > 0 else "C2" for c in rows], alpha=0.8)
+    for bar, c in zip(bars, rows):
+        if c.rho_p is None or c.rho_p >= 0.05:
+            bar.set_alpha(0.3)
+    markers = "ovs^D<>pPX*h"
+    for k, label in enumerate(labels):
+        pts = [(y, c.per_run[label].rho) for y, c in zip(ys, rows)
+               if isinstance(c.per_run.get(label), Correlation) and c.per_run[label].rho is not None]
+        if pts:
+            offset = (k - (len(labels) - 1) / 2) * 0.5 / max(1, len(labels))  # runs side by side in the bar
+            ax.scatter([r for _, r in pts], [y + offset for y, _ in pts], s=18, marker=markers[k % len(markers)],
+                       edgecolors="k", facecolors="none" if k % 2 else "k", zorder=3, label=label)
+    ax.set_yticks(list(ys), [c.feature for c in rows])
+    ax.axvline(0, color="k", linewidth=0.8)
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("Spearman rho with within-run fitness rank (< 0: goes with better metrics)\n"
+                  "bars: pooled (faded: p >= 0.05); markers: each run")
+    ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)

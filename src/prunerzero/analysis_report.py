@@ -116,3 +116,67 @@ def _fidelities(result: dict[str, Any]) -> list[str]:
 def render_markdown(result: dict[str, Any], run: dict[str, Any]) -> str:
     lines = _header(result, run) + _generations(result) + _properties(result) + _fidelities(result)
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- several runs
+def _cell(c: Any) -> str:
+    """A per-run Spearman cell: rho with * when p < ALPHA, or why the run could not test it."""
+    if isinstance(c, str):
+        return c
+    if c.rho is None:
+        return "-"
+    return f"{c.rho:+.2f}{'*' if c.rho_p is not None and c.rho_p < ALPHA else ''}"
+
+
+def render_cross_markdown(result: dict[str, Any]) -> str:
+    """cross_runs.md: the runs, how they are pooled, the pooled table, per-run correlations, principles."""
+    runs, corrs = result["runs"], result["correlations"]
+    lines = [f"# Metric properties vs fitness across {len(runs)} search runs", "",
+             "| run | folder | fitness measured | cheapest fidelity | valid candidates | invalid | best fitness "
+             "| best metric |", "|---|---|---|---|---|---|---|---|"]
+    for s in runs:
+        best = min(c.fitness for c in s.cands)
+        metric = f"`{s.best_metric}`" if s.best_metric else "-"
+        lines.append(f"| {s.label} | `{s.path}` | {s.setting} | {s.cheap} | {len(s.cands)} | {s.invalid} | "
+                     f"{_fit(best)} | {metric} |")
+    lines += ["", "## How the runs are pooled", "",
+              f"Fitness values of different runs are not on one scale, so each distinct valid candidate's fitness "
+              f"at its run's cheapest fidelity is replaced by its **{result['scale']}**: (rank - 0.5) / n, ties "
+              f"averaged, 0 = best, 1 = worst. Every run then contributes the same uniform spread of values, so "
+              f"differences between runs cannot make a pooled correlation by themselves; only differences within "
+              f"runs can. A property is pooled over the runs in which it varies. A candidate found by several runs "
+              f"(same canonical key) counts once in each: {result['shared_keys']} key(s) appear in more than one "
+              f"run; {result['n']} candidates in all. Terminals and primitives are 0/1 (used or not), depth and "
+              f"size are numbers. Negative rho: the property goes with *better* (lower) fitness.", "",
+              f"\"Runs agreeing\": runs whose own Spearman has p < {ALPHA} with the pooled sign (against: with "
+              f"the opposite sign). A principle is claimed when the pooled Spearman p is below Bonferroni's "
+              f"threshold ({ALPHA} / properties tested = {result['threshold']:.2g}) and no run is significant "
+              f"against it. Candidates of one run descend from each other, so the p-values are optimistic; the "
+              f"agreement between runs is the sturdier evidence.", ""]
+    if result.get("figure") is not None:
+        lines += [f"![pooled correlations]({result['figure'].name})", ""]
+    # Properties no run varies say nothing; one line instead of rows of dashes (as analysis.md does).
+    constant = [c.feature for c in corrs if c.runs == 0]
+    corrs = [c for c in corrs if c.runs > 0]
+    lines += ["| property | runs pooled | n | pooled Spearman | p | Kendall | p | runs agreeing | runs against |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for c in corrs:
+        mark = " *" if c.rho_p is not None and c.rho_p < result["threshold"] else ""
+        lines.append(f"| {c.feature}{mark} | {c.runs} of {len(runs)} | {c.n} | {_num(c.rho)} | {_p(c.rho_p)} | "
+                     f"{_num(c.tau)} | {_p(c.tau_p)} | {c.same_sign} | {c.opposite_sign} |")
+    lines += ["", f"\\* pooled p below the Bonferroni threshold {result['threshold']:.2g}.", ""]
+    if constant:
+        lines += [f"Constant in every run (not tested): {', '.join(constant)}.", ""]
+    lines += ["### Spearman within each run", "",
+              f"\\* p < {ALPHA} in that run; \"constant\": the same for every candidate of the run (all use it, or "
+              f"none); \"not in language\": the run's function set lacks it.", "",
+              "| property | " + " | ".join(s.label for s in runs) + " |", "|---|" + "---|" * len(runs)]
+    for c in corrs:
+        lines.append(f"| {c.feature} | " + " | ".join(_cell(c.per_run[s.label]) for s in runs) + " |")
+    lines += ["", "## Principles these runs support", ""]
+    if result["principles"]:
+        lines += [f"- {p}" for p in result["principles"]]
+    else:
+        lines.append(f"None: no property correlates with the within-run fitness rank below the Bonferroni "
+                     f"threshold ({result['threshold']:.2g}) without a run significantly against it.")
+    return "\n".join(lines).rstrip() + "\n"
