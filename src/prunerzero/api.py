@@ -54,8 +54,9 @@ def build_method(cfg: PruneConfig) -> Method:
         if cfg.method == "sparsegpt":
             options = {"percdamp": cfg.percdamp, "blocksize": cfg.blocksize}
         method = get_method(cfg.method, **options)
-    if cfg.reconstruct == "obs":
-        method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize)
+    if cfg.reconstruct != "none":
+        method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize,
+                                     kind=cfg.reconstruct, admm_iters=cfg.admm_iters, cg_iters=cfg.cg_iters)
     return method
 
 
@@ -123,7 +124,7 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         bad = [t for t in cfg.zero_shot if t not in TASKS]
         if bad:
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
-    check_reconstruct(cfg.reconstruct, cfg.reconstruct_mode)
+    check_reconstruct(cfg.reconstruct, cfg.reconstruct_mode, cfg.admm_iters, cfg.cg_iters)
     check_allocation(cfg.allocation)
     if cfg.allocation == "owl":
         check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)

@@ -73,10 +73,13 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="compute G for N decoder layers at a time on their GPUs (default: all at once, sums on the CPU)")
     p.add_argument("--prune-head", action="store_true",
                    help="also prune the output head (lm_head); with tied embeddings that prunes the input embeddings too")
-    p.add_argument("--reconstruct", default="none", choices=("none", "obs"),
-                   help="obs: after the mask, update the surviving weights (SparseGPT's OBS update)")
+    p.add_argument("--reconstruct", default="none", choices=("none", "obs", "admm"),
+                   help="after the mask, update the surviving weights: obs (SparseGPT's OBS update) or admm "
+                        "(the weights with the least layer output error for exactly that mask)")
     p.add_argument("--reconstruct-mode", default="fixed", choices=("fixed", "block"),
                    help="fixed: the metric's whole mask first; block: mask chosen per column block as the update runs")
+    p.add_argument("--admm-iters", type=int, default=10, help="--reconstruct admm: ADMM iterations")
+    p.add_argument("--cg-iters", type=int, default=20, help="--reconstruct admm: conjugate-gradient steps after ADMM")
     p.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
                    help="layer-wise sparsity: uniform, or owl (outlier-weighted, unstructured only)")
     p.add_argument("--owl-m", type=_float, default=5.0, help="OWL outlier threshold M (scores above M x mean)")

@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-tokens", type=int, default=None, help="first N tokens of the reporting set")
     p.add_argument("--leaderboard-top", type=int, default=3)
     p.add_argument("--baselines", type=_names, default=("magnitude", "wanda", "gblm", "ria", "pruner-zero"))
-    p.add_argument("--reconstruct", default="none", choices=("none", "obs"),
+    p.add_argument("--reconstruct", default="none", choices=("none", "obs", "admm"),
                    help="obs: score candidates with the OBS weight update after their mask (slower per candidate)")
     p.add_argument("--reconstruct-mode", default="fixed", choices=("fixed", "block"))
     p.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),

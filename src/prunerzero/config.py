@@ -39,8 +39,10 @@ class PruneConfig:
     blocksize: int = 128
     gradients: str | None = None  # a precomputed gradient file instead of computing G
     grad_chunk_layers: int | None = None  # G for this many decoder layers at a time (None: all at once)
-    reconstruct: str = "none"  # none, or obs: OBS update of the surviving weights after the mask
+    reconstruct: str = "none"  # none, obs (OBS update after the mask) or admm (best weights for the mask)
     reconstruct_mode: str = "fixed"  # fixed (whole mask first) or block (mask chosen per column block)
+    admm_iters: int = 10  # --reconstruct admm: ADMM iterations, then...
+    cg_iters: int = 20  # ...conjugate-gradient steps on the fixed mask
     allocation: str = "uniform"  # uniform, or owl: outlier-weighted layer-wise sparsity
     owl_m: float = 5.0  # OWL's outlier threshold M (scores above M x mean)
     owl_lambda: float = 0.08  # OWL's spread: layer sparsities within target +- lambda

@@ -1,4 +1,7 @@
-"""Weight reconstruction after any metric's mask: `--reconstruct obs`.
+"""Weight reconstruction after any metric's mask: `--reconstruct obs` or `--reconstruct admm`.
+
+``admm`` (``methods.admm``): the metric's whole mask, then the weights that minimise the layer's
+output error for exactly that mask (ADMM, then conjugate gradients), from the same Hessian.
 
 The remaining weights of each linear are updated to minimise ||W X - W' X|| with the blocked OBS
 update of ``methods.obs`` (SparseGPT's code, the same function ``--method sparsegpt`` runs), using
@@ -23,18 +26,24 @@ from ..calib.stats import LinearStats
 from ..errors import UserError
 from ..masks import SparsityTarget, make_mask
 from .base import Method
+from .admm import admm_update
 from .obs import obs_prune
 
 MODES = ("fixed", "block")
-KINDS = ("none", "obs")
+KINDS = ("none", "obs", "admm")
+ADMM_ITERS, CG_ITERS = 10, 20  # defaults: within 0.5% of the mask's optimum on SmolLM2's layers (BENCHMARKS)
 
 
-def check_reconstruct(kind: str, mode: str) -> None:
+def check_reconstruct(kind: str, mode: str, admm_iters: int = ADMM_ITERS, cg_iters: int = CG_ITERS) -> None:
     """One-line errors for a bad --reconstruct / --reconstruct-mode (prune and search share it)."""
     if kind not in KINDS:
-        raise UserError(f"--reconstruct must be none or obs, not {kind!r}")
+        raise UserError(f"--reconstruct must be one of {', '.join(KINDS)}, not {kind!r}")
     if mode not in MODES:
         raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if kind == "admm" and mode != "fixed":
+        raise UserError("--reconstruct admm updates the weights for the metric's whole mask: use --reconstruct-mode fixed")
+    if not (isinstance(admm_iters, int) and isinstance(cg_iters, int)) or admm_iters < 0 or cg_iters < 0:
+        raise UserError(f"--admm-iters and --cg-iters must be integers >= 0, not {admm_iters!r}, {cg_iters!r}")
 
 
 def reconstruct_prune(
@@ -47,12 +56,19 @@ def reconstruct_prune(
     percdamp: float = 0.01,
     blocksize: int = 128,
     hinv: torch.Tensor | None = None,
+    kind: str = "obs",
+    admm_iters: int = ADMM_ITERS,
+    cg_iters: int = CG_ITERS,
 ) -> torch.Tensor:
-    """weight (out, in) float32 -> pruned and OBS-updated weight (out, in).
+    """weight (out, in) float32 -> pruned and updated weight (out, in).
 
     `score` ranks weights (lowest removed); stats.hessian (in, in) is used unless `hinv`, the
     precomputed ``obs.inverse_hessian_factor``, is given (the search computes it once per run).
+    kind "admm": the best weights for the fixed mask (``methods.admm``; `hinv` unused).
     """
+    if kind == "admm":
+        mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
+        return admm_update(weight, stats.hessian, mask, iters=admm_iters, cg_iters=cg_iters, percdamp=percdamp)
     if mode == "fixed":
         mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
         return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, fixed_mask=mask,
@@ -65,9 +81,11 @@ def reconstruct_prune(
                      block_group="row" if target.group == "row" else "block", hinv=hinv)
 
 
-def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float = 0.01, blocksize: int = 128) -> Method:
-    """`method`'s mask, then the OBS update of the surviving weights. `method` must rank weights
-    (have a ``score``); its needs gain the Hessian H."""
+def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float = 0.01, blocksize: int = 128,
+                        kind: str = "obs", admm_iters: int = ADMM_ITERS, cg_iters: int = CG_ITERS) -> Method:
+    """`method`'s mask, then the update of the surviving weights (OBS, or ADMM for the fixed mask).
+    `method` must rank weights (have a ``score``); its needs gain the Hessian H."""
+    check_reconstruct(kind, mode, admm_iters, cg_iters)
     if mode not in MODES:
         raise UserError(f"unknown reconstruction mode {mode!r} (choose from {', '.join(MODES)})")
     score = method.score
@@ -76,8 +94,10 @@ def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float 
                         "(sparsegpt already reconstructs)")
 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
-        return reconstruct_prune(weight, stats, target, score, mode, percdamp=percdamp, blocksize=blocksize)
+        return reconstruct_prune(weight, stats, target, score, mode, percdamp=percdamp, blocksize=blocksize,
+                                 kind=kind, admm_iters=admm_iters, cg_iters=cg_iters)
 
-    describe = {**method.describe, "reconstruct": {"kind": "obs", "mode": mode, "percdamp": percdamp,
-                                                   "blocksize": blocksize}}
-    return Method(f"{method.name}+obs", method.needs | {"H"}, prune, describe, score)
+    details = {"kind": kind, "mode": mode, "percdamp": percdamp}
+    details.update({"blocksize": blocksize} if kind == "obs" else {"admm_iters": admm_iters, "cg_iters": cg_iters})
+    return Method(f"{method.name}+{kind}", method.needs | {"H"}, prune, {**method.describe, "reconstruct": details},
+                  score)

@@ -13,6 +13,8 @@ model on a token budget of the search split (each budget a prefix of the larger 
 the relative layer output error from the dense Hessians, with no forward pass at all.
 
 Levers beyond the mask (issue "beyond metrics"), fixed for a run:
+- ``reconstruct="admm"``: after the candidate's mask, the best weights for that mask
+  (``methods.admm``; no per-run factor to share, several times the cost of OBS per candidate).
 - ``reconstruct="obs"``: after the candidate's mask, the OBS update of ``methods.reconstruct``
   with each linear's dense Hessian; the inverse-Hessian factors are computed once per run, so a
   candidate pays only the column sweeps (the cost per candidate is in docs/BENCHMARKS.md).
@@ -63,7 +65,7 @@ class FitnessSettings:
     fidelity_tokens: tuple[int, ...] = (1024, 4096)  # perplexity rungs, cheapest first (when no ladder)
     eval_seqlen: int = 512
     eval_dtype: str = "float32"  # bfloat16 = autocast forwards (~2.5x faster on AMX CPUs)
-    reconstruct: str = "none"  # or "obs"
+    reconstruct: str = "none"  # or "obs", "admm"
     reconstruct_mode: str = "fixed"  # or "block"
     percdamp: float = 0.01
     blocksize: int = 128
@@ -93,9 +95,10 @@ class FitnessSettings:
     def wrap(self, method: Method) -> Method:
         """`method` with this run's reconstruction (methods that do not score weights, such as
         sparsegpt, are returned as they are: they reconstruct already)."""
-        if self.reconstruct != "obs" or method.score is None:
+        if self.reconstruct == "none" or method.score is None:
             return method
-        return with_reconstruction(method, self.reconstruct_mode, percdamp=self.percdamp, blocksize=self.blocksize)
+        return with_reconstruction(method, self.reconstruct_mode, percdamp=self.percdamp, blocksize=self.blocksize,
+                                   kind=self.reconstruct)
 
 
 @dataclass
@@ -208,6 +211,8 @@ class ProxyFitness:
             if cfg.reconstruct == "obs":
                 new = reconstruct_prune(weight, stats, t, score, cfg.reconstruct_mode, percdamp=cfg.percdamp,
                                         blocksize=cfg.blocksize, hinv=self._hinv_of(name))
+            elif cfg.reconstruct == "admm":
+                new = reconstruct_prune(weight, stats.to(weight.device), t, score, kind="admm", percdamp=cfg.percdamp)
             else:
                 new = weight.masked_fill(make_mask(score(weight, stats), t), 0.0)
             yield name, module, new

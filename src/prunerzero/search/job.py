@@ -213,7 +213,7 @@ def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, o
     from ..calib.gradients import load_or_compute_gradients
 
     start = time.perf_counter()
-    wants_h = job.reconstruct == "obs" or any(r.kind == "err" for r in job.fitness_settings().rungs())
+    wants_h = job.reconstruct != "none" or any(r.kind == "err" for r in job.fitness_settings().rungs())
     needs = frozenset({"X", "H"} if wants_h else {"X"})
     stats = collect_dense_stats(lm.model, calib_ids, needs, batch_size=job.nsamples, progress=progress)
     x_seconds = time.perf_counter() - start

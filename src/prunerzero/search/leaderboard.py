@@ -252,6 +252,9 @@ def _levers(job: SearchJob) -> str:
     if job.reconstruct == "obs":
         parts.append(f"every metric's mask is followed by the OBS weight update ({job.reconstruct_mode} mask; "
                      "sparsegpt reconstructs by itself)")
+    elif job.reconstruct == "admm":
+        parts.append("every metric's mask is followed by the ADMM weight update for that mask "
+                     "(sparsegpt reconstructs by itself)")
     if job.allocation == "owl":
         parts.append(f"unstructured settings use OWL layer-wise sparsity (M={job.owl_m:g}, lambda={job.owl_lambda:g})")
     return (" Levers: " + "; ".join(parts) + ".") if parts else ""
