@@ -59,6 +59,11 @@ class SearchConfig:
                 raise UserError(f"search config {name}={getattr(self, name)!r}: must be true or false")
         if self.elitism >= self.population:
             raise UserError(f"search config elitism={self.elitism} must be < population={self.population}")
+        from ..symbolic.expr import MAX_DEPTH, MAX_SIZE
+
+        if self.max_depth > MAX_DEPTH or self.max_size > MAX_SIZE:  # deeper trees could not be read back on resume
+            raise UserError(f"search config max_depth={self.max_depth}, max_size={self.max_size}: at most "
+                            f"{MAX_DEPTH} and {MAX_SIZE}")
         if not self.init_min_depth <= self.init_max_depth <= self.max_depth:
             raise UserError(f"search config needs init_min_depth <= init_max_depth <= max_depth, got "
                             f"{self.init_min_depth}, {self.init_max_depth}, {self.max_depth}")
