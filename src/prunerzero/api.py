@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import platform
 import time
 from contextlib import nullcontext
@@ -109,6 +110,9 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     target = parse_target(cfg.sparsity, cfg.pattern, cfg.group)
     if cfg.nsamples < 1 or cfg.seqlen < 2:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
+    check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
+    if cfg.zero_shot_limit is not None and cfg.zero_shot_limit < 1:
+        raise UserError(f"--zero-shot-limit must be >= 1, not {cfg.zero_shot_limit}")
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
     if cfg.within_layer not in ("auto", "sequential", "parallel"):
@@ -149,6 +153,14 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     check_source(cfg.eval_data, "--eval-data")  # an empty file must fail before the model loads
     resolve_model_path(cfg.model)  # a missing path fails here; hub ids are checked when loading
     return target, method
+
+
+def check_numbers(batch_size: int, blocksize: int, percdamp: float) -> None:
+    """Settings that would fail deep inside the pruning (a zero block size, a NaN damping)."""
+    if batch_size < 1 or blocksize < 1:
+        raise UserError(f"--batch-size and --blocksize must be >= 1, not {batch_size} and {blocksize}")
+    if not (math.isfinite(percdamp) and percdamp >= 0):
+        raise UserError(f"--percdamp must be a finite number >= 0, not {percdamp}")
 
 
 def check_metric_ranks(metric_spec: str) -> None:

@@ -285,6 +285,9 @@ def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     methods = build_methods(cfg)
     if cfg.nsamples < 1 or cfg.seqlen < 2:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
+    from .api import check_numbers
+
+    check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
     parse_dtype(cfg.dtype)
