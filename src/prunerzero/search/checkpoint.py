@@ -193,6 +193,13 @@ def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and not isinstance(v, bool)
 
 
+def _is_finite(v: Any) -> bool:
+    try:
+        return _is_number(v) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def check_evaluation(r: dict[str, Any], where: str) -> None:
     """One evaluations.jsonl record has the fields and types the search wrote (module doc)."""
     from ..symbolic import MetricSyntaxError, parse
@@ -202,7 +209,7 @@ def check_evaluation(r: dict[str, Any], where: str) -> None:
         problem = "'generation' is not an integer >= 0"
     elif not all(isinstance(r.get(k), str) for k in ("expression", "key", "fidelity")):
         problem = "'expression', 'key' and 'fidelity' must be strings"
-    elif not (r.get("fitness") is None or (_is_number(r["fitness"]) and math.isfinite(r["fitness"]))):
+    elif not (r.get("fitness") is None or _is_finite(r["fitness"])):
         problem = "'fitness' is neither a finite number nor null"
     elif not (r.get("reason") is None or isinstance(r["reason"], str)):
         problem = "'reason' is neither a string nor null"
@@ -278,7 +285,7 @@ def check_checkpoint(obj: Any, path: Path, full: bool = True) -> dict[str, Any]:
         for row in rows:
             if not (isinstance(row, dict) and isinstance(row.get("expression"), str) and isinstance(row.get("key"), str)
                     and isinstance(row.get("fitness"), dict)
-                    and all(v is None or _is_number(v) for v in row["fitness"].values())):
+                    and all(v is None or _is_finite(v) for v in row["fitness"].values())):
                 raise bad(f"an entry of '{part}' lacks its expression, key or fitness")
             try:
                 parse(row["expression"])
@@ -472,8 +479,18 @@ def load_run(out_dir: Path | str) -> dict[str, Any]:
     def opt(name: str, hint: str = DAMAGED) -> Any:
         return read_json(out / name, hint) if (out / name).exists() else None
 
+    if not (out / CONFIG).exists() and (out / LOG).exists():  # written first: the run's settings
+        raise UserError(f"{short(out / CONFIG)} is missing (the run's settings): {DAMAGED.replace('it', 'it', 1)}")
     config = read_config(out) if (out / CONFIG).exists() else None
     state = inspect_run(out, full=False)
+    if state.checkpoint is None and any(r["generation"] > 0 for r in state.records):
+        # generation 0 was completed (and checkpointed) before any record of generation 1 was written
+        raise UserError(f"{short(out / CHECKPOINT)} is missing: resume the search (prunerzero search --resume "
+                        f"{short(out)}) to rebuild it from {LOG} (nothing is evaluated again)")
+    if state.checkpoint is not None and state.checkpoint["finished"]:
+        for name in (HALL_OF_FAME, BEST_METRIC, BEST_TREE):  # a finished run wrote them before its checkpoint
+            if not (out / name).exists():
+                raise UserError(f"{short(out / name)} is missing from a finished run: {rewrite}")
     if state.lost:
         raise UserError(f"{short(out / LOG)} lacks {len(state.lost)} record(s) of a completed generation (a torn last "
                         f"line): resume the search (prunerzero search --resume {short(out)}) to evaluate them again, "

@@ -18,6 +18,13 @@ from ..symbolic import PRIMITIVES, PRUNER_ZERO_OPS
 SEED_METRICS: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 
 
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float (a hand-edited or hostile config.json)
+        return False
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     population: int = 40
@@ -52,7 +59,7 @@ class SearchConfig:
                 raise UserError(f"search config {name}={v!r}: must be an integer >= {low}")
         for name in ("crossover_rate", "mutation_rate", "rescore_fraction", "gene_mutation_rate"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 1):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and 0 <= v <= 1):
                 raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
         for name in ("seed_named", "use_constants"):
             if not isinstance(getattr(self, name), bool):
@@ -68,7 +75,7 @@ class SearchConfig:
             raise UserError(f"search config needs init_min_depth <= init_max_depth <= max_depth, got "
                             f"{self.init_min_depth}, {self.init_max_depth}, {self.max_depth}")
         lams = self.owl_lambdas
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0) for v in lams) \
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and v >= 0) for v in lams) \
                 or list(lams) != sorted(set(lams)):
             raise UserError(f"search config owl_lambdas={list(lams)!r}: must be distinct ascending numbers >= 0")
         object.__setattr__(self, "owl_lambdas", tuple(float(v) for v in lams))
