@@ -27,7 +27,7 @@ import torch
 
 from . import atomic
 from .data import check_source
-from .errors import UserError, clip, one_line, path_kind, short
+from .errors import UserError, clip, one_line, path_kind, short, warn
 from .eval.perplexity import perplexity
 
 SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
@@ -153,7 +153,7 @@ def build_methods(cfg: SweepConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- out dir
 def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[str, Any]]:
     """Check DIR against this sweep's settings; returns the points already measured there."""
-    from .search.checkpoint import read_log
+    from .search.checkpoint import repair_log, scan_log
 
     settings = json.loads(json.dumps(cfg.settings()))
     saved_path = out / SETTINGS
@@ -171,7 +171,11 @@ def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[s
         if diffs:
             raise UserError(f"{out} holds a sweep with other settings ({'; '.join(diffs)}); "
                             "pass --overwrite or choose another --out")
-        return read_log(out / LOG, repair=True)  # a torn last line (killed mid-write) is cut off
+        scan = scan_log(out / LOG, _check_point)
+        if scan.torn is not None:
+            warn(f"{short(out / LOG)} ended with a torn line (a kill while it was written): that point is measured again")
+        repair_log(out / LOG, scan)  # a torn last line is cut off, so appends start on a fresh line
+        return scan.records
     if overwrite:
         for name in (SETTINGS, LOG, JSON, MD, PNG):
             (out / name).unlink(missing_ok=True)
@@ -179,6 +183,25 @@ def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[s
         raise UserError(f"{out} has a {LOG} but no {SETTINGS}; pass --overwrite or choose another --out")
     atomic.write_json(saved_path, settings)
     return []
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _check_point(r: dict[str, Any], where: str) -> None:
+    """A sweep.jsonl line as run_sweep wrote it: method, sparsity, and a perplexity (None = invalid)."""
+    ok = (isinstance(r.get("method"), str) and _finite_number(r.get("sparsity"))
+          and (r.get("ppl") is None or _finite_number(r["ppl"]))
+          and (r["method"] != "dense" or (_finite_number(r.get("ppl")) and _finite_number(r.get("tokens")))))
+    if not ok:
+        raise UserError(f"{where} is damaged (not a measured point): pass --overwrite to measure the sweep again, "
+                        "or choose another --out")
 
 
 def point_key(method: str, sparsity: float) -> tuple[str, float]:
