@@ -480,17 +480,13 @@ def load_run(out_dir: Path | str) -> dict[str, Any]:
         return read_json(out / name, hint) if (out / name).exists() else None
 
     if not (out / CONFIG).exists() and (out / LOG).exists():  # written first: the run's settings
-        raise UserError(f"{short(out / CONFIG)} is missing (the run's settings): {DAMAGED.replace('it', 'it', 1)}")
+        raise UserError(f"{short(out / CONFIG)} is missing (the run's settings): {DAMAGED}")
     config = read_config(out) if (out / CONFIG).exists() else None
     state = inspect_run(out, full=False)
     if state.checkpoint is None and any(r["generation"] > 0 for r in state.records):
         # generation 0 was completed (and checkpointed) before any record of generation 1 was written
         raise UserError(f"{short(out / CHECKPOINT)} is missing: resume the search (prunerzero search --resume "
                         f"{short(out)}) to rebuild it from {LOG} (nothing is evaluated again)")
-    if state.checkpoint is not None and state.checkpoint["finished"]:
-        for name in (HALL_OF_FAME, BEST_METRIC, BEST_TREE):  # a finished run wrote them before its checkpoint
-            if not (out / name).exists():
-                raise UserError(f"{short(out / name)} is missing from a finished run: {rewrite}")
     if state.lost:
         raise UserError(f"{short(out / LOG)} lacks {len(state.lost)} record(s) of a completed generation (a torn last "
                         f"line): resume the search (prunerzero search --resume {short(out)}) to evaluate them again, "
@@ -506,6 +502,9 @@ def load_run(out_dir: Path | str) -> dict[str, Any]:
             parse(best)
         except (OSError, UnicodeDecodeError, MetricSyntaxError):
             raise UserError(f"{short(out / BEST_METRIC)} is damaged (not a metric formula): {rewrite}") from None
+    saved = state.checkpoint
+    if best is None and saved is not None and saved["finished"] and saved.get("hall_of_fame"):
+        best = saved["hall_of_fame"][0]["expression"]  # best_metric.txt was written from this very entry
     hof = opt(HALL_OF_FAME, rewrite)
     if hof is not None and not (isinstance(hof, list) and all(isinstance(r, dict) for r in hof)):
         raise UserError(f"{short(out / HALL_OF_FAME)} is damaged (not a list of entries): {rewrite}")

@@ -334,10 +334,13 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
         validate_job(job)
     job = prepare_out_dir(out, job, resume, overwrite)
     if resume:  # a damaged log or checkpoint is refused now, not after the model and statistics load
-        from .checkpoint import CONFIG, inspect_run, read_config
+        from .checkpoint import CONFIG, DAMAGED, RUN_FILES, inspect_run, read_config
 
         if (out / CONFIG).exists():
             read_config(out)
+        elif any((out / f).exists() for f in RUN_FILES):
+            raise UserError(f"cannot resume {short(out)}: its {CONFIG} (the run's settings) is missing: "
+                            f"{DAMAGED.replace('restore it', 'restore ' + CONFIG)}")
         inspect_run(out)
     if executor.kind == "ray" and job.device_map != "none":
         raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
