@@ -95,6 +95,7 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], str]] = {
                              "at most 200"),
     "sweep-methods-empty": (lambda c: _sweep(c, "--out", str(c["out"]), "--methods", ""), "empty list"),
     "sweep-out-is-a-file": (lambda c: _sweep(c, "--out", str(c["random_txt"])), "not a folder"),
+    "sweep-settings-random": (lambda c: _sweep(c, "--out", str(c["bad_sweep"])), "sweep_settings.json is damaged"),
     # search
     "search-settings-empty": (lambda c: _search(c, "--out", str(c["out"]), "--settings", ""), "empty list"),
     "search-settings-garbage": (lambda c: _search(c, "--out", str(c["out"]), "--settings", "a:b"),
@@ -129,6 +130,10 @@ def ctx(tmp_path, tiny_model_dir, wikitext_test, tmp_path_factory, monkeypatch) 
     bad.mkdir()
     (bad / "job.json").write_bytes(rng.randbytes(200))
     out["bad_run"] = bad
+    sweep = root / "bad-sweep"
+    sweep.mkdir()
+    (sweep / "sweep_settings.json").write_bytes(rng.randbytes(100))
+    out["bad_sweep"] = sweep
     return out
 
 

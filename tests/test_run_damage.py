@@ -252,3 +252,35 @@ def test_cli_resume_and_analyze_of_damaged_job_files(tiny_model_dir, wikitext_te
     assert "leaderboard.jsonl" in capsys.readouterr().err
     rows = [json.loads(line) for line in (run / "leaderboard.jsonl").read_text().splitlines()]
     assert len(rows) == len((clean / "leaderboard.jsonl").read_text().splitlines())
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_cli_sweep_log_damage(tiny_model_dir, wikitext_test, tmp_path, capsys, monkeypatch):
+    """sweep.jsonl: a torn last line is reported and that point measured again; a damaged line
+    elsewhere is refused in one line, the folder unchanged."""
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sweep"
+    argv = ["--quiet", "sweep", "--model", str(tiny_model_dir), "--nsamples", "2", "--seqlen", "32",
+            "--eval-data", str(wikitext_test), "--eval-tokens", "128", "--methods", "magnitude",
+            "--sparsities", "0.3,0.6", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    log = out / "sweep.jsonl"
+    clean = [json.loads(line) for line in log.read_text().splitlines()]
+    data = log.read_bytes()
+    log.write_bytes(data[: len(data) - 30])  # the last point, half written
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "torn line" in err and len(err.strip().splitlines()) == 1
+    again = [json.loads(line) for line in log.read_text().splitlines()]
+    key = lambda r: (r["method"], r["sparsity"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, clean))
+    assert [r["ppl"] for r in sorted(again, key=key)] == pytest.approx([r["ppl"] for r in sorted(clean, key=key)])
+
+    lines = log.read_bytes().split(b"\n")
+    log.write_bytes(b"\n".join([lines[0], b'{"method": 3}', *lines[1:]]))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sweep.jsonl line 2 is damaged" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
