@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .errors import UserError
+from .errors import UserError, path_kind, short
 
 ANALYSIS_MD = "analysis.md"
 MIN_RANK_N = 5  # below this a rank correlation (and its p-value) says next to nothing
@@ -53,8 +53,8 @@ def check_run_dir(run_dir: Path) -> None:
     """Bad input fails here, in one line, before anything is written."""
     from .search.checkpoint import LOG
 
-    if not run_dir.is_dir():
-        raise UserError(f"run folder not found: {run_dir}")
+    if path_kind(run_dir) != "dir":
+        raise UserError(f"run folder not found: {short(run_dir)}")
     if not (run_dir / LOG).exists():
         raise UserError(f"{run_dir} has no {LOG}: not a search run folder, or the run has not scored anything yet")
 
@@ -64,7 +64,10 @@ def fidelity_order(run: dict[str, Any]) -> list[str]:
     candidate is scored at the cheapest one, only survivors at the others)."""
     cfg = run.get("config") or {}
     seen = [r["fidelity"] for r in run["evaluations"]]
-    order = [f for f in cfg.get("fidelities") or [] if f in seen]
+    saved = cfg.get("fidelities")
+    usable = isinstance(saved, list) and all(isinstance(f, str) for f in saved)  # config.json may be hand-edited
+    order = [f for f in saved if f in seen] if usable else []
+    order = list(dict.fromkeys(order))
     rest = sorted(set(seen) - set(order), key=lambda f: (-seen.count(f), f))
     return order + rest
 
@@ -109,8 +112,9 @@ def ops_in_language(run: dict[str, Any], records: list[dict[str, Any]]) -> list[
     """The primitives to test: the search's own function set if recorded, plus any seen in the log."""
     from .symbolic import PRIMITIVES, PRUNER_ZERO_OPS
 
-    search = (run.get("config") or {}).get("search") or {}
-    ops = list(search.get("ops") or PRUNER_ZERO_OPS)
+    search = (run.get("config") or {}).get("search")
+    saved = search.get("ops") if isinstance(search, dict) else None
+    ops = list(saved) if isinstance(saved, list) and all(isinstance(o, str) for o in saved) else list(PRUNER_ZERO_OPS)
     return [op for op in PRIMITIVES if op in ops] + [op for op in PRIMITIVES if op not in ops and any(
         op + "(" in r["expression"] for r in records)]
 
@@ -299,11 +303,12 @@ def analyze_run(run_dir: Path | str, out_dir: Path | str | None = None) -> dict[
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
+    atomic.check_writable_dir(out, "--out" if out_dir is not None else "run folder")  # before the figures
     run = load_run(run_dir)
     records = run["evaluations"]
     if not records:
         raise UserError(f"{run_dir}/evaluations.jsonl holds no evaluations yet")
-    out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
 
     fids = fidelity_order(run)

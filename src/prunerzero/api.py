@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import platform
 import time
 from contextlib import nullcontext
@@ -18,8 +19,8 @@ import torch
 from . import atomic
 from .allocation import Allocation, check_allocation, check_owl, owl_allocation, plot_allocation
 from .config import PruneConfig
-from .data import calib_split, describe_source, evaluation_split, load_text
-from .errors import UserError
+from .data import calib_split, check_source, describe_source, evaluation_split, load_text
+from .errors import UserError, clip, short
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget, parse_target
 from .methods import METHODS, Method, get_method
@@ -28,6 +29,7 @@ from .models import (LoadedModel, cache_dir, check_placement, load_model, max_co
                      resolve_model_path)
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
 from .placement import devices_of, input_device
+from .symbolic import InvalidMetricError
 from .windows import Windowing, calibration_windows, check_bos_mode, tokenize, windowing_for
 
 RESULTS_FILE = "results.json"
@@ -61,8 +63,16 @@ def build_method(cfg: PruneConfig) -> Method:
 
 
 def check_output_dir(save: str | None, overwrite: bool) -> None:
-    if save and (Path(save) / RESULTS_FILE).exists() and not overwrite:
-        raise UserError(f"{save} already holds a run's results; pass --overwrite or choose another --save")
+    if save is None:
+        return
+    if not save.strip():
+        raise UserError("--save is empty")
+    if (Path(save) / RESULTS_FILE).exists() and not overwrite:
+        raise UserError(f"{short(save)} already holds a run's results; pass --overwrite or choose another --save")
+    # Now, not after the pruning: an unwritable --save (or a file there) must not cost the run.
+    atomic.check_writable_dir(save, "--save")
+    if (Path(save) / RESULTS_FILE).is_dir():
+        raise UserError(f"{short(Path(save) / RESULTS_FILE)} is a folder: it cannot be replaced by the results")
 
 
 def peak_rss_mib() -> float:
@@ -106,6 +116,9 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     target = parse_target(cfg.sparsity, cfg.pattern, cfg.group)
     if cfg.nsamples < 1 or cfg.seqlen < 2:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
+    check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
+    if cfg.zero_shot_limit is not None and cfg.zero_shot_limit < 1:
+        raise UserError(f"--zero-shot-limit must be >= 1, not {cfg.zero_shot_limit}")
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
     if cfg.within_layer not in ("auto", "sequential", "parallel"):
@@ -128,9 +141,13 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     check_allocation(cfg.allocation)
     if cfg.allocation == "owl":
         check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)
+    if cfg.metric is not None and not str(cfg.metric).strip():
+        raise UserError("--metric is empty: pass a formula, a named metric or a metric file")
     if not cfg.metric and cfg.method not in METHODS:
         METHODS.get(cfg.method)  # raises with a did-you-mean
     method = build_method(cfg)
+    if cfg.metric:
+        check_metric_ranks(cfg.metric)
     if cfg.prune_head and "G" in method.needs:
         raise UserError("the output head cannot be pruned with a gradient-based method (G covers decoder layers "
                         "only); drop --prune-head or use a method over W and X")
@@ -138,8 +155,37 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     if cfg.gradients and not Path(cfg.gradients).is_file():
         raise UserError(f"gradient file not found: {cfg.gradients}")
     check_placement(cfg.device, cfg.device_map, cfg.max_memory)
-    resolve_model_path(cfg.model)  # a missing path fails here; hub ids pass through
+    if method.needs & {"X", "H", "G"} or cfg.allocation == "owl":
+        check_source(cfg.calib_data, "--calib-data")
+    check_source(cfg.eval_data, "--eval-data")  # an empty file must fail before the model loads
+    resolve_model_path(cfg.model)  # a missing path fails here; hub ids are checked when loading
     return target, method
+
+
+def check_numbers(batch_size: int, blocksize: int, percdamp: float) -> None:
+    """Settings that would fail deep inside the pruning (a zero block size, a NaN damping)."""
+    if batch_size < 1 or blocksize < 1:
+        raise UserError(f"--batch-size and --blocksize must be >= 1, not {batch_size} and {blocksize}")
+    if not (math.isfinite(percdamp) and percdamp >= 0):
+        raise UserError(f"--percdamp must be a finite number >= 0, not {percdamp}")
+
+
+def check_metric_ranks(metric_spec: str) -> None:
+    """A formula that cannot rank any layer's weights (constant, or ties deciding the mask) is
+    refused before the model loads, with the reason."""
+    from .symbolic import degenerate_reason, load_metric
+
+    metric = load_metric(metric_spec)
+    reason = degenerate_reason(metric)
+    if reason is not None:
+        raise UserError(f"metric {clip(str(metric))} cannot rank weights ({reason})")
+
+
+def check_test_tokens(tokens: torch.Tensor, seqlen: int, source: str) -> None:
+    """Too little evaluation text for one window fails here, before any pruning."""
+    if tokens.numel() < seqlen + 1:
+        raise UserError(f"evaluation data {short(source)} has {tokens.numel()} tokens, fewer than one window of "
+                        f"{seqlen} (+1): pass a longer text or a smaller --eval-seqlen / --seqlen")
 
 
 def check_seqlen(lm: LoadedModel, seqlen: int) -> None:
@@ -200,6 +246,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.eval_data:  # load before pruning: unreachable data must fail before minutes of work
         split = evaluation_split(cfg.eval_data)
         test_tokens = tokenize(lm.tokenizer, load_text(cfg.eval_data, split), windowing)
+        check_test_tokens(test_tokens, cfg.effective_eval_seqlen, cfg.eval_data)
         eval_info = describe_source(cfg.eval_data, split)
 
     calib_ids = None
@@ -242,12 +289,17 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
         layer_target = lambda i: target.with_sparsity(alloc.layer_sparsity[i])  # noqa: E731
         results["allocation"] = alloc.to_dict()
         timings["allocation"] = time.perf_counter() - t
-    with autocast:
-        report = prune_model(lm.model, method, layer_target, calib_ids, batch_size=cfg.batch_size, grads=grads,
-                             within_layer=cfg.within_layer, progress=progress)
-    if cfg.prune_head:
+    try:
         with autocast:
-            results["head"] = prune_output_head(lm.model, method, target, calib_ids, report, batch_size=cfg.batch_size)
+            report = prune_model(lm.model, method, layer_target, calib_ids, batch_size=cfg.batch_size, grads=grads,
+                                 within_layer=cfg.within_layer, progress=progress)
+        if cfg.prune_head:
+            with autocast:
+                results["head"] = prune_output_head(lm.model, method, target, calib_ids, report,
+                                                    batch_size=cfg.batch_size)
+    except InvalidMetricError as exc:  # e.g. scores that overflow to inf on this model's weights
+        what = method.describe.get("formula") or method.name
+        raise UserError(f"metric {clip(what)} cannot rank this model's weights: {exc.reason}") from None
     timings["prune"] = report.seconds["prune"] + report.seconds.get("head", 0.0)
     results["within_layer"] = report.within_layer
     results["actual_sparsity"] = report.sparsity
@@ -306,6 +358,7 @@ def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: 
             raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
     parse_dtype(dtype)
     check_bos_mode(bos)
+    check_source(eval_data, "--eval-data")
     lm, windowing = open_model(model, device, dtype, device_map, max_memory, offload_folder, bos)
     seqlen = seqlen or min(max_context(lm.model) or 2048, 2048)
     check_seqlen(lm, seqlen)
@@ -314,6 +367,7 @@ def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: 
     if eval_data:
         split = evaluation_split(eval_data)
         tokens = tokenize(lm.tokenizer, load_text(eval_data, split), windowing)
+        check_test_tokens(tokens, seqlen, eval_data)
         out["perplexity"] = perplexity(lm.model, tokens, seqlen, eval_tokens, progress=progress, windowing=windowing)
         out["eval"] = describe_source(eval_data, split)
     if zero_shot:

@@ -6,6 +6,7 @@ Bad input exits with code 2 and one line on stderr; heavy imports happen inside 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -13,24 +14,24 @@ from typing import Any, Callable, NoReturn
 
 from .cli_analysis import register as register_analysis
 from .cli_search import register as register_search
-from .errors import UserError
+from .errors import UserError, clip, nonempty, one_line, short
 from .windows import BOS_HELP, BOS_MODES
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {clip(text, 40)}") from None
 
 
 def _none_or_text(text: str) -> str | None:
-    return None if text.lower() == "none" else text
+    return None if text.lower() == "none" else nonempty(text)
 
 
 def _tasks(text: str) -> tuple[str, ...]:
@@ -38,37 +39,45 @@ def _tasks(text: str) -> tuple[str, ...]:
 
 
 def _add_placement_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float32", help="weights as loaded: float32, bfloat16 or float16")
-    p.add_argument("--device-map", default="none",
+    p.add_argument("--device", type=nonempty, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", type=nonempty, default="float32", help="weights as loaded: float32, bfloat16 or float16")
+    p.add_argument("--device-map", type=nonempty, default="none",
                    help="none (one --device), or auto / balanced / sequential: accelerate spreads the layers over GPUs")
-    p.add_argument("--max-memory", help='with --device-map: memory per device, e.g. "0=70GiB,1=70GiB,cpu=200GiB"')
+    p.add_argument("--max-memory", type=nonempty,
+                   help='with --device-map: memory per device, e.g. "0=70GiB,1=70GiB,cpu=200GiB"')
     p.add_argument("--offload-folder", type=_none_or_text,
                    help="with --device-map: folder for layers that fit on no device (offloaded to disk)")
 
 
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE.json",
+    p.add_argument("--config", type=nonempty, metavar="FILE.json",
                    help="settings from a JSON file (keys: the prune options with _ for -); options given here win")
-    p.add_argument("--model", default="smollm2-135m", help="local HF folder, hub id, .gguf file, or smollm2-135m")
-    p.add_argument("--method", default="wanda", help="magnitude, wanda, sparsegpt, gblm, ria, pruner-zero")
-    p.add_argument("--metric", help='a formula such as "abs(W*W) * mms(G)" (overrides --method)')
-    p.add_argument("--metric-file", help="a metric saved as .json (Pruner-Zero tree or ours) or .txt")
+    p.add_argument("--model", type=nonempty, default="smollm2-135m",
+                   help="local HF folder, hub id, .gguf file, or smollm2-135m")
+    p.add_argument("--method", type=nonempty, default="wanda",
+                   help="magnitude, wanda, sparsegpt, gblm, ria, pruner-zero")
+    p.add_argument("--metric", type=nonempty, help='a formula such as "abs(W*W) * mms(G)" (overrides --method)')
+    p.add_argument("--metric-file", type=nonempty, help="a metric saved as .json (Pruner-Zero tree or ours) or .txt")
     p.add_argument("--sparsity", type=_float, default=0.5)
-    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
-    p.add_argument("--group", default="row", help="comparison group for unstructured sparsity: row or layer")
-    p.add_argument("--calib-data", default="lambada", help="lambada (fiction), squad (Wikipedia paragraphs), c4, wikitext2 (train), or a text file")
+    p.add_argument("--pattern", type=nonempty, default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    p.add_argument("--group", type=nonempty, default="row",
+                   help="comparison group for unstructured sparsity: row or layer")
+    p.add_argument("--calib-data", type=nonempty, default="lambada",
+                   help="lambada (fiction), squad (Wikipedia paragraphs), c4, wikitext2 (train), or a text file")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--within-layer", default="auto", help="sequential, parallel (reference order) or auto")
+    p.add_argument("--within-layer", type=nonempty, default="auto",
+                   help="sequential, parallel (reference order) or auto")
     _add_placement_args(p)
-    p.add_argument("--calib-dtype", default="float32", help="float32 or bfloat16 (autocast calibration forwards)")
+    p.add_argument("--calib-dtype", type=nonempty, default="float32",
+                   help="float32 or bfloat16 (autocast calibration forwards)")
     p.add_argument("--percdamp", type=_float, default=0.01, help="SparseGPT damping, relative to mean diag(H)")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block")
-    p.add_argument("--gradients", help="precomputed gradient file (else computed and cached when G is used)")
+    p.add_argument("--gradients", type=nonempty,
+                   help="precomputed gradient file (else computed and cached when G is used)")
     p.add_argument("--grad-chunk-layers", type=int, default=None,
                    help="compute G for N decoder layers at a time on their GPUs (default: all at once, sums on the CPU)")
     p.add_argument("--prune-head", action="store_true",
@@ -101,10 +110,19 @@ def prune_config(args: argparse.Namespace):
 
     from .config import PruneConfig
 
-    if args.metric and args.metric_file:
+    if args.metric is not None and args.metric_file is not None:
         raise UserError("pass either --metric or --metric-file, not both")
+    if args.metric_file is not None:
+        # Always a path: check it now, so a folder or a file name without .json/.txt is not read as
+        # a formula (and a bad file fails before the model loads).
+        from .symbolic import load_metric_file
+
+        load_metric_file(args.metric_file)
+        if not args.metric_file.strip().lower().endswith((".json", ".txt")):
+            raise UserError(f"--metric-file {short(args.metric_file)}: name a .json or .txt file")
     values = {f.name: getattr(args, f.name) for f in fields(PruneConfig)}
-    values["metric"] = args.metric or args.metric_file or getattr(args, "metric_from_config", None)
+    chosen = args.metric if args.metric is not None else args.metric_file
+    values["metric"] = chosen if chosen is not None else getattr(args, "metric_from_config", None)
     values["zero_shot"] = tuple(values["zero_shot"] or ())
     return PruneConfig(**values)
 
@@ -124,7 +142,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from . import atomic
     from .api import evaluate_model
+
+    if args.json:
+        atomic.check_writable_file(args.json, "--json")  # before the model loads, not after the evaluation
 
     out = evaluate_model(args.model, args.eval_data, args.eval_seqlen, args.eval_tokens, args.zero_shot,
                          args.zero_shot_limit, progress=not args.quiet, device=args.device, dtype=args.dtype,
@@ -170,6 +192,8 @@ def cmd_metric_convert(args: argparse.Namespace) -> int:
     from . import atomic
     from .symbolic import format_expr, load_metric, to_json
 
+    if args.output:
+        atomic.check_writable_file(args.output, "-o")
     metric = load_metric(args.source)
     if args.to == "json":
         text = json.dumps(to_json(metric.expr), indent=2) + "\n"
@@ -192,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model and measure it")
     _add_prune_args(p)
     _add_eval_args(p)
-    p.add_argument("--save", help="folder for results.json (and the model with --save-model)")
+    p.add_argument("--save", type=nonempty, help="folder for results.json (and the model with --save-model)")
     p.add_argument("--save-model", action="store_true", help="also save a Hugging Face checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --save")
     p.add_argument("--skip-dense", action="store_true", help="do not measure the dense model")
@@ -201,22 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.prune_parser = p  # type: ignore[attr-defined]  # --config sets its defaults
 
     p = sub.add_parser("eval", help="perplexity / zero-shot accuracy of any model")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, type=nonempty)
     _add_placement_args(p)
     _add_eval_args(p)
     p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
-    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--json", type=nonempty, help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_eval)
 
     metric = sub.add_parser("metric", help="inspect and convert symbolic metrics")
     msub = metric.add_subparsers(dest="metric_command", required=True, parser_class=_Parser)
     p = msub.add_parser("show", help="tree, simplified form and canonical key of a formula")
-    p.add_argument("formula", help="a formula, a named metric, or a .json/.txt file")
+    p.add_argument("formula", type=nonempty, help="a formula, a named metric, or a .json/.txt file")
     p.set_defaults(func=cmd_metric_show)
     p = msub.add_parser("convert", help="between the string form and Pruner-Zero's JSON tree")
-    p.add_argument("source", help="a formula, or a .json/.txt file")
+    p.add_argument("source", type=nonempty, help="a formula, or a .json/.txt file")
     p.add_argument("--to", choices=("json", "text", "metric-json"), default="json")
-    p.add_argument("-o", "--output")
+    p.add_argument("-o", "--output", type=nonempty)
     p.set_defaults(func=cmd_metric_convert)
 
     register_search(sub)
@@ -250,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] = args.func
         return handler(args)
     except UserError as exc:
-        print(f"prunerzero: error: {exc}", file=sys.stderr)
+        print(f"prunerzero: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"prunerzero: error: file name too long: {clip(exc.filename, 60)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunerzero: interrupted", file=sys.stderr)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, known_keys_only
+from .errors import UserError, known_keys_only, one_line, short
 
 
 @dataclass(frozen=True)
@@ -90,23 +90,29 @@ def check_types(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
         ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
         if ok and isinstance(value, (list, tuple)):
             ok = all(isinstance(v, str) for v in value)
+        if ok and isinstance(value, str) and not value.strip():  # "" must not quietly mean "not given"
+            raise UserError(f"{what}: {key} is empty")
         if not ok:
             names = sorted({"a list of strings" if t in (list, tuple) else "null" if t is type(None)
                             else {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false"}
                             .get(t.__name__, t.__name__) for t in allowed})
-            raise UserError(f"{what}: {key} must be {' or '.join(names)}, not {json.dumps(value)}")
+            raise UserError(f"{what}: {key} must be {' or '.join(names)}, not {short(json.dumps(value), 60)}")
     return data
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings of a `--config FILE.json`: PruneConfig fields only, each of its declared type."""
     path = Path(path)
-    what = f"config {path}"
+    what = f"config {short(path)}"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} is not readable JSON: {exc}") from None
+        raise UserError(f"config file not found: {short(path)}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {short(path)} is a folder, not a JSON file") from None
+    except UnicodeDecodeError as exc:  # random bytes
+        raise UserError(f"{what} is not UTF-8 text (byte {exc.start}): not a JSON config file") from None
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
+        raise UserError(f"{what} is not readable JSON: {one_line(exc, 200)}") from None
     data = check_types(PruneConfig, known_keys_only(data, [f.name for f in fields(PruneConfig)], what), what)
     return data

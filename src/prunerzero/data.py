@@ -247,3 +247,28 @@ def describe_source(source: str, split: str) -> dict:
     if source not in NAMED_SOURCES and path.is_file():
         return {"source": "file", "path": str(path.resolve()), "bytes": path.stat().st_size}
     return {"source": source, "split": split}
+
+
+def check_source(source: str | None, what: str) -> None:
+    """The cheap checks of a text source, before any model is loaded: a name we know, or a file
+    that exists and holds some text (an empty file would otherwise fail only after loading)."""
+    from .errors import path_kind, short
+
+    if source is None or source in NAMED_SOURCES:
+        return
+    if not source.strip():
+        raise UserError(f"{what} is empty")
+    path = Path(source).expanduser()
+    kind = path_kind(path)
+    if kind == "dir":
+        raise UserError(f"{what} {short(source)} is a folder, not a text file")
+    if kind is None:
+        raise UserError(f"data not found: {short(source)} is neither a file nor one of {', '.join(NAMED_SOURCES)}")
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):  # stop at the first non-blank byte: no need to read it all
+                if chunk.strip():
+                    return
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {short(source)}: {exc.strerror or exc}") from None
+    raise UserError(f"{what} {short(source)} is empty (no text to tokenize)")

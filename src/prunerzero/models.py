@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_directory
-from .errors import UserError
+from .errors import UserError, clip, path_kind, short
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,11 @@ def _convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # a damaged or unsupported GGUF file
+        raise UserError(f"cannot read GGUF file {short(gguf)}: {_first_line(exc)}") from None
     # transformers dequantises GGUF tensors to float32 but still marks the model as quantised,
     # which blocks save_pretrained; the weights are plain tensors, so drop the marker.
     model.hf_quantizer = None
@@ -86,23 +89,80 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_model_path(spec: str) -> str:
-    """Turn --model into something `from_pretrained` can read, converting GGUF files once."""
+GGUF_MAGIC = b"GGUF"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_gguf(path: Path) -> None:
+    """A .gguf that is not one (a text file, a truncated download) fails here in one line,
+    before transformers' reader raises deep inside."""
+    if path.is_dir():
+        raise UserError(f"model file {short(path)} is a folder, not a .gguf file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise UserError(f"cannot read model file {short(path)}: {exc.strerror or exc}") from None
+    if magic != GGUF_MAGIC:
+        raise UserError(f"{short(path)} is not a GGUF model file (it does not start with the GGUF magic bytes)")
+
+
+def _check_hub_model(spec: str) -> None:
+    """A hub id must be in the local Hugging Face cache or reachable now: one quick request
+    instead of from_pretrained's half a minute of retries when the machine is offline."""
+    try:
+        from huggingface_hub import constants, model_info, try_to_load_from_cache
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:  # an unexpected huggingface_hub: leave the reporting to from_pretrained
+        return
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"model {clip(spec)} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                        "pass a local model folder or a .gguf file")
+    try:
+        model_info(spec, timeout=10)
+    except GatedRepoError:
+        return  # it exists; from_pretrained says what access it needs
+    except RepositoryNotFoundError:
+        raise UserError(f"no model {clip(spec)} on the Hugging Face hub (or it is private: log in with "
+                        "`hf auth login`)") from None
+    except Exception as exc:  # noqa: BLE001 -- connection errors come in many kinds
+        raise UserError(f"model {clip(spec)} is not in the local Hugging Face cache and the hub is unreachable "
+                        f"({type(exc).__name__}): pass a local model folder or a .gguf file") from None
+
+
+def resolve_model_path(spec: str, check_hub: bool = False) -> str:
+    """Turn --model into something `from_pretrained` can read, converting GGUF files once.
+    ``check_hub``: a hub id must be cached or reachable now (when loading; a --dry-run of a hub
+    model's settings works offline)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError("--model is empty")
     if spec in EMBEDDED_MODELS:
         return str(_convert_gguf(embedded_gguf_path(spec)))
     path = Path(spec).expanduser()
+    kind = path_kind(path)  # None for a missing path, and for names no filesystem takes (too long, NUL)
     if spec.endswith(".gguf"):
-        if not path.is_file():
-            raise UserError(f"model file not found: {spec}")
+        if kind is None:
+            raise UserError(f"model file not found: {short(spec)}")
+        _check_gguf(path)
         return str(_convert_gguf(path))
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise UserError(f"{spec} is not a Hugging Face model folder (no config.json)")
+    if kind is not None:
+        if kind != "dir":
+            raise UserError(f"{short(spec)} is neither a Hugging Face model folder nor a .gguf file")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{short(spec)} is not a Hugging Face model folder (no config.json)")
         return str(path)
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return spec  # a hub id; from_pretrained reports if the hub is unreachable
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and len(spec) <= 200:
+        if check_hub:
+            _check_hub_model(spec)
+        return spec  # a hub id
     raise UserError(
-        f"model not found: {spec!r} (pass a local model folder, a .gguf file, a hub id, "
+        f"model not found: {clip(spec)} (pass a local model folder, a .gguf file, a hub id, "
         f"or one of: {', '.join(EMBEDDED_MODELS)})"
     )
 
@@ -168,7 +228,7 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torc
     `check_tokenizer` (e.g. the BOS rule's check) may refuse it before any weight is read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, check_hub=True)
     kwargs: dict = {"dtype": dtype}
     if device_map not in (None, "none"):
         kwargs["device_map"] = device_map
@@ -182,13 +242,15 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torc
             check_tokenizer(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:  # hub unreachable, missing files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model {spec!r}: {first}") from None
+        raise UserError(f"cannot load model {clip(spec)}: {_first_line(exc)}") from None
     except ValueError as exc:  # e.g. a device map that offloads to disk without an offload folder
-        if "offload" not in str(exc):
-            raise
-        raise UserError(f"cannot place model {spec!r}: {str(exc).strip().splitlines()[0]} "
-                        "(pass --offload-folder DIR, or more --max-memory)") from None
+        if "offload" in str(exc):
+            raise UserError(f"cannot place model {clip(spec)}: {_first_line(exc)} "
+                            "(pass --offload-folder DIR, or more --max-memory)") from None
+        # a damaged config.json (JSONDecodeError is a ValueError), an unknown model type, ...
+        raise UserError(f"cannot load model {clip(spec)}: {_first_line(exc)}") from None
+    except (KeyError, RuntimeError) as exc:  # e.g. weight files that do not match config.json
+        raise UserError(f"cannot load model {clip(spec)}: {type(exc).__name__}: {_first_line(exc)}") from None
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()

@@ -28,6 +28,7 @@ from .masks import SparsityTarget
 from .methods.base import Method
 from .models import find_decoder_layers, find_linears, is_prunable, set_weight_matrix, weight_matrix
 from .placement import input_device, onloaded
+from .symbolic.primitives import InvalidMetricError
 
 TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
 
@@ -55,7 +56,10 @@ def _prune_one(method, module, name, stats, target, prefix, report) -> None:
     full_name = f"{prefix}.{name}" if prefix else name
     weight = weight_matrix(module)  # (out, in) view in the module's storage
     with torch.autocast(weight.device.type, enabled=False):  # the pruning math stays in float32
-        new = method.prune(weight.float(), stats, target)
+        try:
+            new = method.prune(weight.float(), stats, target)
+        except InvalidMetricError as exc:  # say which linear: the reason may hold there only (inf, ties)
+            raise InvalidMetricError(f"{exc.reason} (in {full_name})") from None
     set_weight_matrix(module, new)  # back in the module's dtype (bf16 / fp16 weights stay so)
     pruned = int((weight_matrix(module) == 0).sum())  # zeros now in the layer, as a user would count them
     report.layers.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import UserError
+from .errors import UserError, clip
 
 T = TypeVar("T")
 
@@ -25,9 +25,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            close = difflib.get_close_matches(name, list(self._items), n=1)
+            usable = isinstance(name, str) and len(name) < 200  # difflib on a 5000-character name is slow
+            close = difflib.get_close_matches(name, list(self._items), n=1) if usable else []
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"unknown {self.kind} {name!r}{hint} (choose from {', '.join(sorted(self._items))})")
+            raise UserError(f"unknown {self.kind} {clip(name, 60)}{hint} "
+                            f"(choose from {', '.join(sorted(self._items))})")
         return self._items[name]
 
     def names(self) -> list[str]:

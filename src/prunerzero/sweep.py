@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from . import atomic
-from .errors import UserError
+from .data import check_source
+from .errors import UserError, clip, one_line, path_kind, short, warn
 from .eval.perplexity import perplexity
 
 SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
@@ -72,30 +73,47 @@ class SweepConfig:
 
 
 # ----------------------------------------------------------------------------- parsing
+MAX_POINTS = 200  # sparsities per sweep: each costs a perplexity evaluation per method
+
+
 def parse_sparsities(text: str) -> list[float]:
     """'0.1:0.8:0.1' (start:stop:step, stop included) or '0.2,0.5,0.7' -> sorted distinct values.
-    Rounded to 6 decimals so 0.1 + 2 * 0.1 is 0.3, and each must lie in [0, 1)."""
+    Rounded to 6 decimals so 0.1 + 2 * 0.1 is 0.3, and each must lie in [0, 1). At most
+    MAX_POINTS values, counted before any list is built (0.1:0.9:1e-9 would be 8e8 of them)."""
     text = text.strip()
+    shown = clip(text, 60)
+    if not text:
+        raise UserError("--sparsities is empty")
     try:
         if ":" in text:
             parts = [float(v) for v in text.split(":")]
             if len(parts) != 3:
                 raise ValueError
+            if not all(math.isfinite(v) for v in parts):
+                raise UserError(f"--sparsities {shown}: start, stop and step must be finite numbers")
             start, stop, step = parts
             if step <= 0 or stop < start:
-                raise UserError(f"--sparsities {text!r}: need start <= stop and a positive step")
+                raise UserError(f"--sparsities {shown}: need start <= stop and a positive step")
+            for v in (start, stop):
+                if not 0.0 <= v < 1.0:
+                    raise UserError(f"--sparsities: {v:g} is outside [0, 1)")
             count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if count > MAX_POINTS:
+                raise UserError(f"--sparsities {shown} is {count} points; at most {MAX_POINTS} (use a larger step)")
             values = [round(start + i * step, 6) for i in range(count)]
         else:
             values = [round(float(v), 6) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--sparsities {text!r}: use start:stop:step such as 0.1:0.8:0.1, or a comma list") from None
+        raise UserError(f"--sparsities {shown}: use start:stop:step such as 0.1:0.8:0.1, or a comma list") from None
     if not values:
         raise UserError("--sparsities is empty")
-    bad = [v for v in values if not 0.0 <= v < 1.0]
+    bad = [v for v in values if not 0.0 <= v < 1.0]  # also nan and inf
     if bad:
         raise UserError(f"--sparsities: {bad[0]:g} is outside [0, 1)")
-    return sorted(set(values))
+    values = sorted(set(values))
+    if len(values) > MAX_POINTS:
+        raise UserError(f"--sparsities lists {len(values)} values; at most {MAX_POINTS}")
+    return values
 
 
 def sparsity_grid(cfg: SweepConfig) -> list[float]:
@@ -104,7 +122,7 @@ def sparsity_grid(cfg: SweepConfig) -> list[float]:
     from .masks import parse_target
 
     if cfg.pattern == "unstructured":
-        values = parse_sparsities(cfg.sparsities or DEFAULT_SPARSITIES)
+        values = parse_sparsities(DEFAULT_SPARSITIES if cfg.sparsities is None else cfg.sparsities)
         for v in values:
             parse_target(v, cfg.pattern, cfg.group)
         return values
@@ -113,7 +131,7 @@ def sparsity_grid(cfg: SweepConfig) -> list[float]:
     if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) == 0:
         raise UserError(f"unknown pattern {cfg.pattern!r} (use unstructured or N:M such as 2:4)")
     own = round(int(parts[0]) / int(parts[1]), 6)
-    values = parse_sparsities(cfg.sparsities) if cfg.sparsities else [own]
+    values = parse_sparsities(cfg.sparsities) if cfg.sparsities is not None else [own]
     for v in values:
         parse_target(v, cfg.pattern, cfg.group)  # raises "pattern 2:4 means sparsity 0.5, ..." (and N < M)
     return [own]
@@ -136,21 +154,29 @@ def build_methods(cfg: SweepConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- out dir
 def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[str, Any]]:
     """Check DIR against this sweep's settings; returns the points already measured there."""
-    from .search.checkpoint import read_log
+    from .search.checkpoint import repair_log, scan_log
 
     settings = json.loads(json.dumps(cfg.settings()))
     saved_path = out / SETTINGS
     if saved_path.exists() and not overwrite:
         try:
             saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {saved_path}: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8 text
+            raise UserError(f"{saved_path} is damaged ({one_line(exc, 200)}): pass --overwrite to start the "
+                            "sweep again, or choose another --out") from None
+        if not isinstance(saved, dict):
+            raise UserError(f"{saved_path} is damaged (not a JSON object): pass --overwrite to start the sweep "
+                            "again, or choose another --out")
         diffs = [f"{k}: saved {saved.get(k)!r}, now {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                  if saved.get(k) != settings.get(k)]
         if diffs:
             raise UserError(f"{out} holds a sweep with other settings ({'; '.join(diffs)}); "
                             "pass --overwrite or choose another --out")
-        return read_log(out / LOG, repair=True)  # a torn last line (killed mid-write) is cut off
+        scan = scan_log(out / LOG, _check_point)
+        if scan.torn is not None:
+            warn(f"{short(out / LOG)} ended with a torn line (a kill while it was written): that point is measured again")
+        repair_log(out / LOG, scan)  # a torn last line is cut off, so appends start on a fresh line
+        return scan.records
     if overwrite:
         for name in (SETTINGS, LOG, JSON, MD, PNG):
             (out / name).unlink(missing_ok=True)
@@ -158,6 +184,25 @@ def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[s
         raise UserError(f"{out} has a {LOG} but no {SETTINGS}; pass --overwrite or choose another --out")
     atomic.write_json(saved_path, settings)
     return []
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _check_point(r: dict[str, Any], where: str) -> None:
+    """A sweep.jsonl line as run_sweep wrote it: method, sparsity, and a perplexity (None = invalid)."""
+    ok = (isinstance(r.get("method"), str) and _finite_number(r.get("sparsity"))
+          and (r.get("ppl") is None or _finite_number(r["ppl"]))
+          and (r["method"] != "dense" or (_finite_number(r.get("ppl")) and _finite_number(r.get("tokens")))))
+    if not ok:
+        raise UserError(f"{where} is damaged (not a measured point): pass --overwrite to measure the sweep again, "
+                        "or choose another --out")
 
 
 def point_key(method: str, sparsity: float) -> tuple[str, float]:
@@ -270,13 +315,20 @@ def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     methods = build_methods(cfg)
     if cfg.nsamples < 1 or cfg.seqlen < 2:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
+    from .api import check_numbers
+
+    check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
         raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
     parse_dtype(cfg.dtype)
     check_bos_mode(cfg.bos)
     resolve_device(cfg.device)
-    if cfg.gradients and not Path(cfg.gradients).is_file():
-        raise UserError(f"gradient file not found: {cfg.gradients}")
+    if cfg.gradients is not None and path_kind(cfg.gradients) != "file":
+        raise UserError(f"gradient file not found: {short(cfg.gradients)}")
+    needs = frozenset().union(*(m.needs for m in methods.values()))
+    if needs & {"X", "H", "G"}:
+        check_source(cfg.calib_data, "--calib-data")
+    check_source(cfg.eval_data, "--eval-data")
     resolve_model_path(cfg.model)
     return grid, methods
 
@@ -291,6 +343,7 @@ def run_sweep(cfg: SweepConfig, out: Path | str, *, overwrite: bool = False, pro
 
     out = Path(out)
     grid, methods = validate(cfg)
+    atomic.check_writable_dir(out, "--out")  # before loading anything
     out.mkdir(parents=True, exist_ok=True)
     records = prepare_out_dir(out, cfg, overwrite)
     done = {point_key(r["method"], r["sparsity"]) for r in records}

@@ -52,8 +52,9 @@ def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[
     by_method = {k: v for k, v in by_method.items() if v}
     if not info and (out / JSON).exists():  # a rerun with nothing to do keeps the statistics' record
         try:
-            info = json.loads((out / JSON).read_text()).get("statistics") or {}
-        except (OSError, json.JSONDecodeError):
+            saved = json.loads((out / JSON).read_text(encoding="utf-8"))
+            info = (saved.get("statistics") if isinstance(saved, dict) else None) or {}
+        except (OSError, ValueError, RecursionError):  # damaged: the report is rewritten without it
             info = {}
     obj = {"settings": cfg.settings(), "methods": list(cfg.methods), "sparsities": grid, "variant": VARIANT,
            "dense": dense_rec, "statistics": info,

@@ -18,6 +18,13 @@ from ..symbolic import PRIMITIVES, PRUNER_ZERO_OPS
 SEED_METRICS: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 
 
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float (a hand-edited or hostile config.json)
+        return False
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     population: int = 40
@@ -56,18 +63,23 @@ class SearchConfig:
                 raise UserError(f"search config {name}={v!r}: must be an integer >= {low}")
         for name in ("crossover_rate", "mutation_rate", "rescore_fraction", "gene_mutation_rate", "parsimony"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 1):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and 0 <= v <= 1):
                 raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
         for name in ("seed_named", "use_constants"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"search config {name}={getattr(self, name)!r}: must be true or false")
         if self.elitism >= self.population:
             raise UserError(f"search config elitism={self.elitism} must be < population={self.population}")
+        from ..symbolic.expr import MAX_DEPTH, MAX_SIZE
+
+        if self.max_depth > MAX_DEPTH or self.max_size > MAX_SIZE:  # deeper trees could not be read back on resume
+            raise UserError(f"search config max_depth={self.max_depth}, max_size={self.max_size}: at most "
+                            f"{MAX_DEPTH} and {MAX_SIZE}")
         if not self.init_min_depth <= self.init_max_depth <= self.max_depth:
             raise UserError(f"search config needs init_min_depth <= init_max_depth <= max_depth, got "
                             f"{self.init_min_depth}, {self.init_max_depth}, {self.max_depth}")
         lams = self.owl_lambdas
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0) for v in lams) \
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and v >= 0) for v in lams) \
                 or list(lams) != sorted(set(lams)):
             raise UserError(f"search config owl_lambdas={list(lams)!r}: must be distinct ascending numbers >= 0")
         object.__setattr__(self, "owl_lambdas", tuple(float(v) for v in lams))

@@ -111,16 +111,17 @@ def run_search(fitness: Fitness, config: SearchConfig, out_dir: Path | str, resu
         raise UserError(f"fitness fidelities must be distinct names, cheapest first; got {fids!r}")
     run_config = {"format": 1, "search": config.to_dict(), "fidelities": list(fids),
                   "fitness": ck.json_roundtrip(fitness.describe())}
-    records, checkpoint = ck.prepare_out_dir(Path(out_dir), run_config, resume, overwrite)
+    records, checkpoint, lost = ck.prepare_out_dir(Path(out_dir), run_config, resume, overwrite)
     return _Search(fitness, config, Path(out_dir), fids, records, checkpoint, progress,
-                   executor or SerialExecutor(fitness)).run()
+                   executor or SerialExecutor(fitness), lost).run()
 
 
 class _Search:
     def __init__(self, fitness: Fitness, cfg: SearchConfig, out: Path, fids: tuple[str, ...],
                  records: list[dict[str, Any]], saved: dict[str, Any] | None, progress: bool,
-                 executor: Executor) -> None:
+                 executor: Executor, lost: list[ck.LostRecord] | None = None) -> None:
         self.fitness, self.cfg, self.out, self.fids, self.executor = fitness, cfg, out, fids, executor
+        self.lost = list(lost or [])
         self.spec: TerminalSpec = getattr(fitness, "spec", None) or TerminalSpec()
         self.lang = Language(cfg.ops, cfg.use_constants)
         self.limits = Limits(cfg.max_depth, cfg.max_size)
@@ -146,6 +147,7 @@ class _Search:
                         desc="metric search", disable=not self.progress)
         self.log = ck.EvaluationLog(self.out / ck.LOG)
         try:
+            self._recover_lost()
             for g in range(self.start, cfg.generations):
                 self.gen = g
                 before = dict(self.stats)
@@ -153,7 +155,7 @@ class _Search:
                 self._score(pop, self.fids[0])
                 self._rescore(pop)
                 self.pop = pop
-                self.cache.end_generation()
+                self.cache.end_generation(g)
                 self._finish_generation(g, before, created)
                 self.bar.update(1)
         finally:
@@ -162,6 +164,8 @@ class _Search:
         hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
         if not hof:
             raise UserError(f"the search in {self.out} found no valid metric (every candidate was invalid)")
+        if self.start >= cfg.generations:  # resumed a finished run: its result files are derived, write them again
+            self._write_results(hof)  # (the same bytes, unless one was damaged or a lost record re-scored)
         best = Metric(parse(hof[0]["expression"]), self.spec, genes=genes_of(hof[0]["key"]))
         return SearchResult(hof, best, {**self.stats, "generations": self.summaries,
                                         "fidelity_spearman": ck.fidelity_spearman(self.cache, self.fids),
@@ -182,9 +186,22 @@ class _Search:
             **{f"new_{c}": self.stats[c] - before[c] for c in ("evaluations", "cache_hits", "invalid", "rescored")},
         })
         hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
-        ck.atomic_write_json(self.out / ck.HALL_OF_FAME, hof)
         finished = g == self.cfg.generations - 1
-        if finished and hof:  # best files before the checkpoint: "finished" implies they exist
+        if finished:  # best files before the checkpoint: "finished" implies they exist
+            self._write_results(hof)
+        else:
+            ck.atomic_write_json(self.out / ck.HALL_OF_FAME, hof)
+        ck.atomic_write_json(self.out / ck.CHECKPOINT, {
+            "format": 1, "generation": g, "finished": finished,
+            "rng_state": ck.rng_state_to_json(self.rng.getstate()),
+            "population": [{"expression": format_expr(e), "key": k, "fitness": self._fitness_dict(k)}
+                           for e, k in self.pop],
+            "stats": self.stats, "generations": self.summaries, "hall_of_fame": hof})
+
+    def _write_results(self, hof: list[dict[str, Any]]) -> None:
+        """hall_of_fame.json, and with a best metric best_metric.txt, best_tree.json (best_genes.json)."""
+        ck.atomic_write_json(self.out / ck.HALL_OF_FAME, hof)
+        if hof:
             expr = parse(hof[0]["expression"])
             ck.atomic_write_text(self.out / ck.BEST_METRIC, format_expr(expr) + "\n")
             ck.atomic_write_json(self.out / ck.BEST_TREE, to_json(expr))
@@ -193,12 +210,26 @@ class _Search:
             ck.atomic_write_json(self.out / ck.BEST_METRIC_JSON, Metric(expr, self.spec).to_dict())
             if genes_of(hof[0]["key"]):
                 ck.atomic_write_json(self.out / "best_genes.json", dict(genes_of(hof[0]["key"])))
-        ck.atomic_write_json(self.out / ck.CHECKPOINT, {
-            "format": 1, "generation": g, "finished": finished,
-            "rng_state": ck.rng_state_to_json(self.rng.getstate()),
-            "population": [{"expression": format_expr(e), "key": k, "fitness": self._fitness_dict(k)}
-                           for e, k in self.pop],
-            "stats": self.stats, "generations": self.summaries, "hall_of_fame": hof})
+
+    def _recover_lost(self) -> None:
+        """Evaluate again the candidates whose records a completed generation lost (a torn last log
+        line): logged under their own generation, and not counted again (the checkpoint's
+        counters already hold them), so the run's outputs equal the undamaged run's."""
+        if not self.lost:
+            return
+        by_job = {(r.key, r.fidelity): r for r in self.lost}
+        jobs = [EvalJob(r.key, Metric(parse(r.expression), self.spec, genes=genes_of(r.key)), r.fidelity)
+                for r in self.lost]
+        with closing(self.executor.map_unordered(jobs)) as results:
+            for res in results:
+                lost = by_job[(res.job.key, res.job.fidelity)]
+                self.log.append({"generation": lost.generation, "expression": lost.expression, "key": lost.key,
+                                 "fidelity": lost.fidelity, "fitness": ck.finite_or_none(res.value),
+                                 "reason": res.reason, "seconds": res.seconds, "time": time.time()})
+                self.cache.add(lost.key, lost.fidelity, ck.Entry(res.value, res.reason, lost.expression,
+                                                                 lost.generation))
+                self.cache.seen.add(lost.key)
+        self.lost = []
 
     # ------------------------------------------------------------------ populations
     def _initial(self) -> tuple[list[Member], int]:

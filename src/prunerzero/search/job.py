@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .. import atomic
 from ..calib.stats import LinearStats
 from ..data import LOCAL_SOURCES, calib_split, describe_source, evaluation_split, load_text
-from ..errors import UserError, known_keys_only
+from ..errors import UserError, clip, known_keys_only, path_kind, short, warn
 from ..models import LoadedModel, check_placement, load_model, parse_dtype, resolve_device
 from ..placement import has_offloaded_weights
 from ..pipeline import collect_dense_stats
@@ -72,8 +72,17 @@ class SearchJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
+        """A job read back from job.json; every value of its declared type, or one UserError."""
+        from ..config import check_types
+
         data = known_keys_only(data, [f.name for f in fields(cls)], "job.json")
         data.setdefault("bos", "none")  # runs saved before the BOS rule cut every window without BOS
+        check_types(cls, {k: v for k, v in data.items() if k not in ("search", "fidelity_tokens", "calib_seeds")},
+                    "job.json")
+        for key in ("fidelity_tokens", "calib_seeds"):
+            ints = data.get(key, [])
+            if not isinstance(ints, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ints):
+                raise UserError(f"job.json: {key} must be a list of integers")
         for key in ("settings", "fidelity_tokens", "baselines", "ladder", "calib_seeds"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -113,12 +122,24 @@ def fitness_split(source: str, calib_source: str) -> str:
 
 
 def validate_job(job: SearchJob) -> None:
+    """Every cheap check of a job, before anything is written or loaded."""
+    from ..data import check_source
+    from ..models import resolve_model_path
+
     if not job.models:
         raise UserError("--model is empty")
     if len(set(job.models)) != len(job.models):
-        raise UserError(f"--model names a model twice: {job.model}")
+        raise UserError(f"--model names a model twice: {clip(job.model, 200)}")
+    check_source(job.calib_data, "--calib-data")
+    check_source(job.fitness_data, "--fitness-data")
+    for source in job.report_sources:
+        check_source(source, "--report-data")
     for s in job.settings:
-        parse_setting(s)
+        try:
+            parse_setting(s)
+        except (ValueError, ZeroDivisionError):  # "a:b", "1:0": not numbers the setting parser can use
+            raise UserError(f"--settings: {clip(s, 40)} is not a sparsity setting (e.g. 0.5, 0.6:unstructured, "
+                            "2:4)") from None
     if not job.fidelity_tokens or list(job.fidelity_tokens) != sorted(job.fidelity_tokens):
         raise UserError("--fidelity-tokens must be ascending token budgets, e.g. 1024,4096")
     if job.fidelity_tokens[0] < job.seqlen:
@@ -160,17 +181,45 @@ def validate_job(job: SearchJob) -> None:
             if not t.structured:
                 for lam in (job.owl_lambda, *job.search.owl_lambdas):
                     check_owl(t.sparsity, job.owl_m, lam, False)
+    resolve_model_path(job.model)  # last: it may convert a GGUF file (once)
+
+
+def read_job(out: Path) -> SearchJob:
+    """The job saved in ``out``; a damaged job.json is one UserError saying what to do."""
+    from .checkpoint import read_json
+
+    hint = (f"it holds the search's settings; restore it, or start a new search with --out DIR "
+            f"(--overwrite to reuse {short(out)})")
+    try:
+        job = SearchJob.from_dict(read_json(out / JOB_FILE, hint))
+    except UserError as exc:
+        if str(exc).startswith(str(short(out / JOB_FILE))):
+            raise
+        raise UserError(f"{short(out / JOB_FILE)} is damaged ({exc}): {hint}") from None
+    validate_job(job)  # a hand-edited value fails here, in one line, before anything loads
+    return job
 
 
 def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) -> SearchJob:
-    """Claim the folder for this job, or read the job back when resuming."""
+    """Claim the folder for this job, or read the job back when resuming. Refusals come before
+    anything is written."""
+    from .checkpoint import RUN_FILES
+
     job_file = out / JOB_FILE
     if resume:
+        if path_kind(out) != "dir":
+            raise UserError(f"nothing to resume: {short(out)} is not a folder")
         if not job_file.exists():
-            raise UserError(f"nothing to resume in {out} (no {JOB_FILE})")
-        return SearchJob.from_dict(json.loads(job_file.read_text()))
+            raise UserError(f"nothing to resume in {short(out)} (no {JOB_FILE})")
+        atomic.check_writable_dir(out, "--resume folder")
+        return read_job(out)
+    atomic.check_writable_dir(out, "--out")
     if job_file.exists() and not overwrite:
         raise UserError(f"{out} already holds a search; pass --resume to continue it or --overwrite to replace it")
+    leftovers = [f for f in (*RUN_FILES, STATS_FILE, "leaderboard.jsonl") if (out / f).exists()]
+    if leftovers and not overwrite:  # job.json deleted: still a run, refused before job.json is written
+        raise UserError(f"{out} holds a search run's files ({', '.join(leftovers)}) without its {JOB_FILE}; pass "
+                        "--overwrite to replace them or choose another --out")
     if overwrite and out.exists():
         for name in ("leaderboard.jsonl", "leaderboard.md", STATS_FILE):
             (out / name).unlink(missing_ok=True)
@@ -203,18 +252,48 @@ def stats_file(index: int) -> str:
     return STATS_FILE if index == 0 else f"stats-{index}.safetensors"
 
 
+def wants_hessian(job: SearchJob) -> bool:
+    """H is part of the run's statistics when candidates are reconstructed or scored by the err rung."""
+    return job.reconstruct != "none" or any(r.kind == "err" for r in job.fitness_settings().rungs())
+
+
+def _stats_problem(path: Path, lm: LoadedModel, job: SearchJob) -> tuple[dict[str, LinearStats] | None, str | None]:
+    """(stats, None) if ``path`` holds this model's statistics, else (None, what is wrong)."""
+    from ..models import find_decoder_layers, find_linears, weight_matrix
+
+    try:
+        stats = _load_stats(path)
+    except Exception as exc:  # noqa: BLE001 -- safetensors raises its own errors on damaged bytes
+        return None, f"{type(exc).__name__}: {str(exc).strip()[:120]}"
+    layers_name, layers = find_decoder_layers(lm.model)
+    for i, layer in enumerate(layers):
+        for name, module in find_linears(layer).items():
+            s = stats.get(f"{layers_name}.{i}.{name}")
+            out_f, in_f = weight_matrix(module).shape
+            if s is None or s.x_mean_sq is None or s.grad_l1 is None or s.grad_l2 is None:
+                return None, f"no statistics for {layers_name}.{i}.{name}"
+            if (tuple(s.x_mean_sq.shape) != (in_f,) or tuple(s.grad_l1.shape) != (out_f, in_f)
+                    or tuple(s.grad_l2.shape) != (out_f, in_f)
+                    or (wants_hessian(job) and (s.hessian is None or tuple(s.hessian.shape) != (in_f, in_f)))):
+                return None, f"statistics of {layers_name}.{i}.{name} do not fit the model"
+    return stats, None
+
+
 def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, out: Path,
                      progress: bool, index: int = 0) -> dict[str, LinearStats]:
     """X (and H when reconstructing) from the dense model and G from backprop, once per run (kept in
     the run folder)."""
     path = out / stats_file(index)
     if path.exists():
-        return _load_stats(path)
+        stats, problem = _stats_problem(path, lm, job)
+        if stats is not None:
+            return stats
+        # Derived data: computing it again from the model and the calibration windows is exact.
+        warn(f"{short(path)} is damaged ({problem}): computing the statistics again")
     from ..calib.gradients import load_or_compute_gradients
 
     start = time.perf_counter()
-    wants_h = job.reconstruct != "none" or any(r.kind == "err" for r in job.fitness_settings().rungs())
-    needs = frozenset({"X", "H"} if wants_h else {"X"})
+    needs = frozenset({"X", "H"} if wants_hessian(job) else {"X"})
     stats = collect_dense_stats(lm.model, calib_ids, needs, batch_size=job.nsamples, progress=progress)
     x_seconds = time.perf_counter() - start
     grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
@@ -335,6 +414,15 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
     if not resume:
         validate_job(job)
     job = prepare_out_dir(out, job, resume, overwrite)
+    if resume:  # a damaged log or checkpoint is refused now, not after the model and statistics load
+        from .checkpoint import CONFIG, DAMAGED, RUN_FILES, inspect_run, read_config
+
+        if (out / CONFIG).exists():
+            read_config(out)
+        elif any((out / f).exists() for f in RUN_FILES):
+            raise UserError(f"cannot resume {short(out)}: its {CONFIG} (the run's settings) is missing: "
+                            f"{DAMAGED.replace('restore it', 'restore ' + CONFIG)}")
+        inspect_run(out)
     if executor.kind == "ray" and job.device_map != "none":
         raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
                         "each: use --executor serial with --device-map")

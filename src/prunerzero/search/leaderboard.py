@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import atomic
+from ..errors import short, warn
 from ..eval.perplexity import perplexity
 from ..methods import get_method
 from ..methods.symbolic import symbolic_method
@@ -33,14 +34,30 @@ CACHE_VERSION = 1  # bump when a change of the pipeline changes leaderboard numb
 
 
 def _read_log(path: Path) -> list[dict]:
+    """Rows measured so far. A torn last line (a kill mid-write) is measured again; so is everything
+    from a damaged line on (random bytes, a row without its fields): the file is rewritten with the
+    good rows first, so later appends do not land behind the damage."""
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
     rows = []
-    for line in path.read_text().splitlines():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a kill: measured again
+            row = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("label"), str)
+                and (row.get("setting") is None or isinstance(row["setting"], str))
+                and isinstance(row.get("ppl"), (int, float)) and isinstance(row.get("tokens"), int)):
+            if any(rest.strip() for rest in lines[i + 1:]):
+                warn(f"{short(path)} line {i + 1} is damaged: it and the rows after it are measured again")
+            else:  # a torn last line (a kill mid-write), or a damaged one
+                warn(f"{short(path)} ends with a torn or damaged row: it is measured again")
+            atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+            break
+        rows.append(row)
     return rows
 
 

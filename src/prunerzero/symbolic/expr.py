@@ -31,11 +31,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from ..errors import UserError
+from ..errors import UserError, clip
 from .primitives import PRIMITIVES
 from .terminals import TERMINALS
 
 TreePath = tuple[int, ...]
+
+# Limits on a formula read from a user or a file. Tree code (printing, simplify, canonical keys,
+# evaluation, equality) recurses once per level, so a 300-term chain such as W*W*...*W would hit
+# Python's recursion limit; no useful metric comes near these (the search's default is depth 6,
+# size 25, and SearchConfig refuses limits above these).
+MAX_DEPTH = 40
+MAX_SIZE = 400
+MAX_FORMULA_CHARS = 10_000
 
 
 class MetricSyntaxError(UserError):
@@ -126,7 +134,22 @@ def size(expr: Node) -> int:
 
 
 def depth(expr: Node) -> int:
-    return 1 + max(map(depth, expr.children)) if expr.children else 0
+    # Iterative, so that measuring a hostile tree cannot itself overflow the stack.
+    deepest, stack = 0, [(expr, 0)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in node.children)
+    return deepest
+
+
+def check_limits(expr: Node, where: str = "metric") -> None:
+    """MetricSyntaxError if ``expr`` is deeper or larger than a formula may be (MAX_DEPTH, MAX_SIZE)."""
+    d, n = depth(expr), size(expr)
+    if d > MAX_DEPTH:
+        raise MetricSyntaxError(f"{where} is nested too deeply (depth {d}; at most {MAX_DEPTH})")
+    if n > MAX_SIZE:
+        raise MetricSyntaxError(f"{where} is too large ({n} nodes; at most {MAX_SIZE})")
 
 
 def terminals_used(expr: Node) -> frozenset[str]:
@@ -197,7 +220,7 @@ class _Parser:
         self.i = 0
 
     def fail(self, pos: int, msg: str) -> None:
-        raise MetricSyntaxError(f"metric syntax error at position {pos}: {msg} (in {self.text!r})")
+        raise MetricSyntaxError(f"metric syntax error at position {pos}: {msg} (in {clip(self.text)})")
 
     def peek(self) -> tuple[str, str, int]:
         return self.toks[self.i]
@@ -228,19 +251,27 @@ class _Parser:
         if self.peek()[:2] == ("op", "-"):
             self.take()
             if self.peek()[0] == "num":  # "-2" is the constant -2, not neg(2)
-                return const(-float(self.take()[1]))
+                return self.number(negative=True)
             return Node("neg", (self.unary(),))
         return self.atom()
 
+    def number(self, negative: bool = False) -> Node:
+        _, s, pos = self.take()
+        value = float(s)
+        if not math.isfinite(value):  # 1e400 reads as inf
+            self.fail(pos, f"number {clip(s, 40)} is too large (not a finite float)")
+        return const(-value if negative else value)
+
     def atom(self) -> Node:
+        if self.peek()[0] == "num":
+            return self.number()
         kind, s, pos = self.take()
-        if kind == "num":
-            return const(float(s))
         if kind == "name":
             if s in TERMINALS:
                 return Node(s)
             if s not in PRIMITIVES:
-                self.fail(pos, f"unknown name {s!r} (terminals: {', '.join(TERMINALS)}; functions: {', '.join(PRIMITIVES)})")
+                self.fail(pos, f"unknown name {clip(s, 40)} (terminals: {', '.join(TERMINALS)}; "
+                               f"functions: {', '.join(PRIMITIVES)})")
             self.expect("(", f"after function {s!r}")
             args = [self.expr()]
             while self.peek()[:2] == ("op", ","):
@@ -254,7 +285,7 @@ class _Parser:
             node = self.expr()
             self.expect(")", "to close '('")
             return node
-        self.fail(pos, f"expected a number, terminal, function or '(', found {s!r}" if s else "unexpected end of input")
+        self.fail(pos, f"expected a number, terminal, function or '(', found {clip(s, 40)}" if s else "unexpected end of input")
         raise AssertionError  # unreachable: fail() raises
 
 
@@ -262,16 +293,19 @@ def parse(text: str) -> Node:
     """Read a formula (infix or prefix calls); errors name the character position (0-based)."""
     if not isinstance(text, str):
         raise MetricSyntaxError(f"metric formula must be a string, got {type(text).__name__}")
+    if len(text) > MAX_FORMULA_CHARS:
+        raise MetricSyntaxError(f"metric formula is too long ({len(text)} characters; at most {MAX_FORMULA_CHARS})")
     p = _Parser(text)
     if p.peek()[0] == "end":
         p.fail(0, "empty formula")
     try:
         node = p.expr()
     except RecursionError:
-        raise MetricSyntaxError("metric syntax error at position 0: formula nested too deeply") from None
+        raise MetricSyntaxError(f"metric formula is nested too deeply (at most depth {MAX_DEPTH})") from None
     kind, s, pos = p.peek()
     if kind != "end":
-        p.fail(pos, f"unexpected {s!r} after a complete expression")
+        p.fail(pos, f"unexpected {clip(s, 40)} after a complete expression")
+    check_limits(node, "metric formula")
     return node
 
 
@@ -288,37 +322,49 @@ def to_json(expr: Node) -> dict[str, Any]:
 
 def from_json(obj: Any, path: str = "$") -> Node:
     """Read a Pruner-Zero tree dict; errors name the JSON path of the bad node."""
+    node = _from_json(obj, path, 0)
+    check_limits(node, "metric tree")
+    return node
 
+
+def _from_json(obj: Any, path: str, level: int) -> Node:
     def bad(msg: str) -> MetricSyntaxError:
         return MetricSyntaxError(f"bad metric tree at {path}: {msg}")
+
+    if level > MAX_DEPTH:
+        raise MetricSyntaxError(f"metric tree is nested too deeply (at most depth {MAX_DEPTH})")
 
     if not isinstance(obj, dict):
         raise bad(f"expected an object with 'data', got {type(obj).__name__}")
     extra = sorted(set(obj) - {"data", "left", "right"})
     if extra:
-        raise bad(f"unknown key(s) {', '.join(map(repr, extra))}")
+        raise bad(f"unknown key(s) {', '.join(clip(k, 40) for k in extra[:5])}")
     if "data" not in obj:
         raise bad("missing 'data'")
     data = obj["data"]
     kids = [obj.get("left"), obj.get("right")]
-    if isinstance(data, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", data.strip()):
+    if isinstance(data, str) and len(data) < 400 and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", data.strip()):
         data = float(data)  # Pruner-Zero writes numeric leaves as strings
     if isinstance(data, (int, float)) and not isinstance(data, bool):
         arity = 0
+        try:
+            data = float(data)  # a JSON integer may be too large for a float
+        except OverflowError:
+            data = math.inf
         if not math.isfinite(data):
-            raise bad(f"constant {data!r} is not finite")
+            raise bad(f"constant {clip(obj['data'], 40)} is not a finite float")
     elif isinstance(data, str) and data in TERMINALS:
         arity = 0
     elif isinstance(data, str) and data in PRIMITIVES:
         arity = PRIMITIVES[data].arity
     else:
-        raise bad(f"unknown op {data!r} (terminals: {', '.join(TERMINALS)}; functions: {', '.join(PRIMITIVES)})")
+        raise bad(f"unknown op {clip(data, 40)} (terminals: {', '.join(TERMINALS)}; functions: {', '.join(PRIMITIVES)})")
     for j, key in enumerate(("left", "right")):
         if j < arity and kids[j] is None:
             raise bad(f"{data!r} needs a {key!r} child")
         if j >= arity and kids[j] is not None:
             raise bad(f"{data!r} takes {arity} child(ren) but has {key!r}")
-    children = tuple(from_json(kids[j], f"{path}.{key}") for j, key in enumerate(("left", "right")[:arity]))
+    children = tuple(_from_json(kids[j], f"{path}.{key}", level + 1) for j, key in enumerate(("left", "right")[:arity]))
     if arity == 0 and not isinstance(data, str):
-        return const(float(data))
+        return const(data)
     return Node(data, children)

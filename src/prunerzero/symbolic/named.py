@@ -22,9 +22,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import UserError, known_keys_only
+from ..errors import UserError, clip, known_keys_only, path_kind, short
 from ..registry import Registry
-from .expr import MetricSyntaxError, Node, call, format_expr, from_json, parse, terminals_used, to_json, var
+from .expr import MAX_DEPTH, MetricSyntaxError, Node, call, format_expr, from_json, parse, terminals_used, to_json, var
 from .primitives import evaluate
 from .terminals import TerminalSpec, prepare_terminals
 
@@ -55,11 +55,11 @@ class Metric:
             raise UserError("saved metric needs a 'formula' or a 'tree'")
         expr = parse(obj["formula"]) if obj.get("formula") is not None else from_json(obj["tree"])
         if obj.get("formula") is not None and obj.get("tree") is not None and from_json(obj["tree"]) != expr:
-            raise UserError(f"saved metric: 'formula' {obj['formula']!r} and 'tree' disagree")
+            raise UserError(f"saved metric: 'formula' {clip(obj['formula'])} and 'tree' disagree")
         spec = TerminalSpec.from_dict(obj["terminals"]) if obj.get("terminals") is not None else TerminalSpec()
         name = obj.get("name")
         if name is not None and not isinstance(name, str):
-            raise UserError(f"saved metric: 'name' must be a string, got {name!r}")
+            raise UserError(f"saved metric: 'name' must be a string, got {clip(name)}")
         return cls(expr, spec, name)
 
     def scores(self, weight: Tensor, x_mean_sq: Tensor | None = None, grad_l1: Tensor | None = None,
@@ -67,6 +67,27 @@ class Metric:
         """Scores (out, in) for one layer; raises InvalidMetricError (see ``evaluate``)."""
         terms = prepare_terminals(self.spec, weight, x_mean_sq, grad_l1, grad_l2, needed=terminals_used(self.expr))
         return evaluate(self.expr, terms)
+
+
+def degenerate_reason(metric: Metric) -> str | None:
+    """Why ``metric`` cannot rank the weights of any layer, or None: it is constant, or ties
+    decide most of its mask (``W / W``, ``log(0 * W)``), on a random layer whose W, X and G are
+    all distinct. Checked before a model is loaded, so such a formula fails in a second. Reasons
+    that depend on the data (nan, inf from large weights) are left to the real layers."""
+    import torch
+
+    from .primitives import InvalidMetricError
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 64, generator=gen)  # (out, in)
+    x_mean_sq = torch.rand(64, generator=gen) + 0.1  # (in,)
+    grad = torch.rand(16, 64, generator=gen) * 1e-3 + 1e-4  # (out, in)
+    try:
+        metric.scores(weight, x_mean_sq, grad, grad)
+    except InvalidMetricError as exc:
+        if exc.reason == "constant" or exc.reason.startswith("ties"):
+            return exc.reason
+    return None
 
 
 def _power(base: Node, p: float) -> Node | None:
@@ -117,6 +138,7 @@ for _name, _expr in {
     _REGISTRY.register(_name)(Metric(_expr, TerminalSpec(), _name))
 
 NAMED_METRICS: tuple[str, ...] = tuple(_REGISTRY.names())
+MAX_METRIC_FILE_BYTES = 1_000_000  # a metric is a formula; a bigger file is something else
 
 
 def named_metric(name: str) -> Metric:
@@ -124,14 +146,49 @@ def named_metric(name: str) -> Metric:
     return _REGISTRY.get(name)
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a metric file, or one clear error (a folder, random bytes, no access)."""
+    kind = path_kind(path)
+    if kind == "dir":
+        raise UserError(f"metric file {short(path)} is a folder, not a .json or .txt file")
+    if kind is None:
+        raise UserError(f"metric file {short(path)} not found")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read metric file {short(path)}: {exc.strerror or exc}") from None
+    if len(data) > MAX_METRIC_FILE_BYTES:
+        raise UserError(f"metric file {short(path)} is {len(data)} bytes: not a metric (at most {MAX_METRIC_FILE_BYTES})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"metric file {short(path)} is not UTF-8 text (byte {exc.start}): not a metric file") from None
+
+
 def _read_json(path: Path) -> Metric:
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise MetricSyntaxError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:  # json nests one Python frame per level
+        raise MetricSyntaxError(f"JSON nested too deeply (a metric tree has depth at most {MAX_DEPTH})") from None
     if isinstance(obj, dict) and "data" in obj:
         return Metric(from_json(obj))
     return Metric.from_dict(obj)
+
+
+def _read_file(path: Path) -> Metric:
+    """A metric file: ``.json`` (a Pruner-Zero tree or a ``Metric.to_dict``), else a formula in text
+    (``#`` lines are comments). Errors name the file."""
+    try:
+        if path.suffix.lower() == ".json":
+            return _read_json(path)
+        lines = [ln for ln in _read_text(path).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not lines:
+            raise MetricSyntaxError("the file holds no formula")
+        return Metric(parse(" ".join(lines)))
+    except MetricSyntaxError as exc:
+        raise MetricSyntaxError(f"{short(path)}: {exc}") from None
 
 
 def load_metric(text_or_path: str | Path, spec: TerminalSpec | None = None) -> Metric:
@@ -141,19 +198,30 @@ def load_metric(text_or_path: str | Path, spec: TerminalSpec | None = None) -> M
     if not isinstance(text_or_path, (str, Path)):
         raise UserError(f"a metric must be a name, formula or file path, got {type(text_or_path).__name__}")
     if isinstance(text_or_path, Path) or str(text_or_path).strip().lower().endswith((".json", ".txt")):
-        path = Path(str(text_or_path).strip())
-        if not path.is_file():
-            raise UserError(f"metric file {str(path)!r} not found")
-        try:
-            if path.suffix.lower() == ".json":
-                metric = _read_json(path)
-            else:
-                lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-                metric = Metric(parse(" ".join(lines)))
-        except MetricSyntaxError as exc:
-            raise MetricSyntaxError(f"{path}: {exc}") from None
+        metric = _read_file(Path(str(text_or_path).strip()))
     elif text_or_path.strip() in _REGISTRY:
         metric = named_metric(text_or_path.strip())
+    elif not text_or_path.strip():
+        raise MetricSyntaxError("empty metric: pass a formula, a named metric or a metric file")
     else:
-        metric = Metric(parse(text_or_path))
+        try:
+            metric = Metric(parse(text_or_path))
+        except MetricSyntaxError:
+            # Not a formula: a path without a .json/.txt suffix? Then say what it is rather than
+            # reporting a syntax error in a file name. A formula always wins, so a file called "W"
+            # in the current folder cannot shadow the formula W.
+            kind = path_kind(text_or_path.strip())
+            if kind == "dir":
+                raise UserError(f"{short(text_or_path)} is a folder, not a metric formula or file") from None
+            if kind is None:
+                raise
+            metric = _read_file(Path(text_or_path.strip()))
     return metric if spec is None else Metric(metric.expr, spec, metric.name)
+
+
+def load_metric_file(path: str | Path) -> Metric:
+    """``--metric-file``: always a path (never parsed as a formula), .json or text."""
+    path = Path(str(path).strip())
+    if not str(path).strip() or str(path) == ".":
+        raise UserError("empty metric file name")
+    return _read_file(path)

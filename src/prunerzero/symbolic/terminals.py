@@ -43,7 +43,11 @@ class TerminalSpec:
                 raise UserError(f"terminal spec {key}={getattr(self, key)!r}: choose one of {', '.join(allowed)}")
         if isinstance(self.g_scale, bool) or not isinstance(self.g_scale, (int, float)):
             raise UserError(f"terminal spec g_scale={self.g_scale!r}: must be a number")
-        if not (math.isfinite(self.g_scale) and self.g_scale > 0):
+        try:
+            finite = math.isfinite(self.g_scale)
+        except OverflowError:  # an integer too large for a float (from a hostile JSON file)
+            finite = False
+        if not (finite and self.g_scale > 0):
             raise UserError(f"terminal spec g_scale={self.g_scale!r}: must be a finite number > 0")
         object.__setattr__(self, "g_scale", float(self.g_scale))
 
