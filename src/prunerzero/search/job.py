@@ -181,7 +181,8 @@ def validate_job(job: SearchJob) -> None:
             if not t.structured:
                 for lam in (job.owl_lambda, *job.search.owl_lambdas):
                     check_owl(t.sparsity, job.owl_m, lam, False)
-    resolve_model_path(job.model)  # last: it may convert a GGUF file (once)
+    for model in job.models:
+        resolve_model_path(model)  # last: it may convert a GGUF file (once)
 
 
 def read_job(out: Path) -> SearchJob:
