@@ -30,7 +30,7 @@ def test_prune_writes_results_and_a_reloadable_model(tiny_model_dir, wikitext_te
     assert results["method"] == "wanda" and results["pattern"] == "2:4"
     assert results["actual_sparsity"] == pytest.approx(0.5, abs=1e-9)
     assert all(row["sparsity"] == pytest.approx(0.5) for row in results["layers"])
-    assert results["calibration"] == {"data": "lambada", "nsamples": 4, "seqlen": 32, "seed": 0, "dtype": "float32"}
+    assert results["calibration"] == {"data": "general", "nsamples": 4, "seqlen": 32, "seed": 0, "dtype": "float32"}
     for key in ("dense", "pruned", "eval", "seconds", "versions", "config"):
         assert key in results
     assert results["eval"]["tokens"] == 256

@@ -62,8 +62,9 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", type=nonempty, default="unstructured", help="unstructured, 2:4, 4:8, ...")
     p.add_argument("--group", type=nonempty, default="row",
                    help="comparison group for unstructured sparsity: row or layer")
-    p.add_argument("--calib-data", type=nonempty, default="lambada",
-                   help="lambada (fiction), squad (Wikipedia paragraphs), c4, wikitext2 (train), or a text file")
+    p.add_argument("--calib-data", type=nonempty, default="general",
+                   help="general (default: a mix of fiction, Wikipedia, news and stories, science), lambada (fiction), "
+                        "squad (Wikipedia paragraphs), c4, wikitext2 (train), or a text file")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
     p.add_argument("--seed", type=int, default=0)

@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="unstructured, or N:M (then only its own sparsity)")
     p.add_argument("--group", type=nonempty, default="row",
                    help="comparison group for unstructured sparsity: row or layer")
-    p.add_argument("--calib-data", type=nonempty, default="lambada")
+    p.add_argument("--calib-data", type=nonempty, default="general", help="general (default mix), lambada, squad, c4, wikitext2 (train) or a text file")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window (and eval window by default)")
     p.add_argument("--seed", type=int, default=0)

@@ -112,12 +112,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-depth", type=int, default=6)
     p.add_argument("--max-size", type=int, default=25)
     p.add_argument("--no-seed-named", action="store_true", help="do not put the named metrics in generation 0")
-    p.add_argument("--calib-data", type=nonempty, default="lambada")
+    p.add_argument("--calib-data", type=nonempty, default="general", help="general (the default mix of five kinds of text), lambada, squad, c4 or a text file")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--bos", default="auto", choices=BOS_MODES, help=BOS_HELP)
-    p.add_argument("--fitness-data", type=nonempty, default="lambada",
-                   help="scored on its search split (lambada: last 20%% of passages; squad: last 20%% of articles)")
+    p.add_argument("--fitness-data", type=nonempty, default="general",
+                   help="scored on its search split (general: 20%% of the mix's documents; lambada: last 20%% of "
+                        "passages; squad: last 20%% of articles)")
     p.add_argument("--fidelity-tokens", type=_ints, default=(1024, 4096),
                    help="perplexity token budgets, cheapest first (when no --ladder)")
     p.add_argument("--ladder", type=_names, default=(),

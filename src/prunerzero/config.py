@@ -19,7 +19,7 @@ class PruneConfig:
     sparsity: float = 0.5
     pattern: str = "unstructured"  # or N:M such as 2:4
     group: str = "row"  # comparison group for unstructured sparsity: row or layer
-    calib_data: str = "lambada"
+    calib_data: str = "general"
     nsamples: int = 32
     seqlen: int = 512  # calibration window; also the evaluation window unless eval_seqlen is set
     seed: int = 0

@@ -43,7 +43,7 @@ class SweepConfig:
     sparsities: str | None = None  # "a:b:step" (inclusive) or "a,b,c"; None = default for the pattern
     pattern: str = "unstructured"
     group: str = "row"
-    calib_data: str = "lambada"
+    calib_data: str = "general"
     nsamples: int = 32
     seqlen: int = 512
     seed: int = 0

@@ -38,12 +38,12 @@ STATS_FILE = "stats.safetensors"
 class SearchJob:
     model: str = "smollm2-135m"
     settings: tuple[str, ...] = ("0.5",)  # "0.5" (unstructured), "2:4", "0.6:unstructured", ...
-    calib_data: str = "lambada"
+    calib_data: str = "general"
     nsamples: int = 32
     seqlen: int = 512
     seed: int = 0
     bos: str = "auto"  # window rule (windows.BOS_MODES) for calibration, fitness and reporting windows
-    fitness_data: str = "lambada"  # its search split: disjoint from calibration and reporting text
+    fitness_data: str = "general"  # its search split: disjoint from calibration and reporting text
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
     ladder: tuple[str, ...] = ()  # fidelity rungs (search.proxies), cheapest first; replaces fidelity_tokens
     terminal_scale: str = "raw"  # "layer": scale-free W, X, G (each divided by its layer mean)
