@@ -133,3 +133,29 @@ def test_scale_free_search_saves_the_spec_with_its_winner(tiny_model_dir, wikite
     assert saved.spec.scale == "layer"
     rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
     assert any(r["label"] == "searched #1" for r in rows)  # seeded baselines are other metrics here
+
+
+def test_seq_rung_is_the_sequential_pipeline_on_the_first_windows(make_tiny_model, calib_ids):
+    """seq:N prunes like `prunerzero prune` (layer by layer, statistics from pruned layers) on the first
+    seq_nsamples calibration windows, then measures perplexity on N tokens."""
+    import copy
+
+    from prunerzero.eval.perplexity import window_nll
+    from prunerzero.methods.symbolic import symbolic_method
+    from prunerzero.pipeline import prune_model
+
+    model = make_tiny_model("llama")
+    stats = collect_dense_stats(model, calib_ids, frozenset({"X"}), progress=False)
+    tokens = torch.randint(0, 128, (1, 600), generator=torch.Generator().manual_seed(7))
+    fit = ProxyFitness(model, tokens, stats, FitnessSettings(("0.5",), eval_seqlen=32, ladder=("kl:64", "seq:128"),
+                                                             seq_nsamples=2), calib_ids=calib_ids)
+    wanda = named_metric("wanda")
+    value = fit.evaluate(wanda, "seq128tok")
+    reference = copy.deepcopy(make_tiny_model("llama"))
+    prune_model(reference, symbolic_method(wanda), fit.targets[0], calib_ids[:2], progress=False)
+    assert value == pytest.approx(math.exp(float(window_nll(reference, fit._windows["seq128tok"]).mean())), rel=1e-6)
+    fit.restore()  # the fitness leaves the dense weights back for the next candidate
+    dense = make_tiny_model("llama")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), dense.state_dict().values()))
+    with pytest.raises(UserError, match="calibration windows"):
+        ProxyFitness(model, tokens, stats, FitnessSettings(eval_seqlen=32, ladder=("seq:64",)))

@@ -67,6 +67,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         job = SearchJob(model=args.model, settings=tuple(settings), calib_data=args.calib_data, nsamples=args.nsamples,
                         seqlen=args.seqlen, seed=args.seed, bos=args.bos, fitness_data=args.fitness_data,
                         fidelity_tokens=args.fidelity_tokens, ladder=args.ladder, terminal_scale=args.terminals,
+                        seq_nsamples=args.seq_nsamples,
                         eval_dtype=args.eval_dtype,
                         device=args.device,
                         dtype=args.dtype, device_map=args.device_map, max_memory=args.max_memory,
@@ -123,7 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="perplexity token budgets, cheapest first (when no --ladder)")
     p.add_argument("--ladder", type=_names, default=(),
                    help="fidelity rungs, cheapest first: err (layer output error, no forward pass), "
-                        "kl:N (KL from the dense model on N tokens), ppl:N (perplexity); e.g. err,kl:4096")
+                        "kl:N (KL from the dense model on N tokens), ppl:N (perplexity), seq:N (the full sequential "
+                        "pipeline, then perplexity); e.g. kl:1024,seq:4096")
+    p.add_argument("--seq-nsamples", type=int, default=8,
+                   help="calibration windows the seq rung's sequential pipeline prunes with (the first ones)")
     p.add_argument("--device", type=nonempty, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--eval-dtype", type=nonempty, default="float32", help="float32 or bfloat16 for fitness forwards")
     p.add_argument("--dtype", type=nonempty, default="float32", help="weights as loaded: float32, bfloat16 or float16")

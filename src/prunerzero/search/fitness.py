@@ -74,6 +74,7 @@ class FitnessSettings:
     owl_lambda: float = 0.08
     ladder: tuple[str, ...] = ()  # rungs (proxies.parse_rung), cheapest first; replaces fidelity_tokens
     terminal_scale: str = "raw"  # "layer": scale-free terminals (symbolic.terminals) for every candidate
+    seq_nsamples: int = 8  # calibration windows the seq rung's sequential pipeline uses (the first ones)
 
     def rungs(self) -> list[Rung]:
         return [parse_rung(r) for r in self.ladder] if self.ladder else [Rung("ppl", t) for t in self.fidelity_tokens]
@@ -82,7 +83,7 @@ class FitnessSettings:
         """As recorded in a run's config.json: fields added later are left out at their default, so
         a run started before them still resumes (resume compares this record)."""
         d = asdict(self)
-        for key, default in (("ladder", ()), ("terminal_scale", "raw")):
+        for key, default in (("ladder", ()), ("terminal_scale", "raw"), ("seq_nsamples", 8)):
             if d[key] == default or d[key] == list(default):
                 del d[key]
         return d
@@ -111,6 +112,7 @@ class ProxyFitness:
     config: FitnessSettings = field(default_factory=FitnessSettings)
     data_info: dict = field(default_factory=dict)
     windowing: Windowing = NO_BOS  # how the search split is cut into windows (the run's BOS rule)
+    calib_ids: torch.Tensor | None = None  # (n, seqlen) the run's calibration windows: the seq rung prunes with them
 
     def __post_init__(self) -> None:
         layers_name, layers = find_decoder_layers(self.model)
@@ -134,6 +136,8 @@ class ProxyFitness:
                     raise UserError(f"the search text has {self.search_tokens.numel()} tokens, fewer than the "
                                     f"{rung.tokens} fidelity {rung.name} asks for")
                 self._windows[rung.name] = windows
+        if any(r.kind == "seq" for r in self.rungs.values()) and self.calib_ids is None:
+            raise UserError("the seq fidelity needs the run's calibration windows")
         if any(r.kind == "err" for r in self.rungs.values()) and any(s.hessian is None for s in self.stats.values()):
             raise UserError("the err fidelity needs the Hessians (H) of the dense model's statistics")
         self.seconds = {"masks": 0.0, "eval": 0.0}
@@ -253,12 +257,32 @@ class ProxyFitness:
                 offset += n
         return total / count
 
+    @torch.no_grad()
+    def prune_sequentially(self, metric: Metric, target: SparsityTarget) -> None:
+        """The seq rung's pruning: the full pipeline from the dense weights, each layer's X (and H)
+        from the already pruned layers below, on the first ``seq_nsamples`` calibration windows;
+        G (dense-model gradients) from the run's statistics, as the leaderboard does."""
+        from ..methods.symbolic import symbolic_method
+        from ..pipeline import prune_model
+
+        start = time.perf_counter()
+        self.restore()
+        lam = dict(metric.genes).get("owl_lambda")
+        layer_sparsity = self.layer_sparsities(target, lam)
+        target_for = target if layer_sparsity is None else (lambda i: target.with_sparsity(layer_sparsity[i]))
+        grads = {n: (s.grad_l1, s.grad_l2) for n, s in self.stats.items() if s.grad_l1 is not None}
+        ids = self.calib_ids[: self.config.seq_nsamples]
+        with self._autocast():  # the calibration forwards in the fitness's dtype; pruning math stays float32
+            prune_model(self.model, self.config.wrap(symbolic_method(metric)), target_for, ids, grads=grads,
+                        progress=False)
+        self.seconds["masks"] += time.perf_counter() - start
+
     def measure(self, rung: Rung) -> float:
         """The rung's value for the weights now in the model (ppl rungs: the mean NLL)."""
         windows = self._windows[rung.name]
         start = time.perf_counter()
         with self._autocast():
-            value = float(window_nll(self.model, windows).mean()) if rung.kind == "ppl" else self._mean_kl(windows)
+            value = self._mean_kl(windows) if rung.kind == "kl" else float(window_nll(self.model, windows).mean())
         self.seconds["eval"] += time.perf_counter() - start
         return value
 
@@ -268,13 +292,16 @@ class ProxyFitness:
         for target in self.targets:
             if rung.kind == "err":
                 value = math.log(max(self.output_error(metric, target), 1e-30))
+            elif rung.kind == "seq":
+                self.prune_sequentially(metric, target)
+                value = self.measure(rung)  # the mean NLL
             else:
                 self.apply(metric, target)
                 value = self.measure(rung)  # ppl: the mean NLL is already log-perplexity
                 if rung.kind == "kl":
                     value = math.log(max(value, 1e-30))
             if not math.isfinite(value):
-                raise InvalidMetricError(f"{'perplexity' if rung.kind == 'ppl' else rung.kind} is not finite")
+                raise InvalidMetricError(f"{'kl' if rung.kind == 'kl' else 'perplexity'} is not finite")
             logs.append(value)
         return math.exp(sum(logs) / len(logs))  # geometric mean over the settings
 

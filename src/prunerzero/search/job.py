@@ -47,6 +47,7 @@ class SearchJob:
     fidelity_tokens: tuple[int, ...] = (1024, 4096)
     ladder: tuple[str, ...] = ()  # fidelity rungs (search.proxies), cheapest first; replaces fidelity_tokens
     terminal_scale: str = "raw"  # "layer": scale-free W, X, G (each divided by its layer mean)
+    seq_nsamples: int = 8  # calibration windows of the seq rung's sequential pipeline
     eval_dtype: str = "float32"
     device: str = "auto"
     dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
@@ -107,7 +108,7 @@ class SearchJob:
         return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
                                reconstruct=self.reconstruct, reconstruct_mode=self.reconstruct_mode,
                                allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda,
-                               ladder=self.ladder, terminal_scale=self.terminal_scale)
+                               ladder=self.ladder, terminal_scale=self.terminal_scale, seq_nsamples=self.seq_nsamples)
 
 
 def fitness_split(source: str, calib_source: str) -> str:
@@ -145,6 +146,8 @@ def validate_job(job: SearchJob) -> None:
     if job.fidelity_tokens[0] < job.seqlen:
         raise UserError(f"the cheapest fidelity ({job.fidelity_tokens[0]} tokens) is less than one window of {job.seqlen}")
     rungs = job.fitness_settings().rungs()
+    if any(r.kind == "seq" for r in rungs) and not 1 <= job.seq_nsamples <= job.nsamples:
+        raise UserError(f"--seq-nsamples must be between 1 and --nsamples ({job.nsamples}), not {job.seq_nsamples}")
     if len({r.name for r in rungs}) != len(rungs):
         raise UserError(f"--ladder names a rung twice: {','.join(job.ladder)}")
     for rung in rungs:
@@ -341,13 +344,17 @@ class JobContext:
         return ids, grads
 
 
-def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats]) -> ProxyFitness:
+def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats],
+                   calib_ids: torch.Tensor | None = None) -> ProxyFitness:
     """The search fitness over the job's search split (shared by this process and Ray workers)."""
     split = fitness_split(job.fitness_data, job.calib_data)
     windowing = windowing_for(lm.tokenizer, job.bos)
     search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split), windowing)
+    if calib_ids is None and any(r.kind == "seq" for r in job.fitness_settings().rungs()):
+        calib_tokens = tokenize(lm.tokenizer, load_text(job.calib_data, calib_split(job.calib_data)), windowing)
+        calib_ids = calibration_windows(calib_tokens, job.nsamples, job.seqlen, job.seed, windowing)
     return ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
-                        data_info=describe_source(job.fitness_data, split), windowing=windowing)
+                        data_info=describe_source(job.fitness_data, split), windowing=windowing, calib_ids=calib_ids)
 
 
 def build_context(job: SearchJob, out: Path, progress: bool, index: int = 0) -> JobContext:
@@ -374,8 +381,8 @@ def build_context(job: SearchJob, out: Path, progress: bool, index: int = 0) -> 
         if len(job.models) > 1:
             report_info[name]["model"] = model
     stats = proxy_statistics(lm, job, calib_ids, out, progress, index)
-    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info, windowing, job,
-                      calib_tokens, progress)
+    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats, calib_ids), report_tokens, report_info, windowing,
+                      job, calib_tokens, progress)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@ how well each ranks metrics against the full pipeline on held-out text, and its 
   ``kl:<N>``               mean KL divergence of the pruned model's next-token distribution from the
                            dense model's on the same N tokens (paired with the dense model, so the
                            text's own difficulty cancels)
+  ``seq:<N>``              the full sequential pipeline (each layer's statistics from the already
+                           pruned layers below it, as ``prunerzero prune`` does) on the first
+                           ``seq_nsamples`` calibration windows, then perplexity on N tokens: the
+                           all-at-once rungs misrank the best metrics at N:M, this one does not
+                           (docs/BENCHMARKS.md, "fitness"), at several times their cost
   ``err``                  no forward pass: the mean over linears of the relative layer output error
                            tr(dW H dW^T) / tr(W H W^T), dW = pruned - dense weight, H = X^T X of the
                            dense model's calibration inputs
@@ -28,13 +33,14 @@ KL_TOP_K = 128
 
 @dataclass(frozen=True)
 class Rung:
-    kind: str  # ppl, kl or err
+    kind: str  # ppl, kl, seq or err
     tokens: int = 0  # 0 for err
 
     @property
     def name(self) -> str:
         """The fidelity's name in logs and checkpoints (perplexity keeps the earlier "<N>tok")."""
-        return {"ppl": f"{self.tokens}tok", "kl": f"kl{self.tokens}tok", "err": "err"}[self.kind]
+        return {"ppl": f"{self.tokens}tok", "kl": f"kl{self.tokens}tok", "seq": f"seq{self.tokens}tok",
+                "err": "err"}[self.kind]
 
     @property
     def needs_forward(self) -> bool:
@@ -42,13 +48,13 @@ class Rung:
 
 
 def parse_rung(text: str) -> Rung:
-    """'1024', '1024tok', 'ppl:1024', 'kl:4096', 'kl4096tok' or 'err' -> a Rung."""
+    """'1024', '1024tok', 'ppl:1024', 'kl:4096', 'kl4096tok', 'seq:4096' or 'err' -> a Rung."""
     t = text.strip().lower()
     if t == "err":
         return Rung("err")
-    m = re.fullmatch(r"(?:(ppl|kl):?)?(\d+)(?:tok)?", t)
+    m = re.fullmatch(r"(?:(ppl|kl|seq):?)?(\d+)(?:tok)?", t)
     if not m:
-        raise UserError(f"unknown fidelity {text!r}: use err, ppl:N or kl:N (N tokens), e.g. err,kl:1024,ppl:4096")
+        raise UserError(f"unknown fidelity {text!r}: use err, ppl:N, kl:N or seq:N (N tokens), e.g. kl:1024,seq:4096")
     tokens = int(m[2])
     if tokens < 1:
         raise UserError(f"fidelity {text!r} needs a positive number of tokens")

@@ -1,0 +1,172 @@
+"""Searches that show their spread: several search seeds, each resumable, then one table of what
+each found next to the hand-made metrics, over calibration seeds and two reporting texts.
+
+Every search is `prunerzero search` into runs/seeds/<name> (resumed when its folder exists, so the
+set can be run over several sittings: rerun the same command). The leaderboard of each prunes
+every entry with each of --calib-seeds and measures WikiText-2 test and QASPER; the baselines'
+numbers are shared through the leaderboard cache, so they are measured once. `--write` writes
+the `search-seeds` section of docs/BENCHMARKS.md from the run folders, without searching.
+
+    .venv/bin/python bench/search_seeds.py                 # run (or resume) every search
+    .venv/bin/python bench/search_seeds.py --write         # the section
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import BIN, ROOT, WIKI, machine, replace_section  # noqa: E402
+
+RUNS = ROOT / "runs" / "seeds"
+COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--eval-dtype", "bfloat16",
+          "--calib-seeds", "0,1,2", "--report-tokens", "8192", "--leaderboard-top", "2",
+          "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
+HAND_MADE = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+
+
+def searches(args: argparse.Namespace) -> dict[str, list[str]]:
+    """run name -> its own options (seed, settings)."""
+    out = {f"joint-seed{s}": ["--seed", str(s), "--settings", "0.5,2:4"] for s in args.seeds}
+    if args.per_setting:
+        out["only50-seed0"] = ["--seed", "0", "--settings", "0.5"]
+        out["only24-seed0"] = ["--seed", "0", "--settings", "2:4"]
+    return out
+
+
+def run_all(args: argparse.Namespace) -> None:
+    report = f"{WIKI.resolve()},qasper"
+    for name, own in searches(args).items():
+        out = RUNS / name
+        if (out / "job.json").exists():
+            cmd = [str(BIN / "prunerzero"), "--quiet", "search", "--resume", str(out)]
+        else:
+            cmd = [str(BIN / "prunerzero"), "--quiet", "search", *COMMON, *own, "--population", str(args.population),
+                   "--generations", str(args.generations), "--report-data", report, "--out", str(out),
+                   *args.extra]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def _rows(run: Path) -> list[dict]:
+    path = run / "leaderboard.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write(args: argparse.Namespace) -> str:
+    names = [n for n in searches(args) if (RUNS / n / "checkpoint.json").exists()]
+    lines = ["## Searches over seeds: what they find, and whether it holds on other text", ""]
+    first_job = json.loads((RUNS / names[0] / "job.json").read_text())
+    ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
+    lines += [f"SmolLM2-135M; each search: population {first_job['search']['population']}, "
+              f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
+              f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
+              f"Machine: {machine()}.", "",
+              "| search | settings | evaluated | invalid | wall h | rung agreement (Spearman / Kendall) | winner | size |",
+              "|---|---|---|---|---|---|---|---|"]
+    winners: dict[str, list[tuple[str, str]]] = {}  # formula -> [(search, label)]
+    for name in names:
+        run = RUNS / name
+        job = json.loads((run / "job.json").read_text())
+        ck = json.loads((run / "checkpoint.json").read_text())
+        evaluations = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines() if x.strip()]
+        times = [e["time"] for e in evaluations]
+        wall = (max(times) - min(times)) / 3600 if times else float("nan")
+        agreement = ck.get("rung_agreement") or {}
+        from prunerzero.search.checkpoint import FitnessCache, rung_agreement  # the run's own records
+
+        try:
+            cache = FitnessCache(evaluations, ck["generation"])
+            fids = tuple(json.loads((run / "config.json").read_text())["fidelities"])
+            agreement = rung_agreement(cache, fids)
+        except Exception:  # noqa: BLE001 - a report, not a check
+            pass
+        agree = "; ".join(f"{k}: {v['rho']:.2f} / {v['tau']:.2f} (n={v['n']})" for k, v in agreement.items()
+                          if v.get("rho") is not None) or "-"
+        hof = json.loads((run / "hall_of_fame.json").read_text())
+        best = hof[0]
+        lines.append(f"| {name} | {','.join(job['settings'])} | {ck['stats']['evaluations']} | "
+                     f"{ck['stats']['invalid']} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
+        for row in _rows(run):
+            if row.get("label", "").startswith("searched") and row.get("formula"):
+                winners.setdefault(row["formula"], [])
+                if (name, row["label"]) not in winners[row["formula"]]:
+                    winners[row["formula"]].append((name, row["label"]))
+    # One table per reporting text: every searched winner and every baseline, mean ± sd over calibration seeds.
+    all_rows = [r for n in names for r in _rows(RUNS / n)]
+    for report in sorted({r["report"] for r in all_rows if r.get("report")}):
+        label = "WikiText-2 test" if "wiki" in report else report
+        rows = [r for r in all_rows if r.get("report") == report]
+        dense = next((r["ppl"] for r in rows if r["label"] == "dense"), None)
+        entries: dict[str, dict[str, dict[int, float]]] = {}
+        for r in rows:
+            if r["label"] == "dense" or r.get("setting") is None:
+                continue
+            key = r["label"] if not r["label"].startswith("searched") else r["formula"]
+            entries.setdefault(key, {}).setdefault(r["setting"], {})[r["seed"]] = r["ppl"]
+        lines += ["", f"### {label} ({rows[0]['tokens']} tokens), dense {dense:.2f}; mean ± sd over calibration seeds",
+                  "", "| metric | found by | ppl 50% | ppl 2:4 |", "|---|---|---|---|"]
+
+        def cell(values: dict[int, float] | None) -> str:
+            if not values:
+                return "-"
+            m, sd = _mean_sd(list(values.values()))
+            return f"{m:.2f} ± {sd:.2f} (n={len(values)})"
+
+        order = sorted(entries, key=lambda k: math.prod(_mean_sd(list(v.values()))[0]
+                                                         for v in entries[k].values()) ** (1 / len(entries[k])))
+        for key in order:
+            found = ", ".join(f"{n} {lab}" for n, lab in winners.get(key, [])) or "hand-made" \
+                if key not in ("sparsegpt",) else "weight update"
+            shown = f"`{key}`" if key in winners else key
+            lines.append(f"| {shown} | {found} | {cell(entries[key].get('0.5'))} | {cell(entries[key].get('2:4'))} |")
+        for setting in ("0.5", "2:4"):
+            hand = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
+                    if k in HAND_MADE and setting in v]
+            found = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
+                     if k in winners and setting in v]
+            if hand and found and dense:
+                (hk, hv), (fk, fv) = min(hand, key=lambda t: t[1]), min(found, key=lambda t: t[1])
+                lines.append(f"\n{setting}: best searched `{fk}` gap to dense {fv - dense:.2f} vs best hand-made "
+                             f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller.")
+    lines += ["", "Command: `.venv/bin/python bench/search_seeds.py` (each search resumable; rerun to continue), "
+              "then `--write`. Searches: `prunerzero search " + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
+              f"--population {args.population} --generations {args.generations} --report-data "
+              "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`."]
+    text = "\n".join(lines)
+    replace_section("search-seeds", text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    ap.add_argument("--population", type=int, default=40)
+    ap.add_argument("--generations", type=int, default=17)
+    ap.add_argument("--per-setting", action="store_true", help="also one search per setting (seed 0)")
+    ap.add_argument("--write", action="store_true")
+    args, args.extra = ap.parse_known_args()
+    if args.write:
+        print(write(args))
+    else:
+        run_all(args)
+
+
+if __name__ == "__main__":
+    main()
