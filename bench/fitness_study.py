@@ -59,6 +59,9 @@ CANDIDATES = {  # name -> (what it is, which measurements' seconds make it up)
     "kl general 4k": "KL from the dense model, general search split, 8 x 512",
     "err": "relative layer output error from the dense Hessians, no forward pass",
     "sequential ppl general 4k": "full sequential pipeline, then perplexity on 8 x 512 of the search split",
+    "seq8 ppl general 1k": "sequential pipeline on 8 calibration windows (bf16), perplexity on 2 x 512",
+    "seq8 ppl general 4k": "sequential pipeline on 8 calibration windows (bf16), perplexity on 8 x 512",
+    "seq8 kl general 4k": "sequential pipeline on 8 calibration windows (bf16), KL from the dense model on 8 x 512",
 }
 
 
@@ -208,11 +211,94 @@ def measure(run: Path, threads: int) -> None:
                   f"{sum(rec['seconds'].values()):.0f} s", flush=True)
 
 
+def measure_cheap_sequential(run: Path, threads: int, nsamples: int = 8) -> None:
+    """Pass 2: the sequential pipeline on the first `nsamples` calibration windows with bf16
+    calibration forwards (what the seq rung does), then perplexity and KL on 4k tokens of the
+    search split; one line per (metric, setting) in <run>/study_seq.jsonl (resumable)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from prunerzero.calib.gradients import load_or_compute_gradients
+    from prunerzero.data import load_text
+    from prunerzero.eval.perplexity import logits_chunks, window_nll
+    from prunerzero.methods.symbolic import symbolic_method
+    from prunerzero.models import find_decoder_layers, find_linears, load_model, weight_matrix
+    from prunerzero.pipeline import prune_model
+    from prunerzero.search.fitness import parse_setting
+    from prunerzero.search.proxies import dense_top_k, kl_top_k
+    from prunerzero.symbolic import load_metric, named_metric
+    from prunerzero.windows import calibration_windows, eval_windows, tokenize
+
+    log = run / f"study_seq{nsamples}.jsonl"
+    done = {(r["formula"], r["setting"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
+    lm = load_model("smollm2-135m")
+    model, tok = lm.model, lm.tokenizer
+    calib_ids = calibration_windows(tokenize(tok, load_text("general", "calib")), 32, 512, 0)
+    grads, _ = load_or_compute_gradients(model, calib_ids, model_id=lm.path, data_id="general", seed=0)
+    grads = grads.materialize() if hasattr(grads, "materialize") else grads
+    windows = eval_windows(tokenize(tok, load_text("general", "search")), 512, 4096)
+    layers_name, layers = find_decoder_layers(model)
+    linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers) for n, m in find_linears(layer).items()}
+    dense = {n: weight_matrix(m).detach().clone() for n, m in linears.items()}
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    ref_ids, ref_logp = [], []
+    with bf16(), torch.no_grad():
+        for batch in windows.split(4):
+            for _, logits in logits_chunks(model, batch):
+                i, lp = dense_top_k(logits)
+                ref_ids.append(i)
+                ref_logp.append(lp)
+    ref_ids, ref_logp = torch.cat(ref_ids), torch.cat(ref_logp)
+    labels = [json.loads(line)["formula"] for line in (run / "study.jsonl").read_text().splitlines()]
+    for label in dict.fromkeys(labels):
+        metric = named_metric(label) if label in NAMED else load_metric(label)
+        for setting in SETTINGS:
+            if (label, setting) in done:
+                continue
+            rec = {"formula": label, "setting": setting, "nsamples": nsamples, "seconds": {}}
+            start = time.perf_counter()
+            try:
+                with bf16():
+                    prune_model(model, symbolic_method(metric), parse_setting(setting), calib_ids[:nsamples],
+                                grads=grads, progress=False)
+                rec["seconds"]["prune"] = time.perf_counter() - start
+                start = time.perf_counter()
+                with bf16():
+                    rec["ppl"] = window_nll(model, windows).tolist()
+                rec["seconds"]["ppl"] = time.perf_counter() - start
+                start, kls, offset = time.perf_counter(), [], 0
+                with bf16(), torch.no_grad():
+                    for window in windows:
+                        total, count = 0.0, 0
+                        for rows, logits in logits_chunks(model, window[None]):
+                            n = rows.stop - rows.start
+                            total += float(kl_top_k(logits, ref_ids[offset: offset + n], ref_logp[offset: offset + n]).sum())
+                            count, offset = count + n, offset + n
+                        kls.append(total / count)
+                rec["kl"], rec["seconds"]["kl"] = kls, time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001
+                rec["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                with torch.no_grad():
+                    for n, m in linears.items():
+                        weight_matrix(m).copy_(dense[n])
+            with open(log, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            print(label[:50], setting, {k: round(v, 1) for k, v in rec["seconds"].items()}, flush=True)
+
+
 # ---------------------------------------------------------------- report
-def candidate_values(rec: dict) -> dict[str, tuple[float, float]]:
-    """candidate -> (value for this (metric, setting): log-scale, seconds of one candidate at one setting)."""
+def candidate_values(rec: dict, seq: dict | None = None) -> dict[str, tuple[float, float]]:
+    """candidate -> (value for this (metric, setting): log-scale, seconds of one candidate at one setting);
+    `seq` is the same (metric, setting)'s pass-2 record (cheap sequential pipeline), if measured."""
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     s = rec["seconds"]
+    extra = {}
+    if seq is not None and "ppl" in seq:
+        t = seq["seconds"]
+        extra = {"seq8 ppl general 1k": (mean(seq["ppl"][:2]), t["prune"] + t["ppl"] / 4),
+                 "seq8 ppl general 4k": (mean(seq["ppl"]), t["prune"] + t["ppl"]),
+                 "seq8 kl general 4k": (math.log(max(mean(seq["kl"]), 1e-12)), t["prune"] + t["kl"])}
     per_window = s["gen512"] / len(rec["gen512"])
     masks = s["masks"]
     return {
@@ -227,6 +313,7 @@ def candidate_values(rec: dict) -> dict[str, tuple[float, float]]:
         "kl general 4k": (math.log(max(mean(rec["kl"]), 1e-12)), masks + s["kl"]),
         "err": (math.log(max(rec["err"], 1e-12)), s["err"]),
         "sequential ppl general 4k": (mean(rec["seq_gen512"]), s["sequential_prune"] + s["seq_gen512"]),
+        **extra,
     }
 
 
@@ -238,17 +325,26 @@ def report(run: Path) -> str:
     by_formula: dict[str, dict[str, dict]] = {}
     for r in recs:
         by_formula.setdefault(r["formula"], {})[r["setting"]] = r
+    seq_path = run / "study_seq8.jsonl"
+    seq = {}
+    for line in seq_path.read_text().splitlines() if seq_path.exists() else []:
+        r = json.loads(line)
+        seq[(r["formula"], r["setting"])] = r
     complete = {f: v for f, v in by_formula.items() if set(v) == set(SETTINGS)}
+    if seq:  # compare every candidate on the same metrics: those pass 2 has measured too
+        complete = {f: v for f, v in complete.items() if all("ppl" in seq.get((f, t), {}) for t in SETTINGS)}
     formulas = sorted(complete)
     truth = {f: {s: sum(complete[f][s]["truth"]) / len(complete[f][s]["truth"]) for s in SETTINGS} for f in formulas}
     truth["both"] = None
     for f in formulas:
         truth[f]["both"] = sum(truth[f][s] for s in SETTINGS) / len(SETTINGS)
-    values = {f: {s: candidate_values(complete[f][s]) for s in SETTINGS} for f in formulas}
+    values = {f: {s: candidate_values(complete[f][s], seq.get((f, s))) for s in SETTINGS} for f in formulas}
     ranked = sorted(formulas, key=lambda f: truth[f]["both"])
     top = ranked[: len(ranked) // 2]
     rows = []
     for cand in CANDIDATES:
+        if cand not in values[formulas[0]][SETTINGS[0]]:
+            continue
         cells = []
         for scope, group in (("all", formulas), ("top half", top)):
             for s in (*SETTINGS, "both"):
@@ -291,9 +387,13 @@ def main() -> None:
     ap.add_argument("--run", default="runs/fitness-study")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="write the fitness section from the run's study.jsonl")
+    ap.add_argument("--cheap-sequential", type=int, default=0, metavar="N",
+                    help="pass 2: the sequential pipeline on the first N calibration windows, bf16 (the seq rung)")
     args = ap.parse_args()
     run = Path(args.run)
-    if args.write:
+    if args.cheap_sequential:
+        measure_cheap_sequential(run, args.threads, args.cheap_sequential)
+    elif args.write:
         replace_section("fitness", report(run))
         print(report(run))
     else:
