@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic
+from . import io
 from .errors import UserError, path_kind, short
 
 ANALYSIS_MD = "analysis.md"
@@ -304,7 +304,7 @@ def analyze_run(run_dir: Path | str, out_dir: Path | str | None = None) -> dict[
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
-    atomic.check_writable_dir(out, "--out" if out_dir is not None else "run folder")  # before the figures
+    io.check_writable_dir(out, "--out" if out_dir is not None else "run folder")  # before the figures
     run = load_run(run_dir)
     records = run["evaluations"]
     if not records:
@@ -341,6 +341,6 @@ def analyze_run(run_dir: Path | str, out_dir: Path | str | None = None) -> dict[
     from .analysis_report import render_markdown
 
     md = out / ANALYSIS_MD
-    atomic.write_text(md, render_markdown(result, run))
+    io.write_text(md, render_markdown(result, run))
     result["markdown"] = md
     return result

@@ -3,50 +3,18 @@ call (never at import) so importing prunerzero does not pick or change anyone's 
 every PNG written atomically (a killed run leaves the old figure or the new one)."""
 from __future__ import annotations
 
-import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only; no display is needed or wanted
-    import matplotlib.pyplot as plt
-
-    return plt
+from .figures import pyplot as _pyplot
+from .figures import save_figure
 
 
 def _integer_x(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole numbers
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Render to memory, then temp file + fsync + os.replace (atomic.write_text's recipe for bytes)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def plot_fitness(records: list[dict], cheap: str, gens: list[dict], path: Path, word: str) -> Path | None:

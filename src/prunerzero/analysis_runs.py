@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic
+from . import io
 from .analysis import (ALPHA, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir, fidelity_order,
                        ops_in_language, rank_correlation)
 from .errors import UserError
@@ -236,6 +236,6 @@ def analyze_runs(run_dirs: list[Path | str], out_dir: Path | str | None = None) 
               "threshold": bonferroni_threshold(corrs), "n": sum(len(s.cands) for s in samples),
               "shared_keys": shared_keys(samples), "scale": SCALE, "figure": figure}
     md = out / CROSS_MD
-    atomic.write_text(md, render_cross_markdown(result))
+    io.write_text(md, render_cross_markdown(result))
     result["markdown"] = md
     return result

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import atomic
+from . import io
 from .allocation import Allocation, check_allocation, check_owl, owl_allocation, plot_allocation
 from .config import PruneConfig
 from .data import calib_split, check_source, describe_source, evaluation_split, load_text
@@ -70,7 +70,7 @@ def check_output_dir(save: str | None, overwrite: bool) -> None:
     if (Path(save) / RESULTS_FILE).exists() and not overwrite:
         raise UserError(f"{short(save)} already holds a run's results; pass --overwrite or choose another --save")
     # Now, not after the pruning: an unwritable --save (or a file there) must not cost the run.
-    atomic.check_writable_dir(save, "--save")
+    io.check_writable_dir(save, "--save")
     if (Path(save) / RESULTS_FILE).is_dir():
         raise UserError(f"{short(Path(save) / RESULTS_FILE)} is a folder: it cannot be replaced by the results")
 
@@ -214,7 +214,7 @@ def dense_perplexity(lm: LoadedModel, test_tokens: torch.Tensor, eval_info: dict
     if cache.exists():
         return {**json.loads(cache.read_text()), "cached": True}
     result = perplexity(lm.model, test_tokens, seqlen, tokens, progress=progress, windowing=windowing)
-    atomic.write_json(cache, result)
+    io.write_json(cache, result)
     return {**result, "cached": False}
 
 
@@ -337,11 +337,11 @@ def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any],
         plot_allocation(allocation, results["target_sparsity"], out / "layer_sparsity.png")
         results["allocation"]["plot"] = "layer_sparsity.png"
     if cfg.save_model:
-        with atomic.atomic_directory(out / "model") as tmp:
+        with io.atomic_directory(out / "model") as tmp:
             lm.model.save_pretrained(tmp)
             lm.tokenizer.save_pretrained(tmp)
         results["saved_model"] = str(out / "model")
-    atomic.write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished run
+    io.write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished run
 
 
 def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: int | None,

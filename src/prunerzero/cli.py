@@ -143,11 +143,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import atomic
+    from . import io
     from .api import evaluate_model
 
     if args.json:
-        atomic.check_writable_file(args.json, "--json")  # before the model loads, not after the evaluation
+        io.check_writable_file(args.json, "--json")  # before the model loads, not after the evaluation
 
     out = evaluate_model(args.model, args.eval_data, args.eval_seqlen, args.eval_tokens, args.zero_shot,
                          args.zero_shot_limit, progress=not args.quiet, device=args.device, dtype=args.dtype,
@@ -161,9 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         print(format_zeroshot_table(out["zero_shot"]))
     if args.json:
-        from . import atomic
-
-        atomic.write_json(Path(args.json), out)
+        io.write_json(Path(args.json), out)
     return 0
 
 
@@ -190,11 +188,11 @@ def _prefix(node: Any) -> str:
 
 
 def cmd_metric_convert(args: argparse.Namespace) -> int:
-    from . import atomic
+    from . import io
     from .symbolic import format_expr, load_metric, to_json
 
     if args.output:
-        atomic.check_writable_file(args.output, "-o")
+        io.check_writable_file(args.output, "-o")
     metric = load_metric(args.source)
     if args.to == "json":
         text = json.dumps(to_json(metric.expr), indent=2) + "\n"
@@ -203,7 +201,7 @@ def cmd_metric_convert(args: argparse.Namespace) -> int:
     else:
         text = format_expr(metric.expr) + "\n"
     if args.output:
-        atomic.write_text(Path(args.output), text)
+        io.write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
     return 0

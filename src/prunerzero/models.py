@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .atomic import atomic_directory
+from .io import atomic_directory
 from .errors import UserError, clip, path_kind, short
 
 log = logging.getLogger(__name__)

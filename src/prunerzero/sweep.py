@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,13 +24,14 @@ from typing import Any
 
 import torch
 
-from . import atomic
+from . import io
 from .data import check_source
 from .errors import UserError, clip, one_line, path_kind, short, warn
 from .eval.perplexity import perplexity
 
 SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
 DEFAULT_SPARSITIES = "0.1:0.8:0.1"
+REDO = "pass --overwrite to measure the sweep again, or choose another --out"
 VARIANT = ("one-shot: statistics of the dense model collected once and reused for every (method, sparsity); "
            "not re-collected after each layer is pruned")
 
@@ -154,8 +154,6 @@ def build_methods(cfg: SweepConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- out dir
 def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[str, Any]]:
     """Check DIR against this sweep's settings; returns the points already measured there."""
-    from .search.checkpoint import repair_log, scan_log
-
     settings = json.loads(json.dumps(cfg.settings()))
     saved_path = out / SETTINGS
     if saved_path.exists() and not overwrite:
@@ -172,17 +170,17 @@ def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[s
         if diffs:
             raise UserError(f"{out} holds a sweep with other settings ({'; '.join(diffs)}); "
                             "pass --overwrite or choose another --out")
-        scan = scan_log(out / LOG, _check_point)
+        scan = io.scan_jsonl(out / LOG, _check_point, hint=REDO)
         if scan.torn is not None:
             warn(f"{short(out / LOG)} ended with a torn line (a kill while it was written): that point is measured again")
-        repair_log(out / LOG, scan)  # a torn last line is cut off, so appends start on a fresh line
+        io.repair_jsonl(out / LOG, scan)  # a torn last line is cut off, so appends start on a fresh line
         return scan.records
     if overwrite:
         for name in (SETTINGS, LOG, JSON, MD, PNG):
             (out / name).unlink(missing_ok=True)
     elif (out / LOG).exists():
         raise UserError(f"{out} has a {LOG} but no {SETTINGS}; pass --overwrite or choose another --out")
-    atomic.write_json(saved_path, settings)
+    io.write_json(saved_path, settings)
     return []
 
 
@@ -201,19 +199,11 @@ def _check_point(r: dict[str, Any], where: str) -> None:
           and (r.get("ppl") is None or _finite_number(r["ppl"]))
           and (r["method"] != "dense" or (_finite_number(r.get("ppl")) and _finite_number(r.get("tokens")))))
     if not ok:
-        raise UserError(f"{where} is damaged (not a measured point): pass --overwrite to measure the sweep again, "
-                        "or choose another --out")
+        raise UserError(f"{where} is damaged (not a measured point): {REDO}")
 
 
 def point_key(method: str, sparsity: float) -> tuple[str, float]:
     return method, round(float(sparsity), 6)
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -343,7 +333,7 @@ def run_sweep(cfg: SweepConfig, out: Path | str, *, overwrite: bool = False, pro
 
     out = Path(out)
     grid, methods = validate(cfg)
-    atomic.check_writable_dir(out, "--out")  # before loading anything
+    io.check_writable_dir(out, "--out")  # before loading anything
     out.mkdir(parents=True, exist_ok=True)
     records = prepare_out_dir(out, cfg, overwrite)
     done = {point_key(r["method"], r["sparsity"]) for r in records}
@@ -357,7 +347,7 @@ def run_sweep(cfg: SweepConfig, out: Path | str, *, overwrite: bool = False, pro
             if need_dense:
                 rec = {"method": "dense", "sparsity": 0.0, "actual_sparsity": 0.0, **_measure(state, cfg),
                        "time": time.time()}
-                _append(out / LOG, rec)
+                io.append_jsonl(out / LOG, rec)
                 records.append(rec)
             for name, s in tqdm(todo, desc="sweep", unit="point", disable=not progress):
                 target = parse_target(s, cfg.pattern, cfg.group)
@@ -370,7 +360,7 @@ def run_sweep(cfg: SweepConfig, out: Path | str, *, overwrite: bool = False, pro
                 except InvalidMetricError as exc:  # NaN/constant scores: a result, not a crash
                     rec.update(ppl=None, error=str(exc))
                 rec["time"] = time.time()
-                _append(out / LOG, rec)
+                io.append_jsonl(out / LOG, rec)
                 records.append(rec)
                 write_reports(out, cfg, grid, records, info, figure=False)
         finally:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import atomic
+from . import io
 from .sweep import JSON, MD, PNG, VARIANT, SweepConfig, point_key
 
 WHY = ("This is the **one-shot variant**: the dense model's statistics (X, H for SparseGPT, G when a metric uses "
@@ -59,7 +59,7 @@ def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[
     obj = {"settings": cfg.settings(), "methods": list(cfg.methods), "sparsities": grid, "variant": VARIANT,
            "dense": dense_rec, "statistics": info,
            "results": [r for row in by_method.values() for _, r in sorted(row.items())]}
-    atomic.write_json(out / JSON, obj)
+    io.write_json(out / JSON, obj)
 
     title = f"{Path(cfg.model).name}, {cfg.pattern}, {Path(cfg.eval_data).name}"  # names: paths can be long
     png = None if not figure else plot_sweep({m: {s: r.get("ppl") for s, r in row.items()} for m, row in by_method.items()}, dense,
@@ -75,5 +75,5 @@ def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[
     ]
     if png is not None or (out / PNG).exists():
         lines += [f"![perplexity vs sparsity]({PNG})", ""]
-    atomic.write_text(out / MD, "\n".join(lines))
+    io.write_text(out / MD, "\n".join(lines))
     return obj

@@ -42,7 +42,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import write_json as atomic_write_json
+from ..io import write_json as atomic_write_json
 from ..errors import UserError
 from .stats import GradientStats  # grad_l1, grad_l2 here: float32 on CPU
 from ..models import cache_dir, find_decoder_layers, find_linears

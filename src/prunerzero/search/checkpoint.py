@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import warnings
@@ -45,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, one_line, short, warn
+from .. import io
+from ..errors import UserError, short, warn
 
 LOG, CHECKPOINT, CONFIG, HALL_OF_FAME = "evaluations.jsonl", "checkpoint.json", "config.json", "hall_of_fame.json"
 BEST_METRIC, BEST_TREE, BEST_METRIC_JSON = "best_metric.txt", "best_tree.json", "best_metric.json"
@@ -53,25 +53,13 @@ RUN_FILES = (LOG, CHECKPOINT, CONFIG, HALL_OF_FAME, BEST_METRIC, BEST_TREE, BEST
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same dir, fsync, then os.replace: readers see old or new."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (best effort: not every platform can open a dir)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """A run file, atomically (``io.write_text``): readers see the old file or the new one."""
+    io.write_text(path, text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    """A run folder's JSON file: one-space indent, no NaN (what resume reads back must be exact)."""
+    io.write_json(path, obj, indent=1, strict=True)
 
 
 def rng_state_to_json(state: tuple) -> list:
@@ -94,95 +82,29 @@ DAMAGED = "restore it, or start the search again with --overwrite"
 def read_json(path: Path, hint: str = DAMAGED) -> Any:
     """A JSON file of a run folder; anything unreadable (random bytes, cut short, a folder) is one
     UserError naming the file and ``hint`` (what to do)."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{short(path)} not found") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{short(path)} is damaged (not UTF-8 text at byte {exc.start}): {hint}") from None
-    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise UserError(f"{short(path)} is damaged ({one_line(exc, 160)}): {hint}") from None
+    return io.read_json(path, hint)
 
 
-@dataclass
-class LogScan:
-    records: list[dict[str, Any]]
-    torn: str | None  # text of a torn last line (cut mid-write), None if the file ends cleanly
-    end: int  # bytes up to the last complete line (what a repair keeps)
-    size: int
-    complete_tail: bool  # the last line is a whole record that only lost its newline
+LogScan = io.JsonlScan
 
 
 def scan_log(path: Path, check: Any = None) -> LogScan:
-    """Records of a JSON-lines file (``check(record, line)`` validates each), and a torn last
-    line apart: a kill mid-append leaves one, and it is no reason to refuse the file. A bad line
-    anywhere else is damage: one UserError naming the file and line."""
-    if not path.exists():
-        return LogScan([], None, 0, 0, False)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {short(path)}: {exc.strerror or exc}") from None
-    end = data.rfind(b"\n") + 1  # bytes up to the last complete line
-    records: list[dict[str, Any]] = []
-    lines = data[:end].split(b"\n")[:-1]
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        record = _json_line(raw)
-        if not isinstance(record, dict):
-            why = record if isinstance(record, str) else "not a JSON object"
-            raise UserError(f"{short(path)} line {i} is damaged ({why}): {DAMAGED}")
-        if check is not None:
-            check(record, f"{short(path)} line {i}")
-        records.append(record)
-    tail, torn, complete = data[end:], None, False
-    if tail.strip():
-        record = _json_line(tail)
-        if isinstance(record, dict):  # a whole record that only lost its newline: keep it
-            if check is not None:
-                check(record, f"{short(path)} line {len(lines) + 1}")
-            records.append(record)
-            complete = True
-        else:
-            torn = tail.decode("utf-8", errors="replace")
-    return LogScan(records, torn, end, len(data), complete)
-
-
-def _json_line(raw: bytes) -> Any:
-    """The JSON value of one line, or a str saying why it is not one."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8 text at byte {exc.start}"
-    except ValueError as exc:
-        return f"not valid JSON: {getattr(exc, 'msg', exc)}"
-    except RecursionError:
-        return "not valid JSON: nested too deeply"
+    """Records of a JSON-lines log of the run folder, by ``io``'s rule: a torn last line is set
+    apart (a kill mid-append leaves one, and it is no reason to refuse the file); a bad line
+    anywhere else is damage, one UserError naming the file and line."""
+    return io.scan_jsonl(path, check, hint=DAMAGED)
 
 
 def repair_log(path: Path, scan: LogScan) -> None:
     """Cut a torn last line off (later appends start on a fresh line), or give a whole last record
     its missing newline."""
-    if scan.torn is not None:
-        with open(path, "r+b") as fh:
-            fh.truncate(scan.end)
-            fh.flush()
-            os.fsync(fh.fileno())
-    elif scan.complete_tail:
-        with open(path, "ab") as fh:
-            fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    io.repair_jsonl(path, scan)
 
 
 def read_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """All records of a JSON-lines log; a torn last line is ignored (and cut off if ``repair``,
     so later appends start on a fresh line).  A bad line elsewhere is an error."""
-    scan = scan_log(path)
-    if repair:
-        repair_log(path, scan)
-    return scan.records
+    return io.read_jsonl(path, repair=repair, hint=DAMAGED)
 
 
 def _is_int(v: Any) -> bool:
@@ -397,19 +319,12 @@ def report_damage(out: Path, state: RunState) -> None:
              "evaluated again")
 
 
-class EvaluationLog:
-    """Append-only writer: every record is on disk (fsync) before the search goes on."""
+class EvaluationLog(io.JsonlWriter):
+    """Append-only writer of evaluations.jsonl: every record is on disk (fsync) before the search
+    goes on; NaN is refused (an invalid candidate's fitness is null)."""
 
     def __init__(self, path: Path) -> None:
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, allow_nan=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
+        super().__init__(path, strict=True)
 
 
 @dataclass

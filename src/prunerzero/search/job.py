@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from .. import atomic
+from .. import io
 from ..calib.stats import LinearStats
 from ..data import LOCAL_SOURCES, calib_split, describe_source, evaluation_split, load_text
 from ..errors import UserError, clip, known_keys_only, path_kind, short, warn
@@ -212,9 +212,9 @@ def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) ->
             raise UserError(f"nothing to resume: {short(out)} is not a folder")
         if not job_file.exists():
             raise UserError(f"nothing to resume in {short(out)} (no {JOB_FILE})")
-        atomic.check_writable_dir(out, "--resume folder")
+        io.check_writable_dir(out, "--resume folder")
         return read_job(out)
-    atomic.check_writable_dir(out, "--out")
+    io.check_writable_dir(out, "--out")
     if job_file.exists() and not overwrite:
         raise UserError(f"{out} already holds a search; pass --resume to continue it or --overwrite to replace it")
     leftovers = [f for f in (*RUN_FILES, STATS_FILE, "leaderboard.jsonl") if (out / f).exists()]
@@ -224,7 +224,7 @@ def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) ->
     if overwrite and out.exists():
         for name in ("leaderboard.jsonl", "leaderboard.md", STATS_FILE):
             (out / name).unlink(missing_ok=True)
-    atomic.write_json(job_file, job.to_dict())
+    io.write_json(job_file, job.to_dict())
     return job
 
 
@@ -235,9 +235,7 @@ def _save_stats(path: Path, stats: dict[str, LinearStats]) -> None:
             value = getattr(s, key)
             if value is not None:
                 tensors[f"{name}.{key}"] = value.contiguous()
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    io.write_bytes(path, save(tensors))
 
 
 def _load_stats(path: Path) -> dict[str, LinearStats]:
@@ -300,7 +298,7 @@ def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, o
     grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
                                                  seed=job.seed, progress=progress)
     # What recomputing the statistics per candidate would cost (bench/search_bench.py reads it).
-    atomic.write_json(out / ("timing.json" if index == 0 else f"timing-{index}.json"),
+    io.write_json(out / ("timing.json" if index == 0 else f"timing-{index}.json"),
                       {"statistics": x_seconds, "gradients": grad_info["seconds"], "gradients_cached": grad_info["cached"]})
     for name, (l1, l2) in grads.items():
         stats[name].grad_l1, stats[name].grad_l2 = l1, l2
@@ -432,7 +430,7 @@ def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool 
 
         check_budget(out, generations)  # before job.json changes (run_search checks again, for API callers)
         job = replace(job, search=replace(job.search, generations=generations))
-        atomic.write_json(out / JOB_FILE, job.to_dict())
+        io.write_json(out / JOB_FILE, job.to_dict())
     if executor.kind == "ray" and len(job.models) > 1:
         raise UserError("a search over several models runs with --executor serial (a Ray worker holds one model)")
     contexts = [build_context(job, out, progress, i) for i in range(len(job.models))]
