@@ -24,6 +24,8 @@ from torch import nn
 from conftest import build_tiny_model
 from prunerzero.allocation import owl_allocation
 from prunerzero.calib import gradients as G
+from prunerzero.calib.gradients import cache as gradient_cache
+from prunerzero.calib.gradients import compute as gradient_compute
 from prunerzero.calib.capture import LayerCall
 from prunerzero.cli import build_parser, main
 from prunerzero.config import PruneConfig
@@ -204,7 +206,7 @@ def test_chunks_take_k_layers_from_every_device(monkeypatch):
     assert G.layer_chunks(model, 1, layers=[0, 2]) == [[0], [2]]
     layers = find_decoder_layers(model)[1]
     fake = {id(layers[0]): "cuda:0", id(layers[1]): "cuda:0", id(layers[2]): "cuda:1"}  # a 2-GPU device map
-    monkeypatch.setattr(G, "module_device", lambda layer: torch.device(fake[id(layer)]))
+    monkeypatch.setattr(gradient_compute, "module_device", lambda layer: torch.device(fake[id(layer)]))
     assert G.layer_chunks(model, 1) == [[0, 2], [1]]  # both GPUs busy in the first chunk
     assert G.layer_chunks(model, 2) == [[0, 1, 2]]
 
@@ -242,9 +244,9 @@ def test_chunked_cache_same_key_and_resume_across_chunkings(tmp_path, ids):
 
 def test_bf16_weights_get_their_own_gradient_cache_key(ids):
     model = _three_layer_llama()
-    fields = G._key_fields(model, ids, "m", "d", 0, 1, None)
+    fields = gradient_cache._key_fields(model, ids, "m", "d", 0, 1, None)
     assert "weights_dtype" not in fields  # float32 weights keep the keys of earlier versions
-    bf16 = G._key_fields(model.to(torch.bfloat16), ids, "m", "d", 0, 1, None)
+    bf16 = gradient_cache._key_fields(model.to(torch.bfloat16), ids, "m", "d", 0, 1, None)
     assert bf16["weights_dtype"] == "bfloat16" and G.cache_key(bf16) != G.cache_key(fields)
 
 

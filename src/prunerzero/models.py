@@ -299,6 +299,19 @@ def find_linears(layer: nn.Module) -> dict[str, nn.Module]:
     return {name: module for name, module in layer.named_modules() if name and is_prunable(module)}
 
 
+def prunable_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable decoder-layer linear by its full name ("model.layers.0.self_attn.q_proj"), in
+    model order: the names statistics, gradients and dense copies are keyed by."""
+    layers_name, layers = find_decoder_layers(model)
+    return {f"{layers_name}.{i}.{name}": module for i, layer in enumerate(layers)
+            for name, module in find_linears(layer).items()}
+
+
+def layer_index(full_name: str, layers_name: str) -> int:
+    """The decoder layer of a full linear name: "model.layers.3.mlp.up_proj" -> 3."""
+    return int(full_name[len(layers_name) + 1:].split(".")[0])
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The weight as (out, in), a view that writes through. GPT-2's Conv1D stores it as (in, out)."""
     weight = module.weight.data

@@ -17,7 +17,7 @@ from torch import nn
 
 
 # Full linear name ("model.layers.0.self_attn.q_proj") -> (grad_l1, grad_l2), each (out, in).
-# A dict in memory, or calib.gradients.GradientFile: read from disk one linear at a time.
+# A dict in memory, or calib.gradients.files.GradientFile: read from disk one linear at a time.
 GradientStats = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
