@@ -36,7 +36,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze_runs(args: argparse.Namespace) -> int:
-    from .analysis_runs import analyze_runs
+    from .analysis import analyze_runs
 
     result = analyze_runs([Path(r) for r in args.run], args.out)
     print(f"{len(result['runs'])} runs, {result['n']} candidates pooled on the {result['scale']}; wrote "
@@ -52,7 +52,8 @@ def _cmd_analyze_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import MD, SweepConfig, run_sweep
+    from .sweep.config import MD, SweepConfig
+    from .sweep.run import run_sweep
 
     cfg = SweepConfig(model=args.model, methods=args.methods, sparsities=args.sparsities, pattern=args.pattern,
                       group=args.group, calib_data=args.calib_data, nsamples=args.nsamples, seqlen=args.seqlen,

@@ -18,128 +18,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import io
-from .data import check_source
-from .errors import UserError, clip, one_line, path_kind, short, warn
-from .eval.perplexity import perplexity
-
-SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
-DEFAULT_SPARSITIES = "0.1:0.8:0.1"
-REDO = "pass --overwrite to measure the sweep again, or choose another --out"
-VARIANT = ("one-shot: statistics of the dense model collected once and reused for every (method, sparsity); "
-           "not re-collected after each layer is pruned")
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    model: str = "smollm2-135m"
-    methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "pruner-zero")
-    sparsities: str | None = None  # "a:b:step" (inclusive) or "a,b,c"; None = default for the pattern
-    pattern: str = "unstructured"
-    group: str = "row"
-    calib_data: str = "general"
-    nsamples: int = 32
-    seqlen: int = 512
-    seed: int = 0
-    bos: str = "auto"  # window rule (windows.BOS_MODES): part of the settings, so a rerun under another is refused
-    batch_size: int = 8
-    percdamp: float = 0.01
-    blocksize: int = 128
-    gradients: str | None = None  # precomputed gradient file
-    eval_data: str = "wikitext2"
-    eval_seqlen: int | None = None  # default: seqlen
-    eval_tokens: int | None = None
-    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
-    dtype: str = "float32"  # weights as loaded; the pruning math stays float32
-
-    @property
-    def effective_eval_seqlen(self) -> int:
-        return self.eval_seqlen or self.seqlen
-
-    def settings(self) -> dict[str, Any]:
-        """What the measured numbers depend on. Methods and sparsities are left out: they only
-        choose grid points, so a rerun may add some and reuse every point already measured."""
-        d = asdict(self)
-        for k in ("methods", "sparsities", "batch_size", "device"):  # they change speed, not results
-            d.pop(k)
-        d["eval_seqlen"] = self.effective_eval_seqlen
-        return {"format": 1, "variant": "one-shot-dense-stats", **d}
-
-
-# ----------------------------------------------------------------------------- parsing
-MAX_POINTS = 200  # sparsities per sweep: each costs a perplexity evaluation per method
-
-
-def parse_sparsities(text: str) -> list[float]:
-    """'0.1:0.8:0.1' (start:stop:step, stop included) or '0.2,0.5,0.7' -> sorted distinct values.
-    Rounded to 6 decimals so 0.1 + 2 * 0.1 is 0.3, and each must lie in [0, 1). At most
-    MAX_POINTS values, counted before any list is built (0.1:0.9:1e-9 would be 8e8 of them)."""
-    text = text.strip()
-    shown = clip(text, 60)
-    if not text:
-        raise UserError("--sparsities is empty")
-    try:
-        if ":" in text:
-            parts = [float(v) for v in text.split(":")]
-            if len(parts) != 3:
-                raise ValueError
-            if not all(math.isfinite(v) for v in parts):
-                raise UserError(f"--sparsities {shown}: start, stop and step must be finite numbers")
-            start, stop, step = parts
-            if step <= 0 or stop < start:
-                raise UserError(f"--sparsities {shown}: need start <= stop and a positive step")
-            for v in (start, stop):
-                if not 0.0 <= v < 1.0:
-                    raise UserError(f"--sparsities: {v:g} is outside [0, 1)")
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            if count > MAX_POINTS:
-                raise UserError(f"--sparsities {shown} is {count} points; at most {MAX_POINTS} (use a larger step)")
-            values = [round(start + i * step, 6) for i in range(count)]
-        else:
-            values = [round(float(v), 6) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--sparsities {shown}: use start:stop:step such as 0.1:0.8:0.1, or a comma list") from None
-    if not values:
-        raise UserError("--sparsities is empty")
-    bad = [v for v in values if not 0.0 <= v < 1.0]  # also nan and inf
-    if bad:
-        raise UserError(f"--sparsities: {bad[0]:g} is outside [0, 1)")
-    values = sorted(set(values))
-    if len(values) > MAX_POINTS:
-        raise UserError(f"--sparsities lists {len(values)} values; at most {MAX_POINTS}")
-    return values
-
-
-def sparsity_grid(cfg: SweepConfig) -> list[float]:
-    """The sweep's sparsities; an N:M pattern has exactly one (N/M), so it is the default and the
-    only value allowed."""
-    from .masks import parse_target
-
-    if cfg.pattern == "unstructured":
-        values = parse_sparsities(DEFAULT_SPARSITIES if cfg.sparsities is None else cfg.sparsities)
-        for v in values:
-            parse_target(v, cfg.pattern, cfg.group)
-        return values
-    parse_target(0.0, "unstructured", cfg.group)  # checks the group
-    parts = cfg.pattern.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) == 0:
-        raise UserError(f"unknown pattern {cfg.pattern!r} (use unstructured or N:M such as 2:4)")
-    own = round(int(parts[0]) / int(parts[1]), 6)
-    values = parse_sparsities(cfg.sparsities) if cfg.sparsities is not None else [own]
-    for v in values:
-        parse_target(v, cfg.pattern, cfg.group)  # raises "pattern 2:4 means sparsity 0.5, ..." (and N < M)
-    return [own]
-
+from .. import io
+from ..data import check_source
+from ..errors import UserError, one_line, path_kind, short, warn
+from ..eval.perplexity import perplexity
+from .config import LOG, JSON, MD, PNG, REDO, SETTINGS, SweepConfig, point_key, sparsity_grid
 
 def build_methods(cfg: SweepConfig) -> dict[str, Any]:
     """name -> Method; unknown names fail here with a did-you-mean, before anything is loaded."""
-    from .methods import METHODS, get_method
+    from ..methods import METHODS, get_method
 
     if not cfg.methods:
         raise UserError("--methods is empty")
@@ -202,19 +94,15 @@ def _check_point(r: dict[str, Any], where: str) -> None:
         raise UserError(f"{where} is damaged (not a measured point): {REDO}")
 
 
-def point_key(method: str, sparsity: float) -> tuple[str, float]:
-    return method, round(float(sparsity), 6)
-
-
 # ----------------------------------------------------------------------------- the sweep
 class DenseState:
     """The loaded model, its dense weights and the cached statistics every point reuses."""
 
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
-        from .api import check_seqlen
-        from .data import calib_split, evaluation_split, load_text
-        from .models import find_decoder_layers, find_linears, load_model, parse_dtype, resolve_device, weight_matrix
-        from .windows import calibration_windows, tokenize, windowing_for
+        from ..api import check_seqlen
+        from ..data import calib_split, evaluation_split, load_text
+        from ..models import find_decoder_layers, find_linears, load_model, parse_dtype, resolve_device, weight_matrix
+        from ..windows import calibration_windows, tokenize, windowing_for
 
         self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device),
                              check_tokenizer=lambda t: windowing_for(t, cfg.bos))
@@ -239,8 +127,8 @@ class DenseState:
         self.stats = self._statistics(cfg, progress)
 
     def _statistics(self, cfg: SweepConfig, progress: bool) -> dict[str, Any]:
-        from .calib.stats import LinearStats
-        from .pipeline import collect_dense_stats
+        from ..calib.stats import LinearStats
+        from ..pipeline import collect_dense_stats
 
         t = time.perf_counter()
         act = self.needs & {"X", "H"}
@@ -251,7 +139,7 @@ class DenseState:
             stats = {n: LinearStats() for n in self.linears}
         self.info["seconds"]["activations"] = time.perf_counter() - t
         if "G" in self.needs:  # only when a swept metric reads G: gradients cost a backward per sample
-            from .calib.gradients import load_gradient_file, load_or_compute_gradients
+            from ..calib.gradients import load_gradient_file, load_or_compute_gradients
 
             t = time.perf_counter()
             if cfg.gradients:
@@ -270,7 +158,7 @@ class DenseState:
     def apply(self, method: Any, target: Any) -> float:
         """Write ``method``'s pruned weights (from the dense copy) into the model; returns the
         share of zeros in the prunable linears."""
-        from .models import set_weight_matrix
+        from ..models import set_weight_matrix
 
         zeros = total = 0
         for name, module in self.linears.items():
@@ -284,7 +172,7 @@ class DenseState:
 
     @torch.no_grad()
     def restore(self) -> None:
-        from .models import set_weight_matrix
+        from ..models import set_weight_matrix
 
         for name, module in self.linears.items():
             set_weight_matrix(module, self.dense[name])
@@ -298,14 +186,14 @@ def _measure(state: DenseState, cfg: SweepConfig) -> dict[str, Any]:
 
 def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     """Every cheap check, before loading anything big."""
-    from .models import parse_dtype, resolve_device, resolve_model_path
-    from .windows import check_bos_mode
+    from ..models import parse_dtype, resolve_device, resolve_model_path
+    from ..windows import check_bos_mode
 
     grid = sparsity_grid(cfg)
     methods = build_methods(cfg)
     if cfg.nsamples < 1 or cfg.seqlen < 2:
         raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
-    from .api import check_numbers
+    from ..api import check_numbers
 
     check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
     if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
@@ -327,9 +215,9 @@ def run_sweep(cfg: SweepConfig, out: Path | str, *, overwrite: bool = False, pro
     """Measure every (method, sparsity) not yet in ``out/sweep.jsonl``; write the reports."""
     from tqdm.auto import tqdm
 
-    from .masks import parse_target
-    from .symbolic import InvalidMetricError
-    from .sweep_report import write_reports
+    from ..masks import parse_target
+    from ..symbolic import InvalidMetricError
+    from .report import write_reports
 
     out = Path(out)
     grid, methods = validate(cfg)

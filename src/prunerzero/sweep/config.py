@@ -1,0 +1,120 @@
+"""A sweep's settings (``SweepConfig``), its grid of sparsities, and the files it writes."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import UserError, clip
+
+SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
+DEFAULT_SPARSITIES = "0.1:0.8:0.1"
+REDO = "pass --overwrite to measure the sweep again, or choose another --out"
+VARIANT = ("one-shot: statistics of the dense model collected once and reused for every (method, sparsity); "
+           "not re-collected after each layer is pruned")
+
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str = "smollm2-135m"
+    methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "pruner-zero")
+    sparsities: str | None = None  # "a:b:step" (inclusive) or "a,b,c"; None = default for the pattern
+    pattern: str = "unstructured"
+    group: str = "row"
+    calib_data: str = "general"
+    nsamples: int = 32
+    seqlen: int = 512
+    seed: int = 0
+    bos: str = "auto"  # window rule (windows.BOS_MODES): part of the settings, so a rerun under another is refused
+    batch_size: int = 8
+    percdamp: float = 0.01
+    blocksize: int = 128
+    gradients: str | None = None  # precomputed gradient file
+    eval_data: str = "wikitext2"
+    eval_seqlen: int | None = None  # default: seqlen
+    eval_tokens: int | None = None
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    dtype: str = "float32"  # weights as loaded; the pruning math stays float32
+
+    @property
+    def effective_eval_seqlen(self) -> int:
+        return self.eval_seqlen or self.seqlen
+
+    def settings(self) -> dict[str, Any]:
+        """What the measured numbers depend on. Methods and sparsities are left out: they only
+        choose grid points, so a rerun may add some and reuse every point already measured."""
+        d = asdict(self)
+        for k in ("methods", "sparsities", "batch_size", "device"):  # they change speed, not results
+            d.pop(k)
+        d["eval_seqlen"] = self.effective_eval_seqlen
+        return {"format": 1, "variant": "one-shot-dense-stats", **d}
+
+
+# ----------------------------------------------------------------------------- parsing
+MAX_POINTS = 200  # sparsities per sweep: each costs a perplexity evaluation per method
+
+
+def parse_sparsities(text: str) -> list[float]:
+    """'0.1:0.8:0.1' (start:stop:step, stop included) or '0.2,0.5,0.7' -> sorted distinct values.
+    Rounded to 6 decimals so 0.1 + 2 * 0.1 is 0.3, and each must lie in [0, 1). At most
+    MAX_POINTS values, counted before any list is built (0.1:0.9:1e-9 would be 8e8 of them)."""
+    text = text.strip()
+    shown = clip(text, 60)
+    if not text:
+        raise UserError("--sparsities is empty")
+    try:
+        if ":" in text:
+            parts = [float(v) for v in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            if not all(math.isfinite(v) for v in parts):
+                raise UserError(f"--sparsities {shown}: start, stop and step must be finite numbers")
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise UserError(f"--sparsities {shown}: need start <= stop and a positive step")
+            for v in (start, stop):
+                if not 0.0 <= v < 1.0:
+                    raise UserError(f"--sparsities: {v:g} is outside [0, 1)")
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if count > MAX_POINTS:
+                raise UserError(f"--sparsities {shown} is {count} points; at most {MAX_POINTS} (use a larger step)")
+            values = [round(start + i * step, 6) for i in range(count)]
+        else:
+            values = [round(float(v), 6) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--sparsities {shown}: use start:stop:step such as 0.1:0.8:0.1, or a comma list") from None
+    if not values:
+        raise UserError("--sparsities is empty")
+    bad = [v for v in values if not 0.0 <= v < 1.0]  # also nan and inf
+    if bad:
+        raise UserError(f"--sparsities: {bad[0]:g} is outside [0, 1)")
+    values = sorted(set(values))
+    if len(values) > MAX_POINTS:
+        raise UserError(f"--sparsities lists {len(values)} values; at most {MAX_POINTS}")
+    return values
+
+
+def sparsity_grid(cfg: SweepConfig) -> list[float]:
+    """The sweep's sparsities; an N:M pattern has exactly one (N/M), so it is the default and the
+    only value allowed."""
+    from ..masks import parse_target
+
+    if cfg.pattern == "unstructured":
+        values = parse_sparsities(DEFAULT_SPARSITIES if cfg.sparsities is None else cfg.sparsities)
+        for v in values:
+            parse_target(v, cfg.pattern, cfg.group)
+        return values
+    parse_target(0.0, "unstructured", cfg.group)  # checks the group
+    parts = cfg.pattern.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) == 0:
+        raise UserError(f"unknown pattern {cfg.pattern!r} (use unstructured or N:M such as 2:4)")
+    own = round(int(parts[0]) / int(parts[1]), 6)
+    values = parse_sparsities(cfg.sparsities) if cfg.sparsities is not None else [own]
+    for v in values:
+        parse_target(v, cfg.pattern, cfg.group)  # raises "pattern 2:4 means sparsity 0.5, ..." (and N < M)
+    return [own]
+
+
+def point_key(method: str, sparsity: float) -> tuple[str, float]:
+    return method, round(float(sparsity), 6)
