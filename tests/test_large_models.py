@@ -378,12 +378,14 @@ def _search(model_dir, wikitext, out, *extra):
 def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
     """On a CPU `--device-map auto` puts every layer on the CPU: the same bf16 model, so the same
     fitness for every candidate; the copies the fitness restores from stay bf16 (half the memory)."""
+    from prunerzero.search import context as context_module
     from prunerzero.search import job as job_module
+    from prunerzero.search import run as run_module
 
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
     built = []
-    real_build = job_module.build_context
-    monkeypatch.setattr(job_module, "build_context", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build = run_module.build_context
+    monkeypatch.setattr(run_module, "build_context", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     runs = {}
     for label, extra in (("one", ["--device", "cpu"]), ("spread", ["--device-map", "auto"])):
         assert main(_search(tiny_model_dir, wikitext_test, tmp_path / label, *extra)) == 0
@@ -392,17 +394,17 @@ def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitex
     assert json.loads((tmp_path / "spread" / "job.json").read_text())["device_map"] == "auto"
     assert {w.dtype for w in built[-1].fitness.dense.values()} == {torch.bfloat16}
     # What a Ray worker builds from the run folder: the job's dtype too.
-    worker = job_module.ProxyFitnessFactory(job_module.SearchJob.from_dict(
+    worker = context_module.ProxyFitnessFactory(job_module.SearchJob.from_dict(
         json.loads((tmp_path / "one" / "job.json").read_text())), str(tmp_path / "one"))()
     assert next(worker.model.parameters()).dtype == torch.bfloat16
 
 
 def test_search_refuses_offloaded_layers_and_ray_with_a_device_map(tiny_model_dir, wikitext_test, tmp_path,
                                                                   monkeypatch, capsys):
-    from prunerzero.search import job as job_module
+    from prunerzero.search import context as context_module
 
     # What a device map that does not fit gives: decoder layer 1 on disk.
-    monkeypatch.setattr(job_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
+    monkeypatch.setattr(context_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
     assert main(_search(tiny_model_dir, wikitext_test, tmp_path / "run", "--device-map", "auto")) == 2
     err = capsys.readouterr().err.strip()
     assert "the search needs every layer on a device" in err and len(err.splitlines()) == 1, err

@@ -48,7 +48,8 @@ def _baselines(text: str) -> tuple[str, ...]:
 def cmd_search(args: argparse.Namespace) -> int:
     from .search.config import SearchConfig
     from .search.executors import ExecutorSpec
-    from .search.job import SearchJob, run_job
+    from .search.job import SearchJob
+    from .search.run import run_job
     from .search.leaderboard import LEADERBOARD_MD
 
     # Honoured on --resume too: where candidates run is not part of the run's saved settings.

@@ -8,6 +8,11 @@ formats are documented in ``checkpoint``.  ``toy.ToyFitness`` is a cheap real fi
 (pruning one random layer) for tests and demos.  ``executors``: candidates are evaluated in
 this process (serial, the default) or by Ray actors (``run_search(..., executor=RayExecutor(...))``),
 with the same result.
+
+A whole ``prunerzero search`` (a *job*) on a real model: ``job`` holds its settings (job.json) and
+checks, ``context`` loads the model, texts and statistics once, ``fitness`` scores a candidate
+(``proxies``: the rungs' math), ``run.run_job`` runs the GP and then ``leaderboard``. One candidate
+at one fidelity, handed to an executor, is an ``executors.EvalRequest``.
 """
 from .checkpoint import load_run
 from .config import SEED_METRICS, SearchConfig

@@ -58,7 +58,7 @@ from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, p
 from ..symbolic import named_metric, to_json
 from . import checkpoint as ck
 from .config import SEED_METRICS, SearchConfig
-from .executors import EvalJob, EvalResult, Executor, SerialExecutor
+from .executors import EvalRequest, EvalResult, Executor, SerialExecutor
 from .operators import Language, Limits, crossover, mutate, ramped_half_and_half, tournament
 
 log = logging.getLogger(__name__)
@@ -217,12 +217,12 @@ class _Search:
         counters already hold them), so the run's outputs equal the undamaged run's."""
         if not self.lost:
             return
-        by_job = {(r.key, r.fidelity): r for r in self.lost}
-        jobs = [EvalJob(r.key, Metric(parse(r.expression), self.spec, genes=genes_of(r.key)), r.fidelity)
-                for r in self.lost]
-        with closing(self.executor.map_unordered(jobs)) as results:
+        by_request = {(r.key, r.fidelity): r for r in self.lost}
+        requests = [EvalRequest(r.key, Metric(parse(r.expression), self.spec, genes=genes_of(r.key)), r.fidelity)
+                    for r in self.lost]
+        with closing(self.executor.map_unordered(requests)) as results:
             for res in results:
-                lost = by_job[(res.job.key, res.job.fidelity)]
+                lost = by_request[(res.request.key, res.request.fidelity)]
                 self.log.append({"generation": lost.generation, "expression": lost.expression, "key": lost.key,
                                  "fidelity": lost.fidelity, "fitness": ck.finite_or_none(res.value),
                                  "reason": res.reason, "seconds": res.seconds, "time": time.time()})
@@ -338,7 +338,7 @@ class _Search:
     def _score(self, members: list[Member], fid: str) -> None:
         """Make sure every member has a fitness at ``fid`` in the cache: cache hits and replays
         of the interrupted generation first (member order), the rest as one executor batch."""
-        jobs, queued = [], set()
+        requests, queued = [], set()
         for e, k in members:
             if k in queued or self.cache.get(k, fid) is not None:
                 self.stats["cache_hits"] += 1
@@ -348,25 +348,25 @@ class _Search:
             if replayed is not None:  # logged by the interrupted attempt of this generation
                 self._count(replayed.fitness, fid)
             else:
-                jobs.append(EvalJob(k, Metric(e, self.spec, genes=genes_of(k)), fid))
-        if not jobs:
+                requests.append(EvalRequest(k, Metric(e, self.spec, genes=genes_of(k)), fid))
+        if not requests:
             return
         before = self.executor.replacements
-        with closing(self.executor.map_unordered(jobs)) as results:
+        with closing(self.executor.map_unordered(requests)) as results:
             for res in results:
                 self._record(res)
         self.stats["worker_replacements"] += self.executor.replacements - before
 
     def _record(self, res: EvalResult) -> None:
         """One result, as it arrives: on disk (fsync) first, then in the cache."""
-        job, expression = res.job, format_expr(res.job.metric.expr)
-        self.log.append({"generation": self.gen, "expression": expression, "key": job.key, "fidelity": job.fidelity,
+        req, expression = res.request, format_expr(res.request.metric.expr)
+        self.log.append({"generation": self.gen, "expression": expression, "key": req.key, "fidelity": req.fidelity,
                          "fitness": ck.finite_or_none(res.value), "reason": res.reason, "seconds": res.seconds,
                          "time": time.time()})
-        self.cache.add(job.key, job.fidelity, ck.Entry(res.value, res.reason, expression, self.gen))
+        self.cache.add(req.key, req.fidelity, ck.Entry(res.value, res.reason, expression, self.gen))
         if res.reason is not None:
-            log.debug("invalid metric %s at %s: %s", expression, job.fidelity, res.reason)
-        self._count(res.value, job.fidelity)
+            log.debug("invalid metric %s at %s: %s", expression, req.fidelity, res.reason)
+        self._count(res.value, req.fidelity)
 
     def _count(self, value: float, fid: str) -> None:
         self.stats["evaluations"] += 1

@@ -1,34 +1,28 @@
-"""A whole search job: proxy model, statistics once, the GP run, then the leaderboard.
+"""A whole search job: its settings (``SearchJob``, saved as job.json), their checks, and its run folder.
 
-Everything lands in the run folder as it happens:
+A job is one ``prunerzero search``: a proxy model, its statistics computed once, the GP run, then the
+leaderboard. Everything lands in the run folder as it happens:
   job.json            the job's settings (resume reads them back; a different job is refused)
-  stats.safetensors   X and G of the dense proxy model, computed once
+  stats.safetensors   X and G of the dense proxy model, computed once (``context``)
   evaluations.jsonl, checkpoint.json, hall_of_fame.json, best_metric.txt, best_tree.json  (engine)
   leaderboard.jsonl   one line per (metric, setting) re-evaluated on the reporting data
   leaderboard.md      the final side-by-side table
+``run.run_job`` runs a job; ``context`` loads what it needs.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save
-
 from .. import io
-from ..calib.stats import LinearStats
-from ..data import LOCAL_SOURCES, calib_split, describe_source, evaluation_split, load_text
-from ..errors import UserError, clip, known_keys_only, path_kind, short, warn
-from ..models import LoadedModel, check_placement, load_model, parse_dtype, resolve_device
-from ..placement import has_offloaded_weights
-from ..pipeline import collect_dense_stats
-from ..windows import Windowing, calibration_windows, check_bos_mode, tokenize, windowing_for
+from ..data import LOCAL_SOURCES
+from ..errors import UserError, clip, known_keys_only, path_kind, short
+from ..models import check_placement, parse_dtype
+from ..windows import check_bos_mode
 from .config import SearchConfig
-from .executors import ExecutorSpec
-from .fitness import FitnessSettings, MultiModelFitness, ProxyFitness, parse_setting
+from .fitness import FitnessSettings, parse_setting
 
 JOB_FILE = "job.json"
 STATS_FILE = "stats.safetensors"
@@ -228,220 +222,3 @@ def prepare_out_dir(out: Path, job: SearchJob, resume: bool, overwrite: bool) ->
     return job
 
 
-def _save_stats(path: Path, stats: dict[str, LinearStats]) -> None:
-    tensors = {}
-    for name, s in stats.items():
-        for key in ("x_mean_sq", "hessian", "grad_l1", "grad_l2"):
-            value = getattr(s, key)
-            if value is not None:
-                tensors[f"{name}.{key}"] = value.contiguous()
-    io.write_bytes(path, save(tensors))
-
-
-def _load_stats(path: Path) -> dict[str, LinearStats]:
-    out: dict[str, LinearStats] = {}
-    for key, value in load_file(str(path)).items():
-        name, attr = key.rsplit(".", 1)
-        setattr(out.setdefault(name, LinearStats()), attr, value)
-    return out
-
-
-def stats_file(index: int) -> str:
-    """The statistics of the job's index-th model (one model: stats.safetensors, as before)."""
-    return STATS_FILE if index == 0 else f"stats-{index}.safetensors"
-
-
-def wants_hessian(job: SearchJob) -> bool:
-    """H is part of the run's statistics when candidates are reconstructed or scored by the err rung."""
-    return job.reconstruct != "none" or any(r.kind == "err" for r in job.fitness_settings().rungs())
-
-
-def _stats_problem(path: Path, lm: LoadedModel, job: SearchJob) -> tuple[dict[str, LinearStats] | None, str | None]:
-    """(stats, None) if ``path`` holds this model's statistics, else (None, what is wrong)."""
-    from ..models import find_decoder_layers, find_linears, weight_matrix
-
-    try:
-        stats = _load_stats(path)
-    except Exception as exc:  # noqa: BLE001 -- safetensors raises its own errors on damaged bytes
-        return None, f"{type(exc).__name__}: {str(exc).strip()[:120]}"
-    layers_name, layers = find_decoder_layers(lm.model)
-    for i, layer in enumerate(layers):
-        for name, module in find_linears(layer).items():
-            s = stats.get(f"{layers_name}.{i}.{name}")
-            out_f, in_f = weight_matrix(module).shape
-            if s is None or s.x_mean_sq is None or s.grad_l1 is None or s.grad_l2 is None:
-                return None, f"no statistics for {layers_name}.{i}.{name}"
-            if (tuple(s.x_mean_sq.shape) != (in_f,) or tuple(s.grad_l1.shape) != (out_f, in_f)
-                    or tuple(s.grad_l2.shape) != (out_f, in_f)
-                    or (wants_hessian(job) and (s.hessian is None or tuple(s.hessian.shape) != (in_f, in_f)))):
-                return None, f"statistics of {layers_name}.{i}.{name} do not fit the model"
-    return stats, None
-
-
-def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, out: Path,
-                     progress: bool, index: int = 0) -> dict[str, LinearStats]:
-    """X (and H when reconstructing) from the dense model and G from backprop, once per run (kept in
-    the run folder)."""
-    path = out / stats_file(index)
-    if path.exists():
-        stats, problem = _stats_problem(path, lm, job)
-        if stats is not None:
-            return stats
-        # Derived data: computing it again from the model and the calibration windows is exact.
-        warn(f"{short(path)} is damaged ({problem}): computing the statistics again")
-    from ..calib.gradients import load_or_compute_gradients
-
-    start = time.perf_counter()
-    needs = frozenset({"X", "H"} if wants_hessian(job) else {"X"})
-    stats = collect_dense_stats(lm.model, calib_ids, needs, batch_size=job.nsamples, progress=progress)
-    x_seconds = time.perf_counter() - start
-    grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
-                                                 seed=job.seed, progress=progress)
-    # What recomputing the statistics per candidate would cost (bench/search_bench.py reads it).
-    io.write_json(out / ("timing.json" if index == 0 else f"timing-{index}.json"),
-                      {"statistics": x_seconds, "gradients": grad_info["seconds"], "gradients_cached": grad_info["cached"]})
-    for name, (l1, l2) in grads.items():
-        stats[name].grad_l1, stats[name].grad_l2 = l1, l2
-    _save_stats(path, stats)
-    return stats
-
-
-@dataclass
-class JobContext:
-    """What the search and the leaderboard share: the loaded model and the tokenised data."""
-
-    lm: LoadedModel
-    calib_ids: torch.Tensor
-    fitness: ProxyFitness
-    report_tokens: dict[str, torch.Tensor]  # reporting source -> (1, N) tokens
-    report_info: dict[str, dict]
-    windowing: Windowing
-    job: SearchJob
-    calib_tokens: torch.Tensor  # (1, N) the calibration text, for other seeds' windows
-    progress: bool = True
-
-    def calibration(self, seed: int | None, with_gradients: bool) -> tuple[torch.Tensor, Any]:
-        """Calibration windows of `seed` (the run's seed: the search's own) and, when asked, their G
-        (computed once per seed into the gradient cache)."""
-        job = self.job
-        seed = job.seed if seed is None else seed
-        ids = self.calib_ids if seed == job.seed else calibration_windows(self.calib_tokens, job.nsamples, job.seqlen,
-                                                                          seed, self.windowing)
-        if not with_gradients:
-            return ids, None
-        if seed == job.seed:
-            return ids, {n: (s.grad_l1, s.grad_l2) for n, s in self.fitness.stats.items() if s.grad_l1 is not None}
-        from ..calib.gradients import load_or_compute_gradients
-
-        self.fitness.restore()  # G of the dense model
-        grads, _ = load_or_compute_gradients(self.lm.model, ids, model_id=self.lm.path, data_id=job.calib_data,
-                                             seed=seed, progress=self.progress)
-        return ids, grads
-
-
-def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats]) -> ProxyFitness:
-    """The search fitness over the job's search split (shared by this process and Ray workers)."""
-    split = fitness_split(job.fitness_data, job.calib_data)
-    windowing = windowing_for(lm.tokenizer, job.bos)
-    search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split), windowing)
-    return ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
-                        data_info=describe_source(job.fitness_data, split), windowing=windowing)
-
-
-def build_context(job: SearchJob, out: Path, progress: bool, index: int = 0) -> JobContext:
-    """The loaded model, data and fitness of the job's index-th model (the only one, usually)."""
-    model = job.models[index]
-    spread = job.device_map != "none"
-    lm = load_model(model, dtype=parse_dtype(job.dtype), device="cpu" if spread else resolve_device(job.device),
-                    device_map=job.device_map if spread else None, max_memory=job.max_memory,
-                    check_tokenizer=lambda tok: windowing_for(tok, job.bos))
-    if has_offloaded_weights(lm.model):
-        # Every candidate rewrites every weight: layers on disk or in accelerate's CPU store would be
-        # written back once per candidate and per setting, far slower than the search is worth.
-        raise UserError("the search needs every layer on a device, but the device map offloaded some "
-                        "(give --max-memory more room, or use more GPUs)")
-    windowing = windowing_for(lm.tokenizer, job.bos)
-    calib_tokens = tokenize(lm.tokenizer, load_text(job.calib_data, calib_split(job.calib_data)), windowing)
-    calib_ids = calibration_windows(calib_tokens, job.nsamples, job.seqlen, job.seed, windowing)
-    report_tokens, report_info = {}, {}
-    for source in job.report_sources:  # loaded before the search: unreachable data fails now, not in hours
-        report_split = evaluation_split(source)
-        name = source if len(job.models) == 1 else f"{source} @ {model}"
-        report_tokens[name] = tokenize(lm.tokenizer, load_text(source, report_split), windowing)
-        report_info[name] = describe_source(source, report_split)
-        if len(job.models) > 1:
-            report_info[name]["model"] = model
-    stats = proxy_statistics(lm, job, calib_ids, out, progress, index)
-    return JobContext(lm, calib_ids, _proxy_fitness(job, lm, stats), report_tokens, report_info, windowing, job,
-                      calib_tokens, progress)
-
-
-@dataclass(frozen=True)
-class ProxyFitnessFactory:
-    """Builds the job's ProxyFitness inside a Ray worker: loads the model and reads X, G (and H
-    when reconstructing) from the run folder's stats.safetensors, written by this process before
-    any worker starts, so no worker recomputes statistics.  On a multi-node cluster the run folder (and a local model
-    path) must be reachable at the same path on every node, e.g. a shared filesystem."""
-
-    job: SearchJob
-    out: str
-
-    def __call__(self) -> ProxyFitness:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a worker's weight-loading bars would interleave with the driver's
-        # Inside a GPU actor, Ray makes its one GPU "cuda"; "cuda:N" of the driver means nothing here.
-        device = "cuda" if self.job.device != "cpu" and torch.cuda.is_available() else "cpu"
-        path = Path(self.out) / STATS_FILE
-        if not path.exists():
-            raise UserError(f"{path} not found on this Ray node: the run folder must be on a filesystem every node sees")
-        lm = load_model(self.job.models[0], dtype=parse_dtype(self.job.dtype), device=device)
-        return _proxy_fitness(self.job, lm, _load_stats(path))
-
-
-def run_job(job: SearchJob, out: Path, *, resume: bool = False, overwrite: bool = False,
-            progress: bool = True, executor: ExecutorSpec = ExecutorSpec(),
-            generations: int | None = None) -> dict[str, Any]:
-    """Search, then the leaderboard. Returns {"result": SearchResult, "leaderboard": rows}.
-    ``executor`` says where candidates are evaluated (not saved: resume may use another);
-    ``generations`` (with resume) replaces the saved generation budget."""
-    from .engine import run_search
-    from .leaderboard import run_leaderboard
-
-    out = Path(out)
-    executor.check()  # e.g. Ray missing: say so before loading anything
-    if not resume:
-        validate_job(job)
-    job = prepare_out_dir(out, job, resume, overwrite)
-    if resume:  # a damaged log or checkpoint is refused now, not after the model and statistics load
-        from .checkpoint import CONFIG, DAMAGED, RUN_FILES, inspect_run, read_config
-
-        if (out / CONFIG).exists():
-            read_config(out)
-        elif any((out / f).exists() for f in RUN_FILES):
-            raise UserError(f"cannot resume {short(out)}: its {CONFIG} (the run's settings) is missing: "
-                            f"{DAMAGED.replace('restore it', 'restore ' + CONFIG)}")
-        inspect_run(out)
-    if executor.kind == "ray" and job.device_map != "none":
-        raise UserError("--device-map spreads one model over several GPUs, Ray workers hold one model on one GPU "
-                        "each: use --executor serial with --device-map")
-    if resume and generations is not None and generations != job.search.generations:
-        from .checkpoint import check_budget
-
-        check_budget(out, generations)  # before job.json changes (run_search checks again, for API callers)
-        job = replace(job, search=replace(job.search, generations=generations))
-        io.write_json(out / JOB_FILE, job.to_dict())
-    if executor.kind == "ray" and len(job.models) > 1:
-        raise UserError("a search over several models runs with --executor serial (a Ray worker holds one model)")
-    contexts = [build_context(job, out, progress, i) for i in range(len(job.models))]
-    fitness = contexts[0].fitness if len(contexts) == 1 else MultiModelFitness([c.fitness for c in contexts],
-                                                                               job.models)
-    with executor.build(fitness, ProxyFitnessFactory(job, str(out.resolve())), use_gpus=job.device != "cpu") as ex:
-        result = run_search(fitness, job.search, out, resume=resume, overwrite=overwrite, progress=progress,
-                            executor=ex)
-    rows: list[dict] = []
-    report_info = {name: info for ctx in contexts for name, info in ctx.report_info.items()}
-    for ctx in contexts:
-        if ctx.report_tokens:
-            rows = run_leaderboard(ctx, job, result.hall_of_fame, out, progress, report_info)
-    return {"result": result, "leaderboard": rows, "job": job}

@@ -25,7 +25,8 @@ from ..pipeline import prune_model
 from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_metric
 from .engine import genes_of
 from .fitness import parse_setting
-from .job import JobContext, SearchJob
+from .context import JobContext
+from .job import SearchJob
 
 LEADERBOARD_LOG = "leaderboard.jsonl"
 LEADERBOARD_MD = "leaderboard.md"
