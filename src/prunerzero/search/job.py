@@ -19,10 +19,11 @@ from typing import Any
 from .. import io
 from ..data import LOCAL_SOURCES
 from ..errors import UserError, clip, known_keys_only, path_kind, short
+from ..masks import parse_setting
 from ..models import check_placement, parse_dtype
 from ..windows import check_bos_mode
 from .config import SearchConfig
-from .fitness import FitnessSettings, parse_setting
+from .fitness import FitnessSettings
 
 JOB_FILE = "job.json"
 STATS_FILE = "stats.safetensors"

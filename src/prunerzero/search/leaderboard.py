@@ -21,10 +21,10 @@ from ..errors import UserError, short, warn
 from ..eval.perplexity import perplexity
 from ..methods import get_method
 from ..methods.symbolic import symbolic_method
+from ..masks import parse_setting
 from ..pipeline import prune_model
 from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_metric
 from .engine import genes_of
-from .fitness import parse_setting
 from .context import JobContext
 from .job import SearchJob
 

@@ -98,7 +98,7 @@ def parse_sparsities(text: str) -> list[float]:
 def sparsity_grid(cfg: SweepConfig) -> list[float]:
     """The sweep's sparsities; an N:M pattern has exactly one (N/M), so it is the default and the
     only value allowed."""
-    from ..masks import parse_target
+    from ..masks import parse_pattern, parse_target
 
     if cfg.pattern == "unstructured":
         values = parse_sparsities(DEFAULT_SPARSITIES if cfg.sparsities is None else cfg.sparsities)
@@ -106,10 +106,8 @@ def sparsity_grid(cfg: SweepConfig) -> list[float]:
             parse_target(v, cfg.pattern, cfg.group)
         return values
     parse_target(0.0, "unstructured", cfg.group)  # checks the group
-    parts = cfg.pattern.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) == 0:
-        raise UserError(f"unknown pattern {cfg.pattern!r} (use unstructured or N:M such as 2:4)")
-    own = round(int(parts[0]) / int(parts[1]), 6)
+    n, m = parse_pattern(cfg.pattern)
+    own = round(n / m, 6)
     values = parse_sparsities(cfg.sparsities) if cfg.sparsities is not None else [own]
     for v in values:
         parse_target(v, cfg.pattern, cfg.group)  # raises "pattern 2:4 means sparsity 0.5, ..." (and N < M)

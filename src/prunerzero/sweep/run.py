@@ -101,7 +101,8 @@ class DenseState:
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
         from ..api import check_seqlen
         from ..data import calib_split, evaluation_split, load_text
-        from ..models import find_decoder_layers, find_linears, load_model, parse_dtype, resolve_device, weight_matrix
+        from ..models import load_model, parse_dtype, resolve_device
+        from ..snapshot import DenseSnapshot
         from ..windows import calibration_windows, tokenize, windowing_for
 
         self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device),
@@ -111,12 +112,8 @@ class DenseState:
         tok = self.lm.tokenizer
         self.windowing = windowing_for(tok, cfg.bos)
         self.test_tokens = tokenize(tok, load_text(cfg.eval_data, evaluation_split(cfg.eval_data)), self.windowing)
-        layers_name, layers = find_decoder_layers(self.lm.model)
-        self.linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers)
-                        for n, m in find_linears(layer).items()}
-        # (out, in) copies in the model's dtype: every point is pruned from these, never from a pruned
-        # model; each method sees a float32 copy of one linear at a time
-        self.dense = {n: weight_matrix(m).detach().clone() for n, m in self.linears.items()}
+        # every point is pruned from the dense weights, never from a pruned model
+        self.snapshot = DenseSnapshot(self.lm.model)
         self.needs = frozenset().union(*(m.needs for m in methods.values()))
         self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}, "windowing": self.windowing.to_dict()}
         self.calib_ids = None
@@ -136,7 +133,7 @@ class DenseState:
             stats = collect_dense_stats(self.lm.model, self.calib_ids, frozenset(act), batch_size=cfg.batch_size,
                                         progress=progress)
         else:
-            stats = {n: LinearStats() for n in self.linears}
+            stats = {n: LinearStats() for n in self.snapshot.linears}
         self.info["seconds"]["activations"] = time.perf_counter() - t
         if "G" in self.needs:  # only when a swept metric reads G: gradients cost a backward per sample
             from ..calib.gradients import load_gradient_file, load_or_compute_gradients
@@ -154,28 +151,20 @@ class DenseState:
             self.info["seconds"]["gradients"] = time.perf_counter() - t
         return stats
 
-    @torch.no_grad()
+    @property
+    def dense(self) -> dict[str, torch.Tensor]:
+        """The kept dense weights, (out, in) in the model's dtype, by full linear name."""
+        return self.snapshot.dense
+
     def apply(self, method: Any, target: Any) -> float:
-        """Write ``method``'s pruned weights (from the dense copy) into the model; returns the
+        """Write ``method``'s pruned weights (from the dense snapshot) into the model; returns the
         share of zeros in the prunable linears."""
-        from ..models import set_weight_matrix
+        # Statistics wait on the CPU; a GPU run moves one linear's at a time.
+        return self.snapshot.apply(lambda name, weight: method.prune(weight, self.stats[name].to(weight.device), target),
+                                   count_zeros=True)
 
-        zeros = total = 0
-        for name, module in self.linears.items():
-            weight = self.dense[name].float()  # (out, in)
-            # Statistics wait on the CPU; a GPU run moves one linear's at a time.
-            new = method.prune(weight, self.stats[name].to(weight.device), target)  # (out, in)
-            set_weight_matrix(module, new)
-            zeros += int((new == 0).sum())
-            total += new.numel()
-        return zeros / max(total, 1)
-
-    @torch.no_grad()
     def restore(self) -> None:
-        from ..models import set_weight_matrix
-
-        for name, module in self.linears.items():
-            set_weight_matrix(module, self.dense[name])
+        self.snapshot.restore()
 
 
 def _measure(state: DenseState, cfg: SweepConfig) -> dict[str, Any]:
