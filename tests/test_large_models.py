@@ -401,10 +401,10 @@ def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitex
 
 def test_search_refuses_offloaded_layers_and_ray_with_a_device_map(tiny_model_dir, wikitext_test, tmp_path,
                                                                   monkeypatch, capsys):
-    from prunerzero.search import context as context_module
+    from prunerzero import models as models_module
 
     # What a device map that does not fit gives: decoder layer 1 on disk.
-    monkeypatch.setattr(context_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
+    monkeypatch.setattr(models_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
     assert main(_search(tiny_model_dir, wikitext_test, tmp_path / "run", "--device-map", "auto")) == 2
     err = capsys.readouterr().err.strip()
     assert "the search needs every layer on a device" in err and len(err.splitlines()) == 1, err

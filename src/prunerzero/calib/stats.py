@@ -45,6 +45,15 @@ class LinearStats:
         )
 
 
+def attach_gradients(stats: dict[str, LinearStats], grads: GradientStats) -> dict[str, LinearStats]:
+    """G into the statistics of the same linears, in place (linears ``stats`` lacks are skipped);
+    returns ``stats``. ``grads`` is read once per linear (a GradientFile reads each from disk)."""
+    for name, (l1, l2) in grads.items():
+        if name in stats:
+            stats[name].grad_l1, stats[name].grad_l2 = l1, l2
+    return stats
+
+
 class InputAccumulator:
     """Running sums over the tokens that enter one linear layer."""
 

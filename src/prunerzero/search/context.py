@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file, save
 
 from .. import io
-from ..calib.stats import LinearStats
-from ..data import calib_split, describe_source, evaluation_split, load_text
+from ..calib.stats import LinearStats, attach_gradients
+from ..data import describe_source, evaluation_split, load_text
 from ..errors import UserError, short, warn
-from ..models import LoadedModel, load_model, parse_dtype, resolve_device
+from ..models import LoadedModel, load_model, parse_dtype, prunable_linears, weight_matrix
 from ..placement import has_offloaded_weights
 from ..pipeline import collect_dense_stats
-from ..windows import Windowing, calibration_windows, tokenize, windowing_for
+from ..windows import Windowing, tokenize, windowing_for
 from .fitness import ProxyFitness
 from .job import STATS_FILE, SearchJob, fitness_split
 
@@ -51,23 +51,19 @@ def wants_hessian(job: SearchJob) -> bool:
 
 def _stats_problem(path: Path, lm: LoadedModel, job: SearchJob) -> tuple[dict[str, LinearStats] | None, str | None]:
     """(stats, None) if ``path`` holds this model's statistics, else (None, what is wrong)."""
-    from ..models import find_decoder_layers, find_linears, weight_matrix
-
     try:
         stats = _load_stats(path)
     except Exception as exc:  # noqa: BLE001 -- safetensors raises its own errors on damaged bytes
         return None, f"{type(exc).__name__}: {str(exc).strip()[:120]}"
-    layers_name, layers = find_decoder_layers(lm.model)
-    for i, layer in enumerate(layers):
-        for name, module in find_linears(layer).items():
-            s = stats.get(f"{layers_name}.{i}.{name}")
-            out_f, in_f = weight_matrix(module).shape
-            if s is None or s.x_mean_sq is None or s.grad_l1 is None or s.grad_l2 is None:
-                return None, f"no statistics for {layers_name}.{i}.{name}"
-            if (tuple(s.x_mean_sq.shape) != (in_f,) or tuple(s.grad_l1.shape) != (out_f, in_f)
-                    or tuple(s.grad_l2.shape) != (out_f, in_f)
-                    or (wants_hessian(job) and (s.hessian is None or tuple(s.hessian.shape) != (in_f, in_f)))):
-                return None, f"statistics of {layers_name}.{i}.{name} do not fit the model"
+    for name, module in prunable_linears(lm.model).items():
+        s = stats.get(name)
+        out_f, in_f = weight_matrix(module).shape
+        if s is None or s.x_mean_sq is None or s.grad_l1 is None or s.grad_l2 is None:
+            return None, f"no statistics for {name}"
+        if (tuple(s.x_mean_sq.shape) != (in_f,) or tuple(s.grad_l1.shape) != (out_f, in_f)
+                or tuple(s.grad_l2.shape) != (out_f, in_f)
+                or (wants_hessian(job) and (s.hessian is None or tuple(s.hessian.shape) != (in_f, in_f)))):
+            return None, f"statistics of {name} do not fit the model"
     return stats, None
 
 
@@ -82,19 +78,15 @@ def proxy_statistics(lm: LoadedModel, job: SearchJob, calib_ids: torch.Tensor, o
             return stats
         # Derived data: computing it again from the model and the calibration windows is exact.
         warn(f"{short(path)} is damaged ({problem}): computing the statistics again")
-    from ..calib.gradients import load_or_compute_gradients
-
     start = time.perf_counter()
     needs = frozenset({"X", "H"} if wants_hessian(job) else {"X"})
     stats = collect_dense_stats(lm.model, calib_ids, needs, batch_size=job.nsamples, progress=progress)
     x_seconds = time.perf_counter() - start
-    grads, grad_info = load_or_compute_gradients(lm.model, calib_ids, model_id=lm.path, data_id=job.calib_data,
-                                                 seed=job.seed, progress=progress)
+    grads, grad_info = job.dense_gradients(lm, calib_ids, progress=progress)
     # What recomputing the statistics per candidate would cost (bench/search_bench.py reads it).
     io.write_json(out / ("timing.json" if index == 0 else f"timing-{index}.json"),
-                      {"statistics": x_seconds, "gradients": grad_info["seconds"], "gradients_cached": grad_info["cached"]})
-    for name, (l1, l2) in grads.items():
-        stats[name].grad_l1, stats[name].grad_l2 = l1, l2
+                  {"statistics": x_seconds, "gradients": grad_info["seconds"], "gradients_cached": grad_info["cached"]})
+    attach_gradients(stats, grads)
     _save_stats(path, stats)
     return stats
 
@@ -118,17 +110,13 @@ class JobContext:
         (computed once per seed into the gradient cache)."""
         job = self.job
         seed = job.seed if seed is None else seed
-        ids = self.calib_ids if seed == job.seed else calibration_windows(self.calib_tokens, job.nsamples, job.seqlen,
-                                                                          seed, self.windowing)
+        ids = self.calib_ids if seed == job.seed else job.calibration_windows(self.calib_tokens, self.windowing, seed)
         if not with_gradients:
             return ids, None
         if seed == job.seed:
             return ids, {n: (s.grad_l1, s.grad_l2) for n, s in self.fitness.stats.items() if s.grad_l1 is not None}
-        from ..calib.gradients import load_or_compute_gradients
-
         self.fitness.restore()  # G of the dense model
-        grads, _ = load_or_compute_gradients(self.lm.model, ids, model_id=self.lm.path, data_id=job.calib_data,
-                                             seed=seed, progress=self.progress)
+        grads, _ = job.dense_gradients(self.lm, ids, seed=seed, progress=self.progress)
         return ids, grads
 
 
@@ -144,18 +132,15 @@ def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats
 def build_context(job: SearchJob, out: Path, progress: bool, index: int = 0) -> JobContext:
     """The loaded model, data and fitness of the job's index-th model (the only one, usually)."""
     model = job.models[index]
-    spread = job.device_map != "none"
-    lm = load_model(model, dtype=parse_dtype(job.dtype), device="cpu" if spread else resolve_device(job.device),
-                    device_map=job.device_map if spread else None, max_memory=job.max_memory,
-                    check_tokenizer=lambda tok: windowing_for(tok, job.bos))
+    lm, windowing = job.open_model(model)
     if has_offloaded_weights(lm.model):
         # Every candidate rewrites every weight: layers on disk or in accelerate's CPU store would be
         # written back once per candidate and per setting, far slower than the search is worth.
         raise UserError("the search needs every layer on a device, but the device map offloaded some "
                         "(give --max-memory more room, or use more GPUs)")
-    windowing = windowing_for(lm.tokenizer, job.bos)
-    calib_tokens = tokenize(lm.tokenizer, load_text(job.calib_data, calib_split(job.calib_data)), windowing)
-    calib_ids = calibration_windows(calib_tokens, job.nsamples, job.seqlen, job.seed, windowing)
+    job.check_calib_fits(lm)
+    calib_tokens = job.calibration_tokens(lm, windowing)
+    calib_ids = job.calibration_windows(calib_tokens, windowing)
     report_tokens, report_info = {}, {}
     for source in job.report_sources:  # loaded before the search: unreachable data fails now, not in hours
         report_split = evaluation_split(source)

@@ -11,73 +11,75 @@ leaderboard. Everything lands in the run folder as it happens:
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import io
 from ..data import LOCAL_SOURCES
 from ..errors import UserError, clip, known_keys_only, path_kind, short
-from ..masks import parse_setting
-from ..models import check_placement, parse_dtype
-from ..windows import check_bos_mode
+from ..settings import CalibSettings, DeviceMapSettings, LeverSettings, check_types, option
 from .config import SearchConfig
-from .fitness import FitnessSettings
+
+if TYPE_CHECKING:
+    from .fitness import FitnessSettings
 
 JOB_FILE = "job.json"
 STATS_FILE = "stats.safetensors"
 
 
-@dataclass(frozen=True)
-class SearchJob:
-    model: str = "smollm2-135m"
-    settings: tuple[str, ...] = ("0.5",)  # "0.5" (unstructured), "2:4", "0.6:unstructured", ...
-    calib_data: str = "general"
-    nsamples: int = 32
-    seqlen: int = 512
-    seed: int = 0
-    bos: str = "auto"  # window rule (windows.BOS_MODES) for calibration, fitness and reporting windows
-    fitness_data: str = "general"  # its search split: disjoint from calibration and reporting text
-    fidelity_tokens: tuple[int, ...] = (1024, 4096)
-    ladder: tuple[str, ...] = ()  # fidelity rungs (search.proxies), cheapest first; replaces fidelity_tokens
-    terminal_scale: str = "raw"  # "layer": scale-free W, X, G (each divided by its layer mean)
-    eval_dtype: str = "float32"
-    device: str = "auto"
-    dtype: str = "float32"  # weights as loaded (masks and metrics stay float32)
-    device_map: str = "none"  # or auto / balanced / sequential: one model spread over GPUs (serial executor)
-    max_memory: str | None = None  # with device_map: "0=70GiB,1=70GiB"
-    report_data: str | None = "wikitext2"  # reporting texts, comma-separated (e.g. "wikitext2,qasper")
-    report_tokens: int | None = None
-    calib_seeds: tuple[int, ...] = ()  # the leaderboard's calibration draws (empty: just `seed`)
-    leaderboard_top: int = 3
-    baselines: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
-    reconstruct: str = "none"  # obs: fitness (and leaderboard) prune with the OBS update after the mask
-    reconstruct_mode: str = "fixed"
-    allocation: str = "uniform"  # owl: OWL layer-wise sparsity (unstructured settings)
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
+@dataclass(frozen=True, kw_only=True)
+class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
+    """The shared groups of ``settings`` (model and placement, calibration, levers; the levers apply to
+    every candidate and every leaderboard entry) plus what only a search has."""
+
+    model: str = option("smollm2-135m", "a local Hugging Face folder, a hub id, a .gguf file, or smollm2-135m; "
+                        "several, comma-separated: the fitness is their geometric mean")
+    settings: tuple[str, ...] = option(("0.5",), 'several sparsity settings scored together by geometric-mean '
+                                       'perplexity, e.g. "0.5,2:4" (a bare number is unstructured)', items=str)
+    fitness_data: str = option("general", "scored on its search split (general: 20% of the mix's documents; lambada: "
+                               "last 20% of passages; squad: last 20% of articles)")
+    fidelity_tokens: tuple[int, ...] = option((1024, 4096), "perplexity token budgets, cheapest first (when no "
+                                              "--ladder)", items=int)
+    ladder: tuple[str, ...] = option((), "fidelity rungs, cheapest first: err (layer output error, no forward pass), "
+                                     "kl:N (KL from the dense model on N tokens), ppl:N (perplexity); e.g. err,kl:4096",
+                                     items=str)
+    terminal_scale: str = option("raw", "layer: scale-free W, X, G (each divided by its mean over the layer), so sums "
+                                 "of terms balance the same way on every model; the winner is saved with it in "
+                                 "best_metric.json", flag="--terminals", choices=("raw", "layer"))
+    eval_dtype: str = option("float32", "float32 or bfloat16 for fitness forwards")
+    report_data: str | None = option("wikitext2", "reporting texts for the leaderboard, comma-separated: wikitext2, "
+                                     "qasper (NLP papers), a file")
+    report_tokens: int | None = option(None, "first N tokens of the reporting set")
+    calib_seeds: tuple[int, ...] = option((), "the leaderboard prunes with each of these calibration draws and reports "
+                                          "mean and spread (default: --seed only)", items=int)
+    leaderboard_top: int = option(3, "searched metrics on the leaderboard")
+    baselines: tuple[str, ...] = option(("magnitude", "wanda", "gblm", "ria", "pruner-zero"),
+                                        "methods measured next to the searched metrics, a comma list, or none",
+                                        items=str, none="none")
     search: SearchConfig = field(default_factory=SearchConfig)
 
+    # job.json as it has always been written
+    KEY_ORDER: ClassVar[tuple[str, ...]] = (
+        "model", "settings", "calib_data", "nsamples", "seqlen", "seed", "bos", "fitness_data", "fidelity_tokens",
+        "ladder", "terminal_scale", "eval_dtype", "device", "dtype", "device_map", "max_memory", "report_data",
+        "report_tokens", "calib_seeds", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
+        "allocation", "owl_m", "owl_lambda", "search")
+
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "search"}
-        d = json.loads(json.dumps(d))  # tuples -> lists
-        d["search"] = self.search.to_dict()
-        return d
+        return {**super().to_dict(), "search": self.search.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchJob":
+    def from_dict(cls, data: Any, what: str = "job.json") -> "SearchJob":
         """A job read back from job.json; every value of its declared type, or one UserError."""
-        from ..config import check_types
-
-        data = known_keys_only(data, [f.name for f in fields(cls)], "job.json")
+        data = known_keys_only(data, cls.field_names(), what)
         data.setdefault("bos", "none")  # runs saved before the BOS rule cut every window without BOS
         check_types(cls, {k: v for k, v in data.items() if k not in ("search", "fidelity_tokens", "calib_seeds")},
-                    "job.json")
+                    what)
         for key in ("fidelity_tokens", "calib_seeds"):
             ints = data.get(key, [])
             if not isinstance(ints, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ints):
-                raise UserError(f"job.json: {key} must be a list of integers")
+                raise UserError(f"{what}: {key} must be a list of integers")
         for key in ("settings", "fidelity_tokens", "baselines", "ladder", "calib_seeds"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -99,6 +101,8 @@ class SearchJob:
         return self.calib_seeds or (self.seed,)
 
     def fitness_settings(self) -> FitnessSettings:
+        from .fitness import FitnessSettings
+
         return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
                                reconstruct=self.reconstruct, reconstruct_mode=self.reconstruct_mode,
                                allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda,
@@ -119,19 +123,21 @@ def fitness_split(source: str, calib_source: str) -> str:
 def validate_job(job: SearchJob) -> None:
     """Every cheap check of a job, before anything is written or loaded."""
     from ..data import check_source
-    from ..models import resolve_model_path
+    from ..masks import parse_setting
+    from ..methods import METHODS
 
     if not job.models:
         raise UserError("--model is empty")
     if len(set(job.models)) != len(job.models):
         raise UserError(f"--model names a model twice: {clip(job.model, 200)}")
-    check_source(job.calib_data, "--calib-data")
+    job.check_calibration()
     check_source(job.fitness_data, "--fitness-data")
     for source in job.report_sources:
         check_source(source, "--report-data")
+    targets = []
     for s in job.settings:
         try:
-            parse_setting(s)
+            targets.append(parse_setting(s))
         except (ValueError, ZeroDivisionError):  # "a:b", "1:0": not numbers the setting parser can use
             raise UserError(f"--settings: {clip(s, 40)} is not a sparsity setting (e.g. 0.5, 0.6:unstructured, "
                             "2:4)") from None
@@ -153,31 +159,16 @@ def validate_job(job: SearchJob) -> None:
         raise UserError(f"--calib-seeds repeats a seed: {','.join(map(str, job.calib_seeds))}")
     if job.eval_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--eval-dtype must be float32 or bfloat16, not {job.eval_dtype!r}")
-    parse_dtype(job.dtype)
-    check_bos_mode(job.bos)
+    job.check_model()
     if job.terminal_scale not in ("raw", "layer"):
         raise UserError(f"--terminals must be raw or layer, not {job.terminal_scale!r}")
-    check_placement(job.device, job.device_map, job.max_memory)
-    from ..allocation import check_allocation, check_owl
-    from ..methods import METHODS
-    from ..methods.reconstruct import check_reconstruct
-
     for name in job.baselines:
         METHODS.get(name)
-    check_reconstruct(job.reconstruct, job.reconstruct_mode)
-    check_allocation(job.allocation)
     if job.search.owl_lambdas and job.allocation != "owl":
         raise UserError("--owl-lambdas evolves OWL's lambda: it needs --allocation owl")
-    if job.allocation == "owl":
-        targets = [parse_setting(s) for s in job.settings]
-        if all(t.structured for t in targets):
-            raise UserError("--allocation owl needs at least one unstructured setting")
-        for t in targets:
-            if not t.structured:
-                for lam in (job.owl_lambda, *job.search.owl_lambdas):
-                    check_owl(t.sparsity, job.owl_m, lam, False)
+    job.check_levers(targets, job.search.owl_lambdas)
     for model in job.models:
-        resolve_model_path(model)  # last: it may convert a GGUF file (once)
+        job.check_model_path(model)  # last: it may convert a GGUF file (once)
 
 
 def read_job(out: Path) -> SearchJob:

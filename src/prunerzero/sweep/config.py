@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..errors import UserError, clip
+from ..settings import CalibSettings, EvalSettings, ModelSettings, PruningSettings, TargetSettings, option
 
 SETTINGS, LOG, JSON, MD, PNG = "sweep_settings.json", "sweep.jsonl", "sweep.json", "sweep.md", "sweep.png"
 DEFAULT_SPARSITIES = "0.1:0.8:0.1"
@@ -15,36 +16,25 @@ VARIANT = ("one-shot: statistics of the dense model collected once and reused fo
 
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    model: str = "smollm2-135m"
-    methods: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "pruner-zero")
-    sparsities: str | None = None  # "a:b:step" (inclusive) or "a,b,c"; None = default for the pattern
-    pattern: str = "unstructured"
-    group: str = "row"
-    calib_data: str = "general"
-    nsamples: int = 32
-    seqlen: int = 512
-    seed: int = 0
-    bos: str = "auto"  # window rule (windows.BOS_MODES): part of the settings, so a rerun under another is refused
-    batch_size: int = 8
-    percdamp: float = 0.01
-    blocksize: int = 128
-    gradients: str | None = None  # precomputed gradient file
-    eval_data: str = "wikitext2"
-    eval_seqlen: int | None = None  # default: seqlen
-    eval_tokens: int | None = None
-    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
-    dtype: str = "float32"  # weights as loaded; the pruning math stays float32
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(ModelSettings, CalibSettings, EvalSettings, TargetSettings, PruningSettings):
+    """The shared groups of ``settings`` plus the grid: which methods, which sparsities."""
 
-    @property
-    def effective_eval_seqlen(self) -> int:
-        return self.eval_seqlen or self.seqlen
+    methods: tuple[str, ...] = option(("magnitude", "wanda", "sparsegpt", "pruner-zero"),
+                                      "methods, a comma list (magnitude, wanda, sparsegpt, gblm, ria, pruner-zero)",
+                                      items=str)
+    sparsities: str | None = option(None, "start:stop:step (stop included) or a comma list; default 0.1:0.8:0.1, or "
+                                    "N/M for N:M")
+
+    KEY_ORDER: ClassVar[tuple[str, ...]] = (
+        "model", "methods", "sparsities", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed", "bos",
+        "batch_size", "percdamp", "blocksize", "gradients", "eval_data", "eval_seqlen", "eval_tokens", "device", "dtype")
 
     def settings(self) -> dict[str, Any]:
-        """What the measured numbers depend on. Methods and sparsities are left out: they only
-        choose grid points, so a rerun may add some and reuse every point already measured."""
-        d = asdict(self)
+        """What the measured numbers depend on (sweep_settings.json; a rerun must match it). Methods
+        and sparsities are left out: they only choose grid points, so a rerun may add some and reuse
+        every point already measured."""
+        d = self.to_dict()
         for k in ("methods", "sparsities", "batch_size", "device"):  # they change speed, not results
             d.pop(k)
         d["eval_seqlen"] = self.effective_eval_seqlen

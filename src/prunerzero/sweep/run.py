@@ -24,8 +24,7 @@ from typing import Any
 import torch
 
 from .. import io
-from ..data import check_source
-from ..errors import UserError, one_line, path_kind, short, warn
+from ..errors import UserError, one_line, short, warn
 from ..eval.perplexity import perplexity
 from .config import LOG, JSON, MD, PNG, REDO, SETTINGS, SweepConfig, point_key, sparsity_grid
 
@@ -99,32 +98,23 @@ class DenseState:
     """The loaded model, its dense weights and the cached statistics every point reuses."""
 
     def __init__(self, cfg: SweepConfig, methods: dict[str, Any], progress: bool) -> None:
-        from ..api import check_seqlen
-        from ..data import calib_split, evaluation_split, load_text
-        from ..models import load_model, parse_dtype, resolve_device
         from ..snapshot import DenseSnapshot
-        from ..windows import calibration_windows, tokenize, windowing_for
 
-        self.lm = load_model(cfg.model, dtype=parse_dtype(cfg.dtype), device=resolve_device(cfg.device),
-                             check_tokenizer=lambda t: windowing_for(t, cfg.bos))
-        check_seqlen(self.lm, cfg.seqlen)
-        check_seqlen(self.lm, cfg.effective_eval_seqlen)
-        tok = self.lm.tokenizer
-        self.windowing = windowing_for(tok, cfg.bos)
-        self.test_tokens = tokenize(tok, load_text(cfg.eval_data, evaluation_split(cfg.eval_data)), self.windowing)
+        self.lm, self.windowing = cfg.open_model()
+        cfg.check_calib_fits(self.lm)
+        cfg.check_eval_fits(self.lm)
+        self.test_tokens, _ = cfg.test_tokens(self.lm, self.windowing)
         # every point is pruned from the dense weights, never from a pruned model
         self.snapshot = DenseSnapshot(self.lm.model)
         self.needs = frozenset().union(*(m.needs for m in methods.values()))
         self.info: dict[str, Any] = {"needs": sorted(self.needs), "seconds": {}, "windowing": self.windowing.to_dict()}
         self.calib_ids = None
         if self.needs & {"X", "H", "G"}:
-            calib_text = load_text(cfg.calib_data, calib_split(cfg.calib_data))
-            self.calib_ids = calibration_windows(tokenize(tok, calib_text, self.windowing), cfg.nsamples, cfg.seqlen,
-                                                 cfg.seed, self.windowing)
+            self.calib_ids = cfg.calibration_windows(cfg.calibration_tokens(self.lm, self.windowing), self.windowing)
         self.stats = self._statistics(cfg, progress)
 
     def _statistics(self, cfg: SweepConfig, progress: bool) -> dict[str, Any]:
-        from ..calib.stats import LinearStats
+        from ..calib.stats import LinearStats, attach_gradients
         from ..pipeline import collect_dense_stats
 
         t = time.perf_counter()
@@ -136,17 +126,9 @@ class DenseState:
             stats = {n: LinearStats() for n in self.snapshot.linears}
         self.info["seconds"]["activations"] = time.perf_counter() - t
         if "G" in self.needs:  # only when a swept metric reads G: gradients cost a backward per sample
-            from ..calib.gradients import load_gradient_file, load_or_compute_gradients
-
             t = time.perf_counter()
-            if cfg.gradients:
-                grads, ginfo = load_gradient_file(cfg.gradients, self.lm.model), {"file": cfg.gradients}
-            else:
-                grads, ginfo = load_or_compute_gradients(self.lm.model, self.calib_ids, model_id=self.lm.path,
-                                                         data_id=cfg.calib_data, seed=cfg.seed, progress=progress)
-            for name, (g1, g2) in grads.items():
-                if name in stats:
-                    stats[name].grad_l1, stats[name].grad_l2 = g1, g2
+            grads, ginfo = cfg.dense_gradients(self.lm, self.calib_ids, file=cfg.gradients, progress=progress)
+            attach_gradients(stats, grads)
             self.info["gradients"] = {k: v for k, v in ginfo.items() if k in ("file", "cache_file", "cached")}
             self.info["seconds"]["gradients"] = time.perf_counter() - t
         return stats
@@ -174,29 +156,17 @@ def _measure(state: DenseState, cfg: SweepConfig) -> dict[str, Any]:
 
 
 def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
-    """Every cheap check, before loading anything big."""
-    from ..models import parse_dtype, resolve_device, resolve_model_path
-    from ..windows import check_bos_mode
-
+    """Every cheap check, before loading anything big (each settings group checks its own fields)."""
     grid = sparsity_grid(cfg)
     methods = build_methods(cfg)
-    if cfg.nsamples < 1 or cfg.seqlen < 2:
-        raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
-    from ..api import check_numbers
-
-    check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
-    if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
-        raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
-    parse_dtype(cfg.dtype)
-    check_bos_mode(cfg.bos)
-    resolve_device(cfg.device)
-    if cfg.gradients is not None and path_kind(cfg.gradients) != "file":
-        raise UserError(f"gradient file not found: {short(cfg.gradients)}")
+    cfg.check_pruning()
+    if cfg.eval_data is None:
+        raise UserError("a sweep measures perplexity: pass --eval-data (wikitext2, a text file, ...)")
+    cfg.check_model()
     needs = frozenset().union(*(m.needs for m in methods.values()))
-    if needs & {"X", "H", "G"}:
-        check_source(cfg.calib_data, "--calib-data")
-    check_source(cfg.eval_data, "--eval-data")
-    resolve_model_path(cfg.model)
+    cfg.check_calibration(reads_text=bool(needs & {"X", "H", "G"}))
+    cfg.check_eval()
+    cfg.check_model_path()
     return grid, methods
 
 
