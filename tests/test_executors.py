@@ -41,7 +41,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    import ray.cloudpickle
+    import ray.cloudpickle  # noqa: F811  (the submodule, for register_pickle_by_value)
 
     # The fitness classes live in test modules, which Ray workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

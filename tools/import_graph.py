@@ -3,9 +3,10 @@
     python tools/import_graph.py [SRC_DIR] [--edges]
 
 Every import counts, also those inside functions (a lazy import is still a dependency: it only
-moves the failure to run time); only ``if TYPE_CHECKING:`` imports are left out. ``from .pkg import name`` points at ``pkg.name`` when that is a
-module, else at ``pkg``. A package's ``__init__`` importing its own submodules is the usual
-re-export and is left out of the cycles (a submodule importing its package's ``__init__`` is not).
+moves the failure to run time); only ``if TYPE_CHECKING:`` imports are left out.
+``from .pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``. A package's
+``__init__`` importing its own submodules is the usual re-export and is left out of the cycles (a
+submodule importing its package's ``__init__`` is not).
 Cycles are the strongly connected components with more than one module (Tarjan). Also prints the
 largest modules by lines.
 """

@@ -42,7 +42,8 @@ class Allocation:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambda"] = d.pop("lam")
-        d["overall_sparsity"] = sum(s * n for s, n in zip(self.layer_sparsity, self.layer_numel)) / sum(self.layer_numel)
+        pruned = sum(s * n for s, n in zip(self.layer_sparsity, self.layer_numel))
+        d["overall_sparsity"] = pruned / sum(self.layer_numel)
         return d
 
 
@@ -78,7 +79,8 @@ def owl_sparsities(ratios: Sequence[float], sparsity: float, lam: float, numel: 
 
 
 @torch.no_grad()
-def owl_allocation(model: nn.Module, stats: dict[str, LinearStats], sparsity: float, m: float, lam: float) -> Allocation:
+def owl_allocation(model: nn.Module, stats: dict[str, LinearStats], sparsity: float, m: float,
+                   lam: float) -> Allocation:
     """OWL's per-layer sparsities from the dense model's weights and X (full linear name -> stats)."""
     layers_name, layers = find_decoder_layers(model)
     ratios, numel = [], []

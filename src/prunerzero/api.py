@@ -142,7 +142,8 @@ def check_metric_ranks(metric_spec: str) -> None:
 
 def _ppl_cache_file(lm: LoadedModel, eval_info: dict, seqlen: int, tokens: int | None,
                     windowing: Windowing) -> Path:
-    stamp = [str(p.stat().st_mtime_ns) for p in sorted(Path(lm.path).glob("*.safetensors"))] if Path(lm.path).exists() else []
+    folder = Path(lm.path)
+    stamp = [str(p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors"))] if folder.exists() else []
     parts: list[Any] = [lm.path, stamp, eval_info, seqlen, tokens]
     dtype = next(lm.model.parameters()).dtype
     if dtype != torch.float32:  # float32 keeps the keys of earlier versions

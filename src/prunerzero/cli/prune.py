@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_settings(p, PruneConfig, OPTIONS[:3])
     p.add_argument("--metric-file", type=nonempty, help="a metric saved as .json (Pruner-Zero tree or ours) or .txt")
     add_settings(p, PruneConfig, OPTIONS[3:])
-    p.add_argument("--dry-run", action="store_true", help="check every setting, print the effective config, load nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every setting, print the effective config, load nothing")
     p.set_defaults(func=cmd_prune)
 
 
@@ -75,13 +76,15 @@ def print_prune_summary(results: dict[str, Any]) -> None:
     details = results.get("method_details", {})
     what = details.get("formula") or results["method"]
     print(f"method     {results['method']}  ({what})")
-    print(f"pattern    {results['pattern']}  target {results['target_sparsity']:.4f}  actual {results['actual_sparsity']:.4f}")
+    print(f"pattern    {results['pattern']}  target {results['target_sparsity']:.4f}  "
+          f"actual {results['actual_sparsity']:.4f}")
     if "allocation" in results:
         a = results["allocation"]
         print(f"allocation {a['kind']} (M {a['m']:g}, lambda {a['lambda']:g}): layer sparsity "
               f"{min(a['layer_sparsity']):.4f}..{max(a['layer_sparsity']):.4f}")
     if "head" in results:
-        tied = "  (tied: the input embeddings are the same matrix)" if results["head"]["tied_to_input_embeddings"] else ""
+        tied = ("  (tied: the input embeddings are the same matrix)"
+                if results["head"]["tied_to_input_embeddings"] else "")
         print(f"head       {results['head']['name']} pruned{tied}")
     if "pruned" in results:
         ev = results["eval"]
@@ -95,4 +98,5 @@ def print_prune_summary(results: dict[str, Any]) -> None:
 
         print(format_zeroshot_table(results["zero_shot"]))
     if results["config"].get("save"):
-        print(f"saved      {results['config']['save']}/results.json" + ("  + model/" if results.get("saved_model") else ""))
+        model = "  + model/" if results.get("saved_model") else ""
+        print(f"saved      {results['config']['save']}/results.json{model}")

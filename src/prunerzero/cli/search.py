@@ -90,5 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", type=nonempty, default=None, metavar="ADDR",
                    help="join a running Ray cluster (auto or HOST:PORT); default: start a local one")
     p.add_argument("--cpus-per-worker", type=int, default=None,
-                   help="CPUs (and torch threads) per Ray worker (default: a local cluster's cores split evenly, else 1)")
+                   help="CPUs (and torch threads) per Ray worker (default: a local cluster's cores split evenly, "
+                        "else 1)")
     p.set_defaults(func=cmd_search)

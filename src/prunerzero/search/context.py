@@ -172,7 +172,8 @@ class ProxyFitnessFactory:
         device = "cuda" if self.job.device != "cpu" and torch.cuda.is_available() else "cpu"
         path = Path(self.out) / STATS_FILE
         if not path.exists():
-            raise UserError(f"{path} not found on this Ray node: the run folder must be on a filesystem every node sees")
+            raise UserError(f"{path} not found on this Ray node: the run folder must be on a filesystem every "
+                            "node sees")
         lm = load_model(self.job.models[0], dtype=parse_dtype(self.job.dtype), device=device)
         return _proxy_fitness(self.job, lm, _load_stats(path))
 

@@ -16,7 +16,8 @@ at its tail.  An actor that dies (``RayActorError``: process killed, node lost, 
 is replaced by a new one and its candidate resubmitted; a candidate on which ``max_attempts``
 workers died is recorded invalid (it is then the likeliest cause, and the search must not loop
 forever), unless deaths keep coming without any result in between: then the cluster is the
-cause and the run stops with an error (resumable) instead of marking every candidate invalid.  Invalid candidates are never retried: the worker reports them like any value.
+cause and the run stops with an error (resumable) instead of marking every candidate invalid.  Invalid
+candidates are never retried: the worker reports them like any value.
 """
 from __future__ import annotations
 
@@ -292,7 +293,8 @@ class RayExecutor:
                 self._deaths_in_a_row += 1
                 if self._deaths_in_a_row >= self.max_attempts * max(self.workers, 2):
                     raise UserError(f"Ray workers died {self._deaths_in_a_row} times in a row without a result "
-                                    f"(last: {str(exc).splitlines()[0]}); stopping, --resume continues the run") from None
+                                    f"(last: {str(exc).splitlines()[0]}); stopping, --resume continues the run"
+                                    ) from None
             self._replace(slot)
             if request is None or task.batch is not batch or queue is None:
                 return None

@@ -139,7 +139,8 @@ class ProxyFitness:
 
     def _autocast(self):
         device_type = next(self.model.parameters()).device.type
-        return torch.autocast(device_type, dtype=torch.bfloat16) if self.config.eval_dtype == "bfloat16" else nullcontext()
+        bf16 = self.config.eval_dtype == "bfloat16"
+        return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     @torch.no_grad()
     def _dense_top_k(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -144,7 +144,8 @@ def validate_job(job: SearchJob) -> None:
     if not job.fidelity_tokens or list(job.fidelity_tokens) != sorted(job.fidelity_tokens):
         raise UserError("--fidelity-tokens must be ascending token budgets, e.g. 1024,4096")
     if job.fidelity_tokens[0] < job.seqlen:
-        raise UserError(f"the cheapest fidelity ({job.fidelity_tokens[0]} tokens) is less than one window of {job.seqlen}")
+        raise UserError(f"the cheapest fidelity ({job.fidelity_tokens[0]} tokens) is less than one window of "
+                        f"{job.seqlen}")
     rungs = job.fitness_settings().rungs()
     if len({r.name for r in rungs}) != len(rungs):
         raise UserError(f"--ladder names a rung twice: {','.join(job.ladder)}")

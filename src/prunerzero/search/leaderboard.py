@@ -156,7 +156,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
             target = parse_setting(setting)
             lam = dict(metric.genes).get("owl_lambda") if metric is not None else None
             layer_sparsity = ctx.fitness.layer_sparsities(target, lam)  # the run's allocation, if any
-            target_for = target if layer_sparsity is None else (lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
+            target_for = target if layer_sparsity is None else (
+                lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
             calib_ids, grads = ctx.calibration(seed, "G" in method.needs)
             prune_model(model, method, target_for, calib_ids, grads=grads, progress=False)
             pruned_seconds = time.perf_counter() - start

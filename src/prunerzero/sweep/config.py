@@ -28,7 +28,8 @@ class SweepConfig(ModelSettings, CalibSettings, EvalSettings, TargetSettings, Pr
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "model", "methods", "sparsities", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed", "bos",
-        "batch_size", "percdamp", "blocksize", "gradients", "eval_data", "eval_seqlen", "eval_tokens", "device", "dtype")
+        "batch_size", "percdamp", "blocksize", "gradients", "eval_data", "eval_seqlen", "eval_tokens", "device",
+        "dtype")
 
     def settings(self) -> dict[str, Any]:
         """What the measured numbers depend on (sweep_settings.json; a rerun must match it). Methods

@@ -86,8 +86,8 @@ def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[
     io.write_json(out / JSON, obj)
 
     title = f"{Path(cfg.model).name}, {cfg.pattern}, {Path(cfg.eval_data).name}"  # names: paths can be long
-    png = None if not figure else plot_sweep({m: {s: r.get("ppl") for s, r in row.items()} for m, row in by_method.items()}, dense,
-                     out / PNG, title)
+    curves = {m: {s: r.get("ppl") for s, r in row.items()} for m, row in by_method.items()}
+    png = None if not figure else plot_sweep(curves, dense, out / PNG, title)
     tokens = dense_rec["tokens"] if dense_rec else "-"
     lines = [
         "# Perplexity vs sparsity", "",

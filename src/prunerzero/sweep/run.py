@@ -63,7 +63,8 @@ def prepare_out_dir(out: Path, cfg: SweepConfig, overwrite: bool) -> list[dict[s
                             "pass --overwrite or choose another --out")
         scan = io.scan_jsonl(out / LOG, _check_point, hint=REDO)
         if scan.torn is not None:
-            warn(f"{short(out / LOG)} ended with a torn line (a kill while it was written): that point is measured again")
+            warn(f"{short(out / LOG)} ended with a torn line (a kill while it was written): that point is measured "
+                 "again")
         io.repair_jsonl(out / LOG, scan)  # a torn last line is cut off, so appends start on a fresh line
         return scan.records
     if overwrite:
@@ -142,8 +143,10 @@ class DenseState:
         """Write ``method``'s pruned weights (from the dense snapshot) into the model; returns the
         share of zeros in the prunable linears."""
         # Statistics wait on the CPU; a GPU run moves one linear's at a time.
-        return self.snapshot.apply(lambda name, weight: method.prune(weight, self.stats[name].to(weight.device), target),
-                                   count_zeros=True)
+        def prune(name: str, weight: torch.Tensor) -> torch.Tensor:
+            return method.prune(weight, self.stats[name].to(weight.device), target)
+
+        return self.snapshot.apply(prune, count_zeros=True)
 
     def restore(self) -> None:
         self.snapshot.restore()

@@ -88,7 +88,8 @@ class _GradientFileWriter:
         for name, shape in shapes.items():
             for norm in norms:
                 nbytes = 4 * shape[0] * shape[1]
-                header[f"{name}.{norm}"] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+                header[f"{name}.{norm}"] = {"dtype": "F32", "shape": list(shape),
+                                            "data_offsets": [offset, offset + nbytes]}
                 self.offsets[f"{name}.{norm}"] = offset
                 offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()

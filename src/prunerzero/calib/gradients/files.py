@@ -83,7 +83,8 @@ def _open_safetensors(path: Path, expected: dict[str, nn.Module]) -> tuple[Gradi
             if key is None:
                 raise UserError(f"gradient file {path}: no {source} gradients for {name}")
             if shapes[key] != shape:
-                raise UserError(f"gradient file {path}: {name} has shape {shapes[key]}, the model's (out, in) is {shape}")
+                raise UserError(f"gradient file {path}: {name} has shape {shapes[key]}, the model's (out, in) "
+                                f"is {shape}")
             names[f"{name}.{norm}"] = key
     return GradientFile(path, names, {name: _out_in_shape(m) for name, m in expected.items()}), norms
 
@@ -144,7 +145,8 @@ def read_gradient_file(path: str | Path, model: nn.Module, *, legacy_norm: str =
             if t is None:
                 raise UserError(f"gradient file {path}: no {norm} gradients for {name}")
             if tuple(t.shape) != shape:
-                raise UserError(f"gradient file {path}: {name} has shape {tuple(t.shape)}, the model's (out, in) is {shape}")
+                raise UserError(f"gradient file {path}: {name} has shape {tuple(t.shape)}, the model's (out, in) "
+                                f"is {shape}")
             if not torch.isfinite(t).all():  # e.g. GBLM-Pruner's float16 l1 sums overflow to inf
                 raise UserError(f"gradient file {path}: {name} ({norm}) has inf/nan values")
             pair[norm] = t.to(torch.float32)
