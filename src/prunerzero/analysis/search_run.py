@@ -2,7 +2,7 @@
 with good fitness, and whether the cheap fitness ranks candidates like the expensive ones.
 
 ``analyze_run(run_dir)`` reads a run folder (``search.load_run``) and writes ``analysis.md`` plus
-PNG figures (``analysis_plots``).  The numbers come from the evaluation log, the source of truth
+PNG figures (``plots``).  The numbers come from the evaluation log, the source of truth
 for fitness values; the checkpoint adds the per-generation population summaries (invalid and
 duplicate shares) that the log cannot know because cache hits are not logged.
 

@@ -47,6 +47,9 @@ class GradientFile(Mapping):
                 pair.append(t)
         return pair[0], pair[1]
 
+    def __contains__(self, name: object) -> bool:  # without reading the tensors (Mapping's would)
+        return name in self._shapes
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._shapes)
 
