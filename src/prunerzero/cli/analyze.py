@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import nonempty
+from .options import nonempty
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..config import PruneConfig
-from ..errors import nonempty
-from .options import add_settings
+from .options import add_settings, nonempty
 
 
 def register(sub: argparse._SubParsersAction) -> None:

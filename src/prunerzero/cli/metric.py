@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import nonempty
-from .options import Parser
+from .options import Parser, nonempty
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any, Callable, Iterable, NoReturn
 
-from ..errors import clip, nonempty, one_line
+from ..errors import clip, one_line
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +29,14 @@ NOT_GIVEN: Any = _NotGiven()  # the default of every option made from a settings
 
 
 # ----------------------------------------------------------------------------- text -> value
+
+
+def nonempty(text: str) -> str:
+    """A value that is not empty or blank (an empty --metric or --save must not silently mean
+    "not given")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty value")
+    return text
 
 
 def number(text: str) -> float:

@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from ..config import PruneConfig
-from ..errors import UserError, nonempty, short
+from ..errors import UserError, short
 from ..settings import resolve
-from .options import add_settings, given, parse_text
+from .options import add_settings, given, nonempty, parse_text
 
 # In --help order; every PruneConfig field is an option (metric also comes as --metric-file).
 OPTIONS = ("model", "method", "metric", "sparsity", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed",

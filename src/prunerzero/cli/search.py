@@ -5,11 +5,11 @@ import argparse
 from pathlib import Path
 
 from ..config import PruneConfig
-from ..errors import UserError, nonempty
+from ..errors import UserError
 from ..search.config import SearchConfig
 from ..search.job import SearchJob
 from ..settings import resolve
-from .options import add_settings, given
+from .options import add_settings, given, nonempty
 
 # A new search from the command line weighs formula size; the API's default stays 0 (off), as for
 # runs saved before parsimony existed.

@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import nonempty
 from ..settings import resolve
 from ..sweep.config import SweepConfig
-from .options import add_settings, given
+from .options import add_settings, given, nonempty
 
 OPTIONS = ("model", "methods", "sparsities", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed", "bos",
            "batch_size", "percdamp", "blocksize", "gradients", "eval_data", "eval_seqlen", "eval_tokens", "device",
