@@ -141,7 +141,8 @@ def read_settings_file(path: str | Path, cls: type[Settings]) -> dict[str, Any]:
         raise UserError(f"{what} is not UTF-8 text (byte {exc.start}): not a JSON config file") from None
     except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
         raise UserError(f"{what} is not readable JSON: {one_line(exc, 200)}") from None
-    return check_types(cls, known_keys_only(data, cls.field_names(), what), what)
+    data = check_types(cls, known_keys_only(data, cls.field_names(), what), what)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
 # ----------------------------------------------------------------------------- the groups
