@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-fast bench bench-prune bench-search bench-search-squad bench-proxy bench-zeroshot bench-levers bench-ray clean
+.PHONY: setup demo lint test test-fast bench bench-prune bench-search bench-search-squad bench-proxy bench-zeroshot bench-levers bench-ray clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: setup
 	    --fidelity-tokens 1024,4096 --eval-dtype bfloat16 \
 	    --report-data $(EVAL_DATA) --report-tokens 4096 --leaderboard-top 1 \
 	    --baselines magnitude,wanda,pruner-zero --out runs/demo --overwrite
+
+# pyflakes and pycodestyle (pyproject.toml's [tool.ruff]); .ci/run runs it before the tests.
+lint: setup
+	$(BIN)/ruff check src tests bench tools
 
 test: setup
 	$(BIN)/pytest -q tests

@@ -106,7 +106,8 @@ def measure(run: Path, threads: int) -> None:
     from prunerzero.methods.symbolic import symbolic_method
     from prunerzero.models import load_model
     from prunerzero.pipeline import collect_dense_stats, prune_model
-    from prunerzero.search.fitness import FitnessSettings, ProxyFitness, parse_setting
+    from prunerzero.masks import parse_setting
+    from prunerzero.search.fitness import FitnessSettings, ProxyFitness
     from prunerzero.search.proxies import dense_top_k, kl_top_k
     from prunerzero.symbolic import load_metric, named_metric
     from prunerzero.windows import calibration_windows, eval_windows, tokenize

@@ -87,10 +87,12 @@ def main() -> None:
                 sampler.enter(f"between phases (after {name})")
         return wrapped
 
-    api.open_model = phase("load model", api.open_model)
-    api.tokenize = phase("tokenize texts", api.tokenize)
+    config_class = api.PruneConfig
+    config_class.open_model = phase("load model", config_class.open_model)
+    config_class.test_tokens = phase("tokenize texts", config_class.test_tokens)
+    config_class.calibration_tokens = phase("tokenize texts", config_class.calibration_tokens)
+    config_class.dense_gradients = phase("gradients", config_class.dense_gradients)
     api.dense_perplexity = phase("dense perplexity", api.dense_perplexity)
-    api.load_gradients = phase("gradients", api.load_gradients)
     capture_fn = capture.capture_layer_inputs
     def capture_then_layers(*a, **k):
         sampler.enter("capture first-layer inputs")

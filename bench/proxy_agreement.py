@@ -57,8 +57,9 @@ def main() -> None:
     from prunerzero.methods.symbolic import symbolic_method
     from prunerzero.pipeline import prune_model
     from prunerzero.search.checkpoint import read_json
-    from prunerzero.search.fitness import parse_setting
-    from prunerzero.search.job import JOB_FILE, SearchJob, build_context
+    from prunerzero.masks import parse_setting
+    from prunerzero.search.context import build_context
+    from prunerzero.search.job import JOB_FILE, SearchJob
     from prunerzero.symbolic import canonical_key, load_metric, named_metric
 
     run = args.run.resolve()

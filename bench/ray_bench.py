@@ -54,8 +54,9 @@ def main() -> None:
     import torch
 
     from prunerzero.search import SearchConfig
-    from prunerzero.search.executors import EvalJob, RayExecutor, SerialExecutor
-    from prunerzero.search.job import ProxyFitnessFactory, SearchJob, build_context
+    from prunerzero.search.context import ProxyFitnessFactory, build_context
+    from prunerzero.search.executors import EvalRequest, RayExecutor, SerialExecutor
+    from prunerzero.search.job import SearchJob
     from prunerzero.symbolic import load_metric
 
     cores = os.cpu_count() or 1
@@ -71,12 +72,12 @@ def main() -> None:
     factory = ProxyFitnessFactory(job, str(args.out.resolve()))
     fidelity = f"{args.fidelity_tokens}tok"
     names = list(islice(cycle(CANDIDATES), args.candidates))
-    jobs = [EvalJob(str(i), load_metric(n), fidelity) for i, n in enumerate(names)]
+    jobs = [EvalRequest(str(i), load_metric(n), fidelity) for i, n in enumerate(names)]
 
     def timed(ex, warmup: int) -> tuple[float, dict[str, float]]:
-        list(ex.map_unordered(EvalJob(f"w{i}", load_metric(CANDIDATES[i]), fidelity) for i in range(warmup)))
+        list(ex.map_unordered(EvalRequest(f"w{i}", load_metric(CANDIDATES[i]), fidelity) for i in range(warmup)))
         start = time.perf_counter()
-        values = {r.job.key: r.value for r in ex.map_unordered(jobs)}
+        values = {r.request.key: r.value for r in ex.map_unordered(jobs)}
         return (time.perf_counter() - start) / len(jobs), values
 
     rows = []

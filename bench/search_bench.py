@@ -71,7 +71,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         wall = time.perf_counter() - start
 
-    evaluations = [json.loads(l) for l in (run / "evaluations.jsonl").read_text().splitlines()]
+    evaluations = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
     checkpoint = json.loads((run / "checkpoint.json").read_text())
     job = json.loads((run / "job.json").read_text())
     stats = checkpoint["stats"]

@@ -89,7 +89,7 @@ def write(args: argparse.Namespace) -> str:
         times = [e["time"] for e in evaluations]
         wall = (max(times) - min(times)) / 3600 if times else float("nan")
         agreement = ck.get("rung_agreement") or {}
-        from prunerzero.search.checkpoint import FitnessCache, rung_agreement  # the run's own records
+        from prunerzero.search.scores import FitnessCache, rung_agreement  # the run's own records
 
         try:
             cache = FitnessCache(evaluations, ck["generation"])

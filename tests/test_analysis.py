@@ -160,7 +160,7 @@ def test_planted_g_effect_is_found_across_runs_with_its_consistency(tmp_path, ca
     printed = capsys.readouterr().out
     assert "4 runs, 150 candidates pooled on the rank percentile within the run" in printed
 
-    from prunerzero.analysis_runs import analyze_runs
+    from prunerzero.analysis import analyze_runs
 
     result = analyze_runs([runs / "r0", runs / "r1", runs / "r2", runs / "no-g"], out)
     corr = {c.feature: c for c in result["correlations"]}
@@ -185,7 +185,7 @@ def test_planted_g_effect_is_found_across_runs_with_its_consistency(tmp_path, ca
 def test_run_level_differences_alone_claim_no_principle(tmp_path):
     """G is common in a run with huge fitness values and rare in one with small ones, but within
     each run it does nothing: pooling raw values would 'find' that G hurts, percentiles must not."""
-    from prunerzero.analysis_runs import analyze_runs
+    from prunerzero.analysis import analyze_runs
 
     runs = tmp_path / "runs"
     _write_run(runs / "a", _random_rows(60, seed=1, g_share=0.8, g_effect=0.0, scale=1000.0))
@@ -205,7 +205,7 @@ def test_run_level_differences_alone_claim_no_principle(tmp_path):
 
 
 def test_shared_candidates_count_once_per_run(tmp_path):
-    from prunerzero.analysis_runs import analyze_runs
+    from prunerzero.analysis import analyze_runs
 
     rows = [(0, f"W * X + {i + 1}", float(i + 1)) for i in range(6)] + [(1, "sqrt(W) * G + 1", 0.5)]
     _write_run(tmp_path / "a", rows)

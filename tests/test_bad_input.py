@@ -160,7 +160,7 @@ def test_hostile_input_is_one_line_exit_2_nothing_written(ctx, capsys, case):
 def test_unwritable_output_folder_fails_before_the_work(ctx, capsys, monkeypatch, command):
     """What a read-only folder does (root cannot be locked out by chmod, so the write probe is made to
     fail as the filesystem would)."""
-    import prunerzero.atomic as atomic
+    import prunerzero.io as atomic
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

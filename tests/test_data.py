@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from prunerzero.data import (LOCAL_SOURCES, calib_split, evaluation_split, lambada_passages, load_text,
+from prunerzero.data import (LOCAL_SOURCES, calib_split, evaluation_split, lambada_passages, load_text,  # noqa: F401
                              squad_articles)
 from prunerzero.errors import UserError
 from prunerzero.search.job import fitness_split

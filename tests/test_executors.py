@@ -41,7 +41,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    import ray.cloudpickle
+    import ray.cloudpickle  # noqa: F811  (the submodule, for register_pickle_by_value)
 
     # The fitness classes live in test modules, which Ray workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -178,14 +178,14 @@ class KillerToy(ToyFitness):
 
 def test_a_candidate_that_keeps_killing_workers_is_invalid_but_a_dying_cluster_stops(ray_cluster):
     from prunerzero.errors import UserError
-    from prunerzero.search.executors import EvalJob
+    from prunerzero.search.executors import EvalRequest
     from prunerzero.symbolic import load_metric
 
-    def job(formula: str) -> EvalJob:
-        return EvalJob(formula, load_metric(formula), "low")
+    def job(formula: str) -> EvalRequest:
+        return EvalRequest(formula, load_metric(formula), "low")
 
     with RayExecutor(KillerToy, workers=1, max_attempts=2) as ex:
-        out = {r.job.key: r for r in ex.map_unordered([job("tanh(W)"), job("W * sqrt(X)")])}
+        out = {r.request.key: r for r in ex.map_unordered([job("tanh(W)"), job("W * sqrt(X)")])}
         assert out["tanh(W)"].value == float("inf") and "2 Ray workers died" in out["tanh(W)"].reason
         assert out["W * sqrt(X)"].reason is None and ex.replacements == 2
         ex.max_attempts = 1  # now 2 deaths in a row (tanh(W), then tanh(X)) mean the cluster is at fault

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from prunerzero.calib import gradients as G
+from prunerzero.models import prunable_linears
 from prunerzero.errors import UserError
 from prunerzero.models import weight_matrix
 
@@ -42,7 +43,7 @@ def ids() -> torch.Tensor:
 
 def _per_sample_grads(model, ids) -> list[dict[str, torch.Tensor]]:
     """Independent reference: HF's own labels= loss, torch.autograd.grad per sample, (out, in)."""
-    mods = G.prunable_weights(model)
+    mods = prunable_linears(model)
     weights = [m.weight for m in mods.values()]
     flags = [w.requires_grad for w in weights]
     for w in weights:
@@ -75,7 +76,7 @@ def test_matches_brute_force_per_sample(model, ids):
     stats = G.compute_gradient_stats(model, ids, progress=False)
     ref = _norms(_per_sample_grads(model, ids))
     _assert_same(stats, ref)
-    for name, module in G.prunable_weights(model).items():
+    for name, module in prunable_linears(model).items():
         l1, l2 = stats[name]
         assert l1.shape == l2.shape == weight_matrix(module).shape  # (out, in), Conv1D transposed
         assert l1.dtype == l2.dtype == torch.float32 and l1.device.type == "cpu"

@@ -24,6 +24,8 @@ from torch import nn
 from conftest import build_tiny_model
 from prunerzero.allocation import owl_allocation
 from prunerzero.calib import gradients as G
+from prunerzero.calib.gradients import cache as gradient_cache
+from prunerzero.calib.gradients import compute as gradient_compute
 from prunerzero.calib.capture import LayerCall
 from prunerzero.cli import build_parser, main
 from prunerzero.config import PruneConfig
@@ -204,7 +206,7 @@ def test_chunks_take_k_layers_from_every_device(monkeypatch):
     assert G.layer_chunks(model, 1, layers=[0, 2]) == [[0], [2]]
     layers = find_decoder_layers(model)[1]
     fake = {id(layers[0]): "cuda:0", id(layers[1]): "cuda:0", id(layers[2]): "cuda:1"}  # a 2-GPU device map
-    monkeypatch.setattr(G, "module_device", lambda layer: torch.device(fake[id(layer)]))
+    monkeypatch.setattr(gradient_compute, "module_device", lambda layer: torch.device(fake[id(layer)]))
     assert G.layer_chunks(model, 1) == [[0, 2], [1]]  # both GPUs busy in the first chunk
     assert G.layer_chunks(model, 2) == [[0, 1, 2]]
 
@@ -242,9 +244,9 @@ def test_chunked_cache_same_key_and_resume_across_chunkings(tmp_path, ids):
 
 def test_bf16_weights_get_their_own_gradient_cache_key(ids):
     model = _three_layer_llama()
-    fields = G._key_fields(model, ids, "m", "d", 0, 1, None)
+    fields = gradient_cache._key_fields(model, ids, "m", "d", 0, 1, None)
     assert "weights_dtype" not in fields  # float32 weights keep the keys of earlier versions
-    bf16 = G._key_fields(model.to(torch.bfloat16), ids, "m", "d", 0, 1, None)
+    bf16 = gradient_cache._key_fields(model.to(torch.bfloat16), ids, "m", "d", 0, 1, None)
     assert bf16["weights_dtype"] == "bfloat16" and G.cache_key(bf16) != G.cache_key(fields)
 
 
@@ -376,12 +378,14 @@ def _search(model_dir, wikitext, out, *extra):
 def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
     """On a CPU `--device-map auto` puts every layer on the CPU: the same bf16 model, so the same
     fitness for every candidate; the copies the fitness restores from stay bf16 (half the memory)."""
+    from prunerzero.search import context as context_module
     from prunerzero.search import job as job_module
+    from prunerzero.search import run as run_module
 
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
     built = []
-    real_build = job_module.build_context
-    monkeypatch.setattr(job_module, "build_context", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build = run_module.build_context
+    monkeypatch.setattr(run_module, "build_context", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     runs = {}
     for label, extra in (("one", ["--device", "cpu"]), ("spread", ["--device-map", "auto"])):
         assert main(_search(tiny_model_dir, wikitext_test, tmp_path / label, *extra)) == 0
@@ -390,17 +394,17 @@ def test_search_with_a_device_map_scores_like_one_device(tiny_model_dir, wikitex
     assert json.loads((tmp_path / "spread" / "job.json").read_text())["device_map"] == "auto"
     assert {w.dtype for w in built[-1].fitness.dense.values()} == {torch.bfloat16}
     # What a Ray worker builds from the run folder: the job's dtype too.
-    worker = job_module.ProxyFitnessFactory(job_module.SearchJob.from_dict(
+    worker = context_module.ProxyFitnessFactory(job_module.SearchJob.from_dict(
         json.loads((tmp_path / "one" / "job.json").read_text())), str(tmp_path / "one"))()
     assert next(worker.model.parameters()).dtype == torch.bfloat16
 
 
 def test_search_refuses_offloaded_layers_and_ray_with_a_device_map(tiny_model_dir, wikitext_test, tmp_path,
                                                                   monkeypatch, capsys):
-    from prunerzero.search import job as job_module
+    from prunerzero import models as models_module
 
     # What a device map that does not fit gives: decoder layer 1 on disk.
-    monkeypatch.setattr(job_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
+    monkeypatch.setattr(models_module, "load_model", lambda *a, **k: _loaded_offloaded(tiny_model_dir, tmp_path))
     assert main(_search(tiny_model_dir, wikitext_test, tmp_path / "run", "--device-map", "auto")) == 2
     err = capsys.readouterr().err.strip()
     assert "the search needs every layer on a device" in err and len(err.splitlines()) == 1, err

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prunerzero import sweep
+from prunerzero.sweep import run as sweep_run
 from prunerzero.cli import main
 from prunerzero.errors import UserError
 
@@ -73,8 +74,8 @@ def test_sweep_outputs_monotone_one_stats_pass_and_resume(memorised_model_dir, w
     import prunerzero.pipeline as pipeline
 
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))  # the gradient cache
-    ppl, stats, grads = Counter(sweep.perplexity), Counter(pipeline.collect_dense_stats), None
-    monkeypatch.setattr(sweep, "perplexity", ppl)
+    ppl, stats, grads = Counter(sweep_run.perplexity), Counter(pipeline.collect_dense_stats), None
+    monkeypatch.setattr(sweep_run, "perplexity", ppl)
     monkeypatch.setattr(pipeline, "collect_dense_stats", stats)
     import prunerzero.calib.gradients as gradients
 
@@ -170,13 +171,13 @@ def test_parse_sparsities_and_nm_grid():
 def test_bf16_sweep_keeps_bf16_weights_and_float32_math(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
     """--dtype bfloat16: the kept dense copies and the model stay bf16; each method gets float32."""
     seen = []
-    real = sweep.DenseState.apply
+    real = sweep_run.DenseState.apply
 
     def spy(self, method, target):
         seen.append({w.dtype for w in self.dense.values()} | {next(self.lm.model.parameters()).dtype})
         return real(self, method, target)
 
-    monkeypatch.setattr(sweep.DenseState, "apply", spy)
+    monkeypatch.setattr(sweep_run.DenseState, "apply", spy)
     out = tmp_path / "sweep"
     assert main(_args(tiny_model_dir, wikitext_test, out, "--methods", "wanda,sparsegpt", "--sparsities", "0.5",
                       "--dtype", "bfloat16", "--device", "cpu")) == 0

@@ -224,7 +224,7 @@ def test_dense_perplexity_cache_is_per_rule(bos_models, tmp_path, monkeypatch, c
 
 
 def test_gradient_cache_key_changes_with_the_rule(bos_models, tmp_path, monkeypatch):
-    from prunerzero.calib.gradients import _key_fields, cache_key
+    from prunerzero.calib.gradients.cache import _key_fields, cache_key
     from prunerzero.data import load_text
     from prunerzero.models import load_model
 

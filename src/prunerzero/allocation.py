@@ -42,7 +42,8 @@ class Allocation:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambda"] = d.pop("lam")
-        d["overall_sparsity"] = sum(s * n for s, n in zip(self.layer_sparsity, self.layer_numel)) / sum(self.layer_numel)
+        pruned = sum(s * n for s, n in zip(self.layer_sparsity, self.layer_numel))
+        d["overall_sparsity"] = pruned / sum(self.layer_numel)
         return d
 
 
@@ -78,7 +79,8 @@ def owl_sparsities(ratios: Sequence[float], sparsity: float, lam: float, numel: 
 
 
 @torch.no_grad()
-def owl_allocation(model: nn.Module, stats: dict[str, LinearStats], sparsity: float, m: float, lam: float) -> Allocation:
+def owl_allocation(model: nn.Module, stats: dict[str, LinearStats], sparsity: float, m: float,
+                   lam: float) -> Allocation:
     """OWL's per-layer sparsities from the dense model's weights and X (full linear name -> stats)."""
     layers_name, layers = find_decoder_layers(model)
     ratios, numel = [], []
@@ -96,11 +98,9 @@ def owl_allocation(model: nn.Module, stats: dict[str, LinearStats], sparsity: fl
 
 def plot_allocation(alloc: Allocation, target: float, path: Path) -> None:
     """Per-layer sparsity (bars) and outlier ratio (line) against the decoder layer index."""
-    import matplotlib
+    from .figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     idx = list(range(len(alloc.layer_sparsity)))
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(idx, [100 * s for s in alloc.layer_sparsity], color="tab:blue", alpha=0.7, label="layer sparsity")
@@ -116,8 +116,4 @@ def plot_allocation(alloc: Allocation, target: float, path: Path) -> None:
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, tight=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import math
 import platform
 import time
 from contextlib import nullcontext
@@ -16,21 +15,21 @@ from typing import Any
 
 import torch
 
-from . import atomic
-from .allocation import Allocation, check_allocation, check_owl, owl_allocation, plot_allocation
+from . import io
+from .allocation import Allocation, owl_allocation, plot_allocation
 from .config import PruneConfig
-from .data import calib_split, check_source, describe_source, evaluation_split, load_text
 from .errors import UserError, clip, short
 from .eval.perplexity import perplexity
-from .masks import SparsityTarget, parse_target
+from .masks import SparsityTarget
 from .methods import METHODS, Method, get_method
-from .methods.reconstruct import check_reconstruct, with_reconstruction
-from .models import (LoadedModel, cache_dir, check_placement, load_model, max_context, parse_dtype, resolve_device,
-                     resolve_model_path)
+from .methods.reconstruct import with_reconstruction
+from .models import LoadedModel, cache_dir, max_context
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
 from .placement import devices_of, input_device
+from .data import check_source
+from .settings import EvalSettings, OffloadSettings, check_seqlen, check_zero_shot
 from .symbolic import InvalidMetricError
-from .windows import Windowing, calibration_windows, check_bos_mode, tokenize, windowing_for
+from .windows import Windowing
 
 RESULTS_FILE = "results.json"
 
@@ -58,7 +57,7 @@ def build_method(cfg: PruneConfig) -> Method:
         method = get_method(cfg.method, **options)
     if cfg.reconstruct != "none":
         method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize,
-                                     kind=cfg.reconstruct, admm_iters=cfg.admm_iters, cg_iters=cfg.cg_iters)
+                                     kind=cfg.reconstruct, **cfg.reconstruct_options())
     return method
 
 
@@ -70,7 +69,7 @@ def check_output_dir(save: str | None, overwrite: bool) -> None:
     if (Path(save) / RESULTS_FILE).exists() and not overwrite:
         raise UserError(f"{short(save)} already holds a run's results; pass --overwrite or choose another --save")
     # Now, not after the pruning: an unwritable --save (or a file there) must not cost the run.
-    atomic.check_writable_dir(save, "--save")
+    io.check_writable_dir(save, "--save")
     if (Path(save) / RESULTS_FILE).is_dir():
         raise UserError(f"{short(Path(save) / RESULTS_FILE)} is a folder: it cannot be replaced by the results")
 
@@ -89,19 +88,6 @@ def peak_gpu_mib() -> dict[str, float]:
     return {f"cuda:{i}": torch.cuda.max_memory_allocated(i) / 2**20 for i in range(torch.cuda.device_count())}
 
 
-def open_model(spec: str, device: str = "auto", dtype: str = "float32", device_map: str = "none",
-               max_memory: str | None = None, offload_folder: str | None = None,
-               bos: str = "auto") -> tuple[LoadedModel, Windowing]:
-    """Load `spec` on one device (device_map "none") or spread by accelerate, weights in `dtype`;
-    with the window rule `bos` means for its tokenizer (refused before the weights load)."""
-    check_placement(device, device_map, max_memory)
-    one_device = resolve_device(device) if device_map == "none" else "cpu"
-    lm = load_model(spec, dtype=parse_dtype(dtype), device=one_device, device_map=device_map,
-                    max_memory=max_memory, offload_folder=offload_folder,
-                    check_tokenizer=lambda tok: windowing_for(tok, bos))
-    return lm, windowing_for(lm.tokenizer, bos)
-
-
 def placement_record(lm: LoadedModel) -> dict[str, Any]:
     """What results.json says about where the model ran."""
     device_map = devices_of(lm.model)
@@ -112,35 +98,19 @@ def placement_record(lm: LoadedModel) -> dict[str, Any]:
 
 
 def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
-    """Every cheap check, before loading anything big."""
-    target = parse_target(cfg.sparsity, cfg.pattern, cfg.group)
-    if cfg.nsamples < 1 or cfg.seqlen < 2:
-        raise UserError("--nsamples must be >= 1 and --seqlen >= 2")
-    check_numbers(cfg.batch_size, cfg.blocksize, cfg.percdamp)
-    if cfg.zero_shot_limit is not None and cfg.zero_shot_limit < 1:
-        raise UserError(f"--zero-shot-limit must be >= 1, not {cfg.zero_shot_limit}")
-    if cfg.eval_tokens is not None and cfg.eval_tokens < cfg.effective_eval_seqlen:
-        raise UserError(f"--eval-tokens {cfg.eval_tokens} is less than one window of {cfg.effective_eval_seqlen}")
+    """Every cheap check, before loading anything big (each settings group checks its own fields)."""
+    target = cfg.target(cfg.sparsity)
+    cfg.check_pruning()
+    check_zero_shot(cfg.zero_shot, cfg.zero_shot_limit)
     if cfg.within_layer not in ("auto", "sequential", "parallel"):
         raise UserError(f"--within-layer must be auto, sequential or parallel, not {cfg.within_layer!r}")
-    check_bos_mode(cfg.bos)
     if cfg.calib_dtype not in ("float32", "bfloat16"):
         raise UserError(f"--calib-dtype must be float32 or bfloat16, not {cfg.calib_dtype!r}")
-    parse_dtype(cfg.dtype)
     if cfg.grad_chunk_layers is not None and cfg.grad_chunk_layers < 1:
         raise UserError(f"--grad-chunk-layers must be >= 1, not {cfg.grad_chunk_layers}")
     if cfg.save_model and not cfg.save:
         raise UserError("--save-model needs --save DIR")
-    if cfg.zero_shot:
-        from .eval.zeroshot import TASKS
-
-        bad = [t for t in cfg.zero_shot if t not in TASKS]
-        if bad:
-            raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
-    check_reconstruct(cfg.reconstruct, cfg.reconstruct_mode, cfg.admm_iters, cfg.cg_iters)
-    check_allocation(cfg.allocation)
-    if cfg.allocation == "owl":
-        check_owl(target.sparsity, cfg.owl_m, cfg.owl_lambda, target.structured)
+    cfg.check_levers([target])
     if cfg.metric is not None and not str(cfg.metric).strip():
         raise UserError("--metric is empty: pass a formula, a named metric or a metric file")
     if not cfg.metric and cfg.method not in METHODS:
@@ -152,22 +122,11 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         raise UserError("the output head cannot be pruned with a gradient-based method (G covers decoder layers "
                         "only); drop --prune-head or use a method over W and X")
     check_output_dir(cfg.save, cfg.overwrite)
-    if cfg.gradients and not Path(cfg.gradients).is_file():
-        raise UserError(f"gradient file not found: {cfg.gradients}")
-    check_placement(cfg.device, cfg.device_map, cfg.max_memory)
-    if method.needs & {"X", "H", "G"} or cfg.allocation == "owl":
-        check_source(cfg.calib_data, "--calib-data")
-    check_source(cfg.eval_data, "--eval-data")  # an empty file must fail before the model loads
-    resolve_model_path(cfg.model)  # a missing path fails here; hub ids are checked when loading
+    cfg.check_model()
+    cfg.check_calibration(reads_text=cfg.reads_calibration(method.needs))
+    cfg.check_eval()
+    cfg.check_model_path()  # a missing path fails here; hub ids are checked when loading
     return target, method
-
-
-def check_numbers(batch_size: int, blocksize: int, percdamp: float) -> None:
-    """Settings that would fail deep inside the pruning (a zero block size, a NaN damping)."""
-    if batch_size < 1 or blocksize < 1:
-        raise UserError(f"--batch-size and --blocksize must be >= 1, not {batch_size} and {blocksize}")
-    if not (math.isfinite(percdamp) and percdamp >= 0):
-        raise UserError(f"--percdamp must be a finite number >= 0, not {percdamp}")
 
 
 def check_metric_ranks(metric_spec: str) -> None:
@@ -181,22 +140,10 @@ def check_metric_ranks(metric_spec: str) -> None:
         raise UserError(f"metric {clip(str(metric))} cannot rank weights ({reason})")
 
 
-def check_test_tokens(tokens: torch.Tensor, seqlen: int, source: str) -> None:
-    """Too little evaluation text for one window fails here, before any pruning."""
-    if tokens.numel() < seqlen + 1:
-        raise UserError(f"evaluation data {short(source)} has {tokens.numel()} tokens, fewer than one window of "
-                        f"{seqlen} (+1): pass a longer text or a smaller --eval-seqlen / --seqlen")
-
-
-def check_seqlen(lm: LoadedModel, seqlen: int) -> None:
-    context = max_context(lm.model)
-    if context is not None and seqlen > context:
-        raise UserError(f"seqlen {seqlen} is longer than the model's context of {context} tokens")
-
-
 def _ppl_cache_file(lm: LoadedModel, eval_info: dict, seqlen: int, tokens: int | None,
                     windowing: Windowing) -> Path:
-    stamp = [str(p.stat().st_mtime_ns) for p in sorted(Path(lm.path).glob("*.safetensors"))] if Path(lm.path).exists() else []
+    folder = Path(lm.path)
+    stamp = [str(p.stat().st_mtime_ns) for p in sorted(folder.glob("*.safetensors"))] if folder.exists() else []
     parts: list[Any] = [lm.path, stamp, eval_info, seqlen, tokens]
     dtype = next(lm.model.parameters()).dtype
     if dtype != torch.float32:  # float32 keeps the keys of earlier versions
@@ -214,19 +161,8 @@ def dense_perplexity(lm: LoadedModel, test_tokens: torch.Tensor, eval_info: dict
     if cache.exists():
         return {**json.loads(cache.read_text()), "cached": True}
     result = perplexity(lm.model, test_tokens, seqlen, tokens, progress=progress, windowing=windowing)
-    atomic.write_json(cache, result)
+    io.write_json(cache, result)
     return {**result, "cached": False}
-
-
-def load_gradients(lm: LoadedModel, cfg: PruneConfig, calib_ids: torch.Tensor, progress: bool):
-    from .calib.gradients import load_gradient_file, load_or_compute_gradients
-
-    if cfg.gradients:
-        return load_gradient_file(Path(cfg.gradients), lm.model), {"file": cfg.gradients}
-    return load_or_compute_gradients(
-        lm.model, calib_ids, model_id=lm.path, data_id=f"{cfg.calib_data}", seed=cfg.seed, progress=progress,
-        chunk_layers=cfg.grad_chunk_layers,
-    )
 
 
 def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
@@ -236,24 +172,18 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    lm, windowing = open_model(cfg.model, cfg.device, cfg.dtype, cfg.device_map, cfg.max_memory, cfg.offload_folder,
-                               cfg.bos)
+    lm, windowing = cfg.open_model()
     timings["load_model"] = time.perf_counter() - t
-    check_seqlen(lm, cfg.seqlen)
-    check_seqlen(lm, cfg.effective_eval_seqlen)
+    cfg.check_calib_fits(lm)
+    cfg.check_eval_fits(lm)
 
     test_tokens, eval_info = None, None
     if cfg.eval_data:  # load before pruning: unreachable data must fail before minutes of work
-        split = evaluation_split(cfg.eval_data)
-        test_tokens = tokenize(lm.tokenizer, load_text(cfg.eval_data, split), windowing)
-        check_test_tokens(test_tokens, cfg.effective_eval_seqlen, cfg.eval_data)
-        eval_info = describe_source(cfg.eval_data, split)
+        test_tokens, eval_info = cfg.test_tokens(lm, windowing)
 
     calib_ids = None
-    if method.needs & {"X", "H", "G"} or cfg.allocation == "owl":
-        calib_ids = calibration_windows(
-            tokenize(lm.tokenizer, load_text(cfg.calib_data, calib_split(cfg.calib_data)), windowing),
-            cfg.nsamples, cfg.seqlen, cfg.seed, windowing)
+    if cfg.reads_calibration(method.needs):
+        calib_ids = cfg.calibration_windows(cfg.calibration_tokens(lm, windowing), windowing)
 
     results: dict[str, Any] = {
         "method": method.name, "method_details": method.describe, "model": cfg.model, "model_path": lm.path,
@@ -271,7 +201,8 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     grads = None
     if "G" in method.needs:
         t = time.perf_counter()
-        grads, grad_info = load_gradients(lm, cfg, calib_ids, progress)
+        grads, grad_info = cfg.dense_gradients(lm, calib_ids, file=cfg.gradients, chunk_layers=cfg.grad_chunk_layers,
+                                               progress=progress)
         timings["gradients"] = time.perf_counter() - t
         results["gradients"] = grad_info
 
@@ -337,39 +268,34 @@ def save_results(cfg: PruneConfig, lm: LoadedModel, results: dict[str, Any],
         plot_allocation(allocation, results["target_sparsity"], out / "layer_sparsity.png")
         results["allocation"]["plot"] = "layer_sparsity.png"
     if cfg.save_model:
-        with atomic.atomic_directory(out / "model") as tmp:
+        with io.atomic_directory(out / "model") as tmp:
             lm.model.save_pretrained(tmp)
             lm.tokenizer.save_pretrained(tmp)
         results["saved_model"] = str(out / "model")
-    atomic.write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished run
+    io.write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished run
 
 
-def evaluate_model(model: str, eval_data: str, seqlen: int | None, eval_tokens: int | None,
+def evaluate_model(model: str, eval_data: str | None, seqlen: int | None, eval_tokens: int | None,
                    zero_shot: tuple[str, ...] = (), zero_shot_limit: int | None = None,
                    progress: bool = True, device: str = "auto", dtype: str = "float32", device_map: str = "none",
                    max_memory: str | None = None, offload_folder: str | None = None,
                    bos: str = "auto") -> dict[str, Any]:
     """Perplexity (and optionally zero-shot accuracy) of any model, pruned or not."""
-    if zero_shot:
-        from .eval.zeroshot import TASKS
-
-        bad = [t for t in zero_shot if t not in TASKS]
-        if bad:
-            raise UserError(f"unknown zero-shot task {bad[0]!r} (choose from {', '.join(TASKS)})")
-    parse_dtype(dtype)
-    check_bos_mode(bos)
+    where = OffloadSettings(model=model, device=device, dtype=dtype, bos=bos, device_map=device_map,
+                            max_memory=max_memory, offload_folder=offload_folder)
+    check_zero_shot(zero_shot)
+    where.check_model()
     check_source(eval_data, "--eval-data")
-    lm, windowing = open_model(model, device, dtype, device_map, max_memory, offload_folder, bos)
+    lm, windowing = where.open_model()
     seqlen = seqlen or min(max_context(lm.model) or 2048, 2048)
     check_seqlen(lm, seqlen)
     out: dict[str, Any] = {"model": model, "model_path": lm.path, "placement": placement_record(lm),
                            "windowing": windowing.to_dict()}
     if eval_data:
-        split = evaluation_split(eval_data)
-        tokens = tokenize(lm.tokenizer, load_text(eval_data, split), windowing)
-        check_test_tokens(tokens, seqlen, eval_data)
+        text = EvalSettings(eval_data=eval_data, eval_seqlen=seqlen)
+        tokens, info = text.test_tokens(lm, windowing)
         out["perplexity"] = perplexity(lm.model, tokens, seqlen, eval_tokens, progress=progress, windowing=windowing)
-        out["eval"] = describe_source(eval_data, split)
+        out["eval"] = info
     if zero_shot:
         from .eval.zeroshot import evaluate_zeroshot
 

@@ -1,118 +1,65 @@
-"""Frozen settings of a run, saved with its results. Unknown keys are rejected, not ignored."""
+"""Frozen settings of a ``prunerzero prune`` run, saved with its results (results.json's "config").
+
+``PruneConfig`` composes the shared groups of ``settings`` (model and placement, calibration,
+evaluation, target shape, pruning numbers, levers) with what only pruning has: the method or
+formula, the sparsity, the output head, zero-shot tasks and where results go. Unknown keys are
+rejected, not ignored; ``validate`` in ``api`` checks everything before anything loads.
+"""
 from __future__ import annotations
 
-import json
-import types
-import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from .errors import UserError, known_keys_only, one_line, short
+from .settings import (CalibSettings, EvalSettings, LeverSettings, OffloadSettings, PruningSettings, TargetSettings,
+                       check_types, option, read_settings_file)
+
+__all__ = ["PruneConfig", "check_types", "read_config_file"]
 
 
-@dataclass(frozen=True)
-class PruneConfig:
-    model: str = "smollm2-135m"
-    method: str = "wanda"
-    metric: str | None = None  # a formula, or a path to a .json/.txt metric file (overrides method)
-    sparsity: float = 0.5
-    pattern: str = "unstructured"  # or N:M such as 2:4
-    group: str = "row"  # comparison group for unstructured sparsity: row or layer
-    calib_data: str = "general"
-    nsamples: int = 32
-    seqlen: int = 512  # calibration window; also the evaluation window unless eval_seqlen is set
-    seed: int = 0
-    bos: str = "auto"  # window rule: auto, window (BOS + seqlen-1 tokens), stream (one BOS at the start), none
-    eval_data: str | None = "wikitext2"
-    eval_seqlen: int | None = None
-    eval_tokens: int | None = None  # None = the whole test set, as the papers report
-    batch_size: int = 8
-    within_layer: str = "auto"  # sequential (one pass per layer) / parallel (reference order) / auto
-    device: str = "auto"  # auto = cuda when available, else cpu
-    dtype: str = "float32"  # weights as loaded: float32, bfloat16 or float16 (pruning math stays float32)
-    device_map: str = "none"  # none (one --device), or auto / balanced / sequential: accelerate spreads layers
-    max_memory: str | None = None  # with a device map: "0=70GiB,1=70GiB,cpu=200GiB"
-    offload_folder: str | None = None  # with a device map: where layers that fit nowhere else wait on disk
-    calib_dtype: str = "float32"  # float32 or bfloat16 (autocast for the calibration forwards)
-    percdamp: float = 0.01
-    blocksize: int = 128
-    gradients: str | None = None  # a precomputed gradient file instead of computing G
-    grad_chunk_layers: int | None = None  # G for this many decoder layers at a time (None: all at once)
-    reconstruct: str = "none"  # none, obs (OBS update after the mask) or admm (best weights for the mask)
-    reconstruct_mode: str = "fixed"  # fixed (whole mask first) or block (mask chosen per column block)
-    admm_iters: int = 10  # --reconstruct admm: ADMM iterations, then...
-    cg_iters: int = 20  # ...conjugate-gradient steps on the fixed mask
-    allocation: str = "uniform"  # uniform, or owl: outlier-weighted layer-wise sparsity
-    owl_m: float = 5.0  # OWL's outlier threshold M (scores above M x mean)
-    owl_lambda: float = 0.08  # OWL's spread: layer sparsities within target +- lambda
-    prune_head: bool = False  # also prune the output head (lm_head; tied embeddings with it)
-    zero_shot: tuple[str, ...] = ()
-    zero_shot_limit: int | None = None
-    save: str | None = None
-    save_model: bool = False
-    overwrite: bool = False
-    skip_dense: bool = False
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig(OffloadSettings, CalibSettings, EvalSettings, TargetSettings, PruningSettings, LeverSettings):
+    method: str = option("wanda", "magnitude, wanda, sparsegpt, gblm, ria, pruner-zero")
+    metric: str | None = option(None, 'a formula such as "abs(W*W) * mms(G)", a named metric, or a metric file '
+                                '(.json / .txt); overrides --method')
+    sparsity: float = option(0.5, "share of the weights to prune, in [0, 1)")
+    within_layer: str = option("auto", "sequential (each linear pruned as its input arrives, one forward per layer), "
+                               "parallel (the reference code's order) or auto")
+    calib_dtype: str = option("float32", "float32 or bfloat16 (autocast for the calibration forwards)")
+    grad_chunk_layers: int | None = option(None, "compute G for N decoder layers at a time on their GPUs (default: "
+                                           "all at once, sums on the CPU)")
+    admm_iters: int = option(10, "--reconstruct admm: ADMM iterations, then...")
+    cg_iters: int = option(20, "...conjugate-gradient steps on the fixed mask")
+    prune_head: bool = option(False, "also prune the output head (lm_head); with tied embeddings that prunes the "
+                              "input embeddings too")
+    zero_shot: tuple[str, ...] = option((), "zero-shot tasks, a comma list: boolq,rte,hellaswag,winogrande,...",
+                                        items=str, empty_ok=True)
+    zero_shot_limit: int | None = option(None, "examples per zero-shot task")
+    save: str | None = option(None, "folder for results.json (and the model with --save-model)")
+    save_model: bool = option(False, "also save a Hugging Face checkpoint")
+    overwrite: bool = option(False, "replace the results of an earlier run in --save")
+    skip_dense: bool = option(False, "do not measure the dense model")
 
-    @property
-    def effective_eval_seqlen(self) -> int:
-        return self.eval_seqlen or self.seqlen
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["zero_shot"] = list(self.zero_shot)
-        return d
+    # results.json's "config" as it has always been written
+    KEY_ORDER: ClassVar[tuple[str, ...]] = (
+        "model", "method", "metric", "sparsity", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed", "bos",
+        "eval_data", "eval_seqlen", "eval_tokens", "batch_size", "within_layer", "device", "dtype", "device_map",
+        "max_memory", "offload_folder", "calib_dtype", "percdamp", "blocksize", "gradients", "grad_chunk_layers",
+        "reconstruct", "reconstruct_mode", "admm_iters", "cg_iters", "allocation", "owl_m", "owl_lambda",
+        "prune_head", "zero_shot", "zero_shot_limit", "save", "save_model", "overwrite", "skip_dense")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], what: str = "prune config") -> "PruneConfig":
-        data = check_types(cls, known_keys_only(data, [f.name for f in fields(cls)], what), what)
-        if "zero_shot" in data and data["zero_shot"] is not None:
-            data["zero_shot"] = tuple(data["zero_shot"])
-        return cls(**data)
+    def from_dict(cls, data: Any, what: str = "prune config") -> "PruneConfig":
+        return super().from_dict(data, what)
 
+    def reconstruct_options(self) -> dict[str, Any]:
+        return {"admm_iters": self.admm_iters, "cg_iters": self.cg_iters}
 
-def _allowed(hint: Any) -> tuple[type, ...]:
-    """The JSON value types a field's annotation accepts (int is accepted for float; bool never for int)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return tuple(t for arg in typing.get_args(hint) for t in _allowed(arg))
-    if hint is type(None):
-        return (type(None),)
-    if typing.get_origin(hint) is tuple or hint is tuple:
-        return (list, tuple)
-    return (int, float) if hint is float else (hint,)
-
-
-def check_types(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
-    """`data` (e.g. read from JSON) with each value of the type its field declares, or one clear error."""
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        allowed = _allowed(hints[key])
-        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        if ok and isinstance(value, (list, tuple)):
-            ok = all(isinstance(v, str) for v in value)
-        if ok and isinstance(value, str) and not value.strip():  # "" must not quietly mean "not given"
-            raise UserError(f"{what}: {key} is empty")
-        if not ok:
-            names = sorted({"a list of strings" if t in (list, tuple) else "null" if t is type(None)
-                            else {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false"}
-                            .get(t.__name__, t.__name__) for t in allowed})
-            raise UserError(f"{what}: {key} must be {' or '.join(names)}, not {short(json.dumps(value), 60)}")
-    return data
+    def reads_calibration(self, needs: frozenset[str]) -> bool:
+        """Whether the run reads calibration text: for a method's X, H or G, or OWL's outlier ratios."""
+        return bool(needs & {"X", "H", "G"}) or self.allocation == "owl"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings of a `--config FILE.json`: PruneConfig fields only, each of its declared type."""
-    path = Path(path)
-    what = f"config {short(path)}"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {short(path)}") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {short(path)} is a folder, not a JSON file") from None
-    except UnicodeDecodeError as exc:  # random bytes
-        raise UserError(f"{what} is not UTF-8 text (byte {exc.start}): not a JSON config file") from None
-    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
-        raise UserError(f"{what} is not readable JSON: {one_line(exc, 200)}") from None
-    data = check_types(PruneConfig, known_keys_only(data, [f.name for f in fields(PruneConfig)], what), what)
-    return data
+    return read_settings_file(path, PruneConfig)

@@ -1,7 +1,6 @@
 """Errors a user can cause and fix. The CLI turns these into one line and exit code 2."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any, Iterable
@@ -63,14 +62,6 @@ def warn(message: str) -> None:
     """One warning line on stderr: damage that was found and repaired, so nothing changes silently.
     (Python's warnings are filtered by the CLI to hide library chatter, so they cannot carry this.)"""
     print(f"prunerzero: warning: {one_line(message)}", file=sys.stderr, flush=True)
-
-
-def nonempty(text: str) -> str:
-    """argparse type: a value that is not empty or blank (an empty --metric or --save must not
-    silently mean "not given")."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty value")
-    return text
 
 
 def path_kind(path: Any) -> str | None:

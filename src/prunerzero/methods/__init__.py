@@ -1,6 +1,12 @@
-"""Pruning methods. Importing this package registers every built-in method in METHODS."""
-from . import magnitude, sparsegpt, symbolic, wanda  # noqa: F401  (registration side effect)
+"""Pruning methods. Importing this package imports every module in it, and each method registers
+itself there (``@METHODS.register("name")``): a new method is one new file in this folder."""
+import importlib
+import pkgutil
+
 from .base import METHODS, Method, metric_method
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # registration side effect
 
 __all__ = ["METHODS", "Method", "metric_method", "get_method"]
 

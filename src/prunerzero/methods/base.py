@@ -31,7 +31,8 @@ class Method:
 
 
 def metric_method(
-    name: str, needs: frozenset[str], score: Callable[[torch.Tensor, LinearStats], torch.Tensor], describe: dict | None = None
+    name: str, needs: frozenset[str], score: Callable[[torch.Tensor, LinearStats], torch.Tensor],
+    describe: dict | None = None,
 ) -> Method:
     """A method that only ranks weights: score -> shared mask module -> zero the lowest."""
 

@@ -41,7 +41,8 @@ def check_reconstruct(kind: str, mode: str, admm_iters: int = ADMM_ITERS, cg_ite
     if mode not in MODES:
         raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {mode!r}")
     if kind == "admm" and mode != "fixed":
-        raise UserError("--reconstruct admm updates the weights for the metric's whole mask: use --reconstruct-mode fixed")
+        raise UserError("--reconstruct admm updates the weights for the metric's whole mask: "
+                        "use --reconstruct-mode fixed")
     if not (isinstance(admm_iters, int) and isinstance(cg_iters, int)) or admm_iters < 0 or cg_iters < 0:
         raise UserError(f"--admm-iters and --cg-iters must be integers >= 0, not {admm_iters!r}, {cg_iters!r}")
 

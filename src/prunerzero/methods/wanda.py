@@ -15,4 +15,5 @@ def wanda_score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
 
 @METHODS.register("wanda")
 def make_wanda() -> Method:
-    return metric_method("wanda", frozenset({"X"}), wanda_score, {"formula": "abs(W) * sqrt(X)", "X": "mean of x^2 per input channel"})
+    return metric_method("wanda", frozenset({"X"}), wanda_score,
+                         {"formula": "abs(W) * sqrt(X)", "X": "mean of x^2 per input channel"})

@@ -8,9 +8,26 @@ formats are documented in ``checkpoint``.  ``toy.ToyFitness`` is a cheap real fi
 (pruning one random layer) for tests and demos.  ``executors``: candidates are evaluated in
 this process (serial, the default) or by Ray actors (``run_search(..., executor=RayExecutor(...))``),
 with the same result.
+
+A whole ``prunerzero search`` (a *job*) on a real model: ``job`` holds its settings (job.json) and
+checks, ``context`` loads the model, texts and statistics once, ``fitness`` scores a candidate
+(``proxies``: the rungs' math), ``run.run_job`` runs the GP and then ``leaderboard``. One candidate
+at one fidelity, handed to an executor, is an ``executors.EvalRequest``.
 """
-from .checkpoint import load_run
-from .config import SEED_METRICS, SearchConfig
-from .engine import Fitness, SearchResult, run_search
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["SEED_METRICS", "Fitness", "SearchConfig", "SearchResult", "load_run", "run_search"]
+_HOME = {"load_run": "checkpoint", "SEED_METRICS": "config", "SearchConfig": "config", "Fitness": "engine",
+         "SearchResult": "engine", "run_search": "engine"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, loaded on first use: the command line reads ``search.job``'s settings without
+    loading the engine (and torch) first."""
+    if name not in _HOME:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, one_line, short, warn
+from .. import io
+from ..errors import UserError, short, warn
 
 LOG, CHECKPOINT, CONFIG, HALL_OF_FAME = "evaluations.jsonl", "checkpoint.json", "config.json", "hall_of_fame.json"
 BEST_METRIC, BEST_TREE, BEST_METRIC_JSON = "best_metric.txt", "best_tree.json", "best_metric.json"
@@ -53,25 +52,13 @@ RUN_FILES = (LOG, CHECKPOINT, CONFIG, HALL_OF_FAME, BEST_METRIC, BEST_TREE, BEST
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same dir, fsync, then os.replace: readers see old or new."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (best effort: not every platform can open a dir)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """A run file, atomically (``io.write_text``): readers see the old file or the new one."""
+    io.write_text(path, text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    """A run folder's JSON file: one-space indent, no NaN (what resume reads back must be exact)."""
+    io.write_json(path, obj, indent=1, strict=True)
 
 
 def rng_state_to_json(state: tuple) -> list:
@@ -84,105 +71,35 @@ def rng_state_from_json(obj: Any) -> tuple:
     return (version, tuple(internal), gauss_next)
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 DAMAGED = "restore it, or start the search again with --overwrite"
 
 
 def read_json(path: Path, hint: str = DAMAGED) -> Any:
     """A JSON file of a run folder; anything unreadable (random bytes, cut short, a folder) is one
     UserError naming the file and ``hint`` (what to do)."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{short(path)} not found") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{short(path)} is damaged (not UTF-8 text at byte {exc.start}): {hint}") from None
-    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise UserError(f"{short(path)} is damaged ({one_line(exc, 160)}): {hint}") from None
+    return io.read_json(path, hint)
 
 
-@dataclass
-class LogScan:
-    records: list[dict[str, Any]]
-    torn: str | None  # text of a torn last line (cut mid-write), None if the file ends cleanly
-    end: int  # bytes up to the last complete line (what a repair keeps)
-    size: int
-    complete_tail: bool  # the last line is a whole record that only lost its newline
+LogScan = io.JsonlScan
 
 
 def scan_log(path: Path, check: Any = None) -> LogScan:
-    """Records of a JSON-lines file (``check(record, line)`` validates each), and a torn last
-    line apart: a kill mid-append leaves one, and it is no reason to refuse the file. A bad line
-    anywhere else is damage: one UserError naming the file and line."""
-    if not path.exists():
-        return LogScan([], None, 0, 0, False)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {short(path)}: {exc.strerror or exc}") from None
-    end = data.rfind(b"\n") + 1  # bytes up to the last complete line
-    records: list[dict[str, Any]] = []
-    lines = data[:end].split(b"\n")[:-1]
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        record = _json_line(raw)
-        if not isinstance(record, dict):
-            why = record if isinstance(record, str) else "not a JSON object"
-            raise UserError(f"{short(path)} line {i} is damaged ({why}): {DAMAGED}")
-        if check is not None:
-            check(record, f"{short(path)} line {i}")
-        records.append(record)
-    tail, torn, complete = data[end:], None, False
-    if tail.strip():
-        record = _json_line(tail)
-        if isinstance(record, dict):  # a whole record that only lost its newline: keep it
-            if check is not None:
-                check(record, f"{short(path)} line {len(lines) + 1}")
-            records.append(record)
-            complete = True
-        else:
-            torn = tail.decode("utf-8", errors="replace")
-    return LogScan(records, torn, end, len(data), complete)
-
-
-def _json_line(raw: bytes) -> Any:
-    """The JSON value of one line, or a str saying why it is not one."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return f"not UTF-8 text at byte {exc.start}"
-    except ValueError as exc:
-        return f"not valid JSON: {getattr(exc, 'msg', exc)}"
-    except RecursionError:
-        return "not valid JSON: nested too deeply"
+    """Records of a JSON-lines log of the run folder, by ``io``'s rule: a torn last line is set
+    apart (a kill mid-append leaves one, and it is no reason to refuse the file); a bad line
+    anywhere else is damage, one UserError naming the file and line."""
+    return io.scan_jsonl(path, check, hint=DAMAGED)
 
 
 def repair_log(path: Path, scan: LogScan) -> None:
     """Cut a torn last line off (later appends start on a fresh line), or give a whole last record
     its missing newline."""
-    if scan.torn is not None:
-        with open(path, "r+b") as fh:
-            fh.truncate(scan.end)
-            fh.flush()
-            os.fsync(fh.fileno())
-    elif scan.complete_tail:
-        with open(path, "ab") as fh:
-            fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    io.repair_jsonl(path, scan)
 
 
 def read_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """All records of a JSON-lines log; a torn last line is ignored (and cut off if ``repair``,
     so later appends start on a fresh line).  A bad line elsewhere is an error."""
-    scan = scan_log(path)
-    if repair:
-        repair_log(path, scan)
-    return scan.records
+    return io.read_jsonl(path, repair=repair, hint=DAMAGED)
 
 
 def _is_int(v: Any) -> bool:
@@ -397,74 +314,12 @@ def report_damage(out: Path, state: RunState) -> None:
              "evaluated again")
 
 
-class EvaluationLog:
-    """Append-only writer: every record is on disk (fsync) before the search goes on."""
+class EvaluationLog(io.JsonlWriter):
+    """Append-only writer of evaluations.jsonl: every record is on disk (fsync) before the search
+    goes on; NaN is refused (an invalid candidate's fitness is null)."""
 
     def __init__(self, path: Path) -> None:
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, allow_nan=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-@dataclass
-class Entry:
-    fitness: float  # +inf for an invalid candidate
-    reason: str | None
-    expression: str
-    generation: int
-
-
-class FitnessCache:
-    """Fitness by (canonical key, fidelity), rebuilt from the log.
-
-    ``seen`` holds keys evaluated in *completed* generations (the duplicate filter);
-    ``pending`` holds log entries of the generation being replayed after a crash.
-    """
-
-    def __init__(self, records: list[dict[str, Any]], completed_generation: int) -> None:
-        self.entries: dict[tuple[str, str], Entry] = {}
-        self.pending: dict[tuple[str, str], int] = {}  # -> the generation that logged it
-        self.seen: set[str] = set()
-        for r in records:
-            ck = (r["key"], r["fidelity"])
-            if ck in self.entries:
-                continue
-            f = r["fitness"]
-            self.entries[ck] = Entry(math.inf if f is None else float(f), r.get("reason"), r["expression"],
-                                     int(r["generation"]))
-            if r["generation"] > completed_generation:
-                self.pending[ck] = int(r["generation"])
-            else:
-                self.seen.add(r["key"])
-
-    def get(self, key: str, fidelity: str) -> Entry | None:
-        """The entry if it was scored before now (pending replays do not count)."""
-        ck = (key, fidelity)
-        return None if ck in self.pending else self.entries.get(ck)
-
-    def take_pending(self, key: str, fidelity: str) -> Entry | None:
-        """A replayed entry of the interrupted generation, now consumed (it counts as evaluated)."""
-        ck = (key, fidelity)
-        if ck not in self.pending:
-            return None
-        del self.pending[ck]
-        return self.entries[ck]
-
-    def add(self, key: str, fidelity: str, entry: Entry) -> None:
-        self.entries[(key, fidelity)] = entry
-        self.pending.pop((key, fidelity), None)
-
-    def end_generation(self, generation: int) -> None:
-        """Entries of ``generation`` the replay did not ask for stop being pending; those of later
-        generations (a replay from scratch, without a checkpoint) wait for their own."""
-        self.pending = {ck: g for ck, g in self.pending.items() if g > generation}
-        self.seen.update(k for (k, f) in self.entries if (k, f) not in self.pending)
+        super().__init__(path, strict=True)
 
 
 def load_run(out_dir: Path | str) -> dict[str, Any]:
@@ -595,75 +450,3 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any], resume: bool,
         (out / f).unlink()
     atomic_write_json(out / CONFIG, run_config)
     return [], None, []
-
-
-def parsimony_bucket(fitness: float, tolerance: float) -> float:
-    """Fitness values within a relative ``tolerance`` of each other share a bucket, so that at (about)
-    equal fitness the smaller formula wins (lexicographic parsimony); 0 = no buckets."""
-    if tolerance <= 0 or not math.isfinite(fitness) or fitness <= 0:
-        return fitness
-    return float(math.floor(math.log(fitness) / math.log1p(tolerance)))
-
-
-def hall_of_fame(cache: FitnessCache, fids: tuple[str, ...], size: int,
-                 parsimony: float = 0.0) -> list[dict[str, Any]]:
-    """Best distinct valid metrics: by the highest fidelity scored (higher first), then by the
-    score there (lower first; with ``parsimony`` scores within that relative tolerance count as
-    equal and the smaller formula comes first), then by key.  Invalid at the cheapest fidelity =
-    left out.  Each row carries the formula's size (nodes)."""
-    from ..symbolic import parse, size as tree_size
-
-    rows: dict[str, dict[str, Any]] = {}
-    for (k, f), entry in cache.entries.items():
-        if (k, f) in cache.pending:
-            continue
-        row = rows.setdefault(k, {"expression": entry.expression, "key": k, "generation": entry.generation,
-                                  "fitness": {}})
-        row["fitness"][f] = finite_or_none(entry.fitness)
-    ranked = []
-    for row in rows.values():
-        if row["fitness"].get(fids[0]) is None:
-            continue
-        level = max(i for i, f in enumerate(fids) if f in row["fitness"])
-        top = row["fitness"][fids[level]]
-        row["fitness"] = {f: row["fitness"][f] for f in fids if f in row["fitness"]}
-        row["size"] = tree_size(parse(row["expression"]))
-        value = math.inf if top is None else top
-        order = (top is None, -level, parsimony_bucket(value, parsimony), row["size"] if parsimony > 0 else 0,
-                 value, row["key"])
-        ranked.append((order, row))
-    ranked.sort(key=lambda t: t[0])
-    return [row for _, row in ranked[:size]]
-
-
-def rung_agreement(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Spearman and Kendall rank agreement between every pair of rungs (cheaper first), over keys
-    valid at both: ``{"low~high": {"rho": float | None, "tau": float | None, "n": int}}``.  The
-    pairs come in key order, not arrival order, so any executor gives the same numbers."""
-    from scipy.stats import kendalltau, spearmanr  # heavy import, only needed for the report
-
-    out = {}
-    for i, low in enumerate(fids):
-        for high in fids[i + 1:]:
-            pairs = []
-            for (k, fid), entry in sorted(cache.entries.items(), key=lambda item: item[0]):
-                cheap = cache.entries.get((k, low))
-                if fid == high and math.isfinite(entry.fitness) and cheap is not None and math.isfinite(cheap.fitness):
-                    pairs.append((cheap.fitness, entry.fitness))
-            rho = tau = None
-            if len(pairs) >= 3:
-                with warnings.catch_warnings():  # constant input: nan, reported as None
-                    warnings.simplefilter("ignore")
-                    xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
-                    r, t = float(spearmanr(xs, ys).statistic), float(kendalltau(xs, ys).statistic)
-                rho, tau = (None if math.isnan(r) else r), (None if math.isnan(t) else t)
-            out[f"{low}~{high}"] = {"rho": rho, "tau": tau, "n": len(pairs)}
-    return out
-
-
-def fidelity_spearman(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Spearman of the cheapest fidelity with each other one (:func:`rung_agreement`'s first row)."""
-    agreement = rung_agreement(cache, fids)
-    return {f"{fids[0]}~{f}": {"rho": agreement[f"{fids[0]}~{f}"]["rho"], "n": agreement[f"{fids[0]}~{f}"]["n"]}
-            for f in fids[1:]}
-

@@ -8,11 +8,11 @@ refuses (``UserError``) on any difference.  Defaults follow Pruner-Zero where it
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import UserError, known_keys_only
-from ..symbolic import PRIMITIVES, PRUNER_ZERO_OPS
+from ..settings import option
 
 # Generation 0 gets these when ``seed_named`` (the order is part of the run).
 SEED_METRICS: tuple[str, ...] = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
@@ -25,10 +25,17 @@ def _finite(v: int | float) -> bool:
         return False
 
 
+def _pruner_zero_ops() -> tuple[str, ...]:
+    from ..symbolic import PRUNER_ZERO_OPS  # torch: loaded when a config is made, not when the CLI starts
+
+    return PRUNER_ZERO_OPS
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    population: int = 40
-    generations: int = 15
+    population: int = option(40, "candidates per generation")
+    generations: int = option(15, "generations (with --resume: a new budget, to extend a finished search or stop "
+                              "sooner)")
     seed: int = 0
     tournament_size: int = 3
     crossover_rate: float = 0.7  # an offspring is a crossover child with this probability...
@@ -36,21 +43,23 @@ class SearchConfig:
     elitism: int = 2  # best members (cheapest fidelity) copied unchanged into the next generation
     init_min_depth: int = 2
     init_max_depth: int = 4
-    max_depth: int = 6
-    max_size: int = 25
-    seed_named: bool = True
+    max_depth: int = option(6, "deepest tree")
+    max_size: int = option(25, "most nodes in a tree")
+    seed_named: bool = option(True, "put the named metrics (magnitude, wanda, gblm, ria, pruner-zero) in generation 0")
     use_constants: bool = False
     rescore_fraction: float = 0.25
     hall_of_fame_size: int = 10
-    ops: tuple[str, ...] = PRUNER_ZERO_OPS  # primitives random trees and point mutation use
+    ops: tuple[str, ...] = field(default_factory=_pruner_zero_ops)  # primitives random trees and point mutation use
     # OWL's lambda searched jointly with the metric: the values a genome may carry (empty = not
     # searched, the run's fixed lambda applies). See engine's module doc for how genes evolve.
-    owl_lambdas: tuple[float, ...] = ()
+    owl_lambdas: tuple[float, ...] = option((), "evolve OWL's lambda with the metric, over these values (e.g. "
+                                            "0,0.04,0.08,0.12); each genome carries one", items=float, empty_ok=True)
     gene_mutation_rate: float = 0.2  # an offspring's gene moves to a neighbouring value with this probability
     # Lexicographic parsimony: fitness values within this relative tolerance count as equal in
     # tournaments, elitism and the hall of fame, and the smaller formula wins (smaller formulas
     # transfer better to other models and texts). 0 = off (runs made before it existed).
-    parsimony: float = 0.0
+    parsimony: float = option(0.0, "fitness values within this relative tolerance count as equal and the smaller "
+                              "formula wins (0 = off)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -70,6 +79,7 @@ class SearchConfig:
                 raise UserError(f"search config {name}={getattr(self, name)!r}: must be true or false")
         if self.elitism >= self.population:
             raise UserError(f"search config elitism={self.elitism} must be < population={self.population}")
+        from ..symbolic import PRIMITIVES
         from ..symbolic.expr import MAX_DEPTH, MAX_SIZE
 
         if self.max_depth > MAX_DEPTH or self.max_size > MAX_SIZE:  # deeper trees could not be read back on resume

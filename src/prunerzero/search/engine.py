@@ -57,8 +57,9 @@ from ..errors import UserError
 from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify, size
 from ..symbolic import named_metric, to_json
 from . import checkpoint as ck
+from . import scores
 from .config import SEED_METRICS, SearchConfig
-from .executors import EvalJob, EvalResult, Executor, SerialExecutor
+from .executors import EvalRequest, EvalResult, Executor, SerialExecutor
 from .operators import Language, Limits, crossover, mutate, ramped_half_and_half, tournament
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class _Search:
         self.limits = Limits(cfg.max_depth, cfg.max_size)
         self.rng = random.Random(cfg.seed)
         done = saved["generation"] if saved else -1
-        self.cache = ck.FitnessCache(records, done)
+        self.cache = scores.FitnessCache(records, done)
         self.stats: dict[str, int] = dict(saved["stats"]) if saved else {
             "evaluations": 0, "cache_hits": 0, "duplicates_replaced": 0, "invalid": 0, "rescored": 0}
         self.stats.setdefault("worker_replacements", 0)  # Ray workers that died (checkpoints before it lack it)
@@ -161,15 +162,15 @@ class _Search:
         finally:
             self.log.close()
             self.bar.close()
-        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
+        hof = scores.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
         if not hof:
             raise UserError(f"the search in {self.out} found no valid metric (every candidate was invalid)")
         if self.start >= cfg.generations:  # resumed a finished run: its result files are derived, write them again
             self._write_results(hof)  # (the same bytes, unless one was damaged or a lost record re-scored)
         best = Metric(parse(hof[0]["expression"]), self.spec, genes=genes_of(hof[0]["key"]))
         return SearchResult(hof, best, {**self.stats, "generations": self.summaries,
-                                        "fidelity_spearman": ck.fidelity_spearman(self.cache, self.fids),
-                                        "rung_agreement": ck.rung_agreement(self.cache, self.fids)},
+                                        "fidelity_spearman": scores.fidelity_spearman(self.cache, self.fids),
+                                        "rung_agreement": scores.rung_agreement(self.cache, self.fids)},
                             [format_expr(e) for e, _ in self.pop], self.out)
 
     def _finish_generation(self, g: int, before: dict[str, int], created: int) -> None:
@@ -185,7 +186,7 @@ class _Search:
             "duplicates_replaced": dups, "duplicate_share": dups / (dups + created) if dups + created else 0.0,
             **{f"new_{c}": self.stats[c] - before[c] for c in ("evaluations", "cache_hits", "invalid", "rescored")},
         })
-        hof = ck.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
+        hof = scores.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
         finished = g == self.cfg.generations - 1
         if finished:  # best files before the checkpoint: "finished" implies they exist
             self._write_results(hof)
@@ -217,16 +218,16 @@ class _Search:
         counters already hold them), so the run's outputs equal the undamaged run's."""
         if not self.lost:
             return
-        by_job = {(r.key, r.fidelity): r for r in self.lost}
-        jobs = [EvalJob(r.key, Metric(parse(r.expression), self.spec, genes=genes_of(r.key)), r.fidelity)
-                for r in self.lost]
-        with closing(self.executor.map_unordered(jobs)) as results:
+        by_request = {(r.key, r.fidelity): r for r in self.lost}
+        requests = [EvalRequest(r.key, Metric(parse(r.expression), self.spec, genes=genes_of(r.key)), r.fidelity)
+                    for r in self.lost]
+        with closing(self.executor.map_unordered(requests)) as results:
             for res in results:
-                lost = by_job[(res.job.key, res.job.fidelity)]
+                lost = by_request[(res.request.key, res.request.fidelity)]
                 self.log.append({"generation": lost.generation, "expression": lost.expression, "key": lost.key,
-                                 "fidelity": lost.fidelity, "fitness": ck.finite_or_none(res.value),
+                                 "fidelity": lost.fidelity, "fitness": scores.finite_or_none(res.value),
                                  "reason": res.reason, "seconds": res.seconds, "time": time.time()})
-                self.cache.add(lost.key, lost.fidelity, ck.Entry(res.value, res.reason, lost.expression,
+                self.cache.add(lost.key, lost.fidelity, scores.Entry(res.value, res.reason, lost.expression,
                                                                  lost.generation))
                 self.cache.seen.add(lost.key)
         self.lost = []
@@ -265,7 +266,7 @@ class _Search:
         keys = []
         for e, k in self.pop:
             f = self._cheap(k)
-            keys.append((ck.parsimony_bucket(f, self.cfg.parsimony), size(e) if self.cfg.parsimony else 0, f))
+            keys.append((scores.parsimony_bucket(f, self.cfg.parsimony), size(e) if self.cfg.parsimony else 0, f))
         return keys
 
     def _breed(self) -> tuple[list[Member], int]:
@@ -338,7 +339,7 @@ class _Search:
     def _score(self, members: list[Member], fid: str) -> None:
         """Make sure every member has a fitness at ``fid`` in the cache: cache hits and replays
         of the interrupted generation first (member order), the rest as one executor batch."""
-        jobs, queued = [], set()
+        requests, queued = [], set()
         for e, k in members:
             if k in queued or self.cache.get(k, fid) is not None:
                 self.stats["cache_hits"] += 1
@@ -348,25 +349,25 @@ class _Search:
             if replayed is not None:  # logged by the interrupted attempt of this generation
                 self._count(replayed.fitness, fid)
             else:
-                jobs.append(EvalJob(k, Metric(e, self.spec, genes=genes_of(k)), fid))
-        if not jobs:
+                requests.append(EvalRequest(k, Metric(e, self.spec, genes=genes_of(k)), fid))
+        if not requests:
             return
         before = self.executor.replacements
-        with closing(self.executor.map_unordered(jobs)) as results:
+        with closing(self.executor.map_unordered(requests)) as results:
             for res in results:
                 self._record(res)
         self.stats["worker_replacements"] += self.executor.replacements - before
 
     def _record(self, res: EvalResult) -> None:
         """One result, as it arrives: on disk (fsync) first, then in the cache."""
-        job, expression = res.job, format_expr(res.job.metric.expr)
-        self.log.append({"generation": self.gen, "expression": expression, "key": job.key, "fidelity": job.fidelity,
-                         "fitness": ck.finite_or_none(res.value), "reason": res.reason, "seconds": res.seconds,
+        req, expression = res.request, format_expr(res.request.metric.expr)
+        self.log.append({"generation": self.gen, "expression": expression, "key": req.key, "fidelity": req.fidelity,
+                         "fitness": scores.finite_or_none(res.value), "reason": res.reason, "seconds": res.seconds,
                          "time": time.time()})
-        self.cache.add(job.key, job.fidelity, ck.Entry(res.value, res.reason, expression, self.gen))
+        self.cache.add(req.key, req.fidelity, scores.Entry(res.value, res.reason, expression, self.gen))
         if res.reason is not None:
-            log.debug("invalid metric %s at %s: %s", expression, job.fidelity, res.reason)
-        self._count(res.value, job.fidelity)
+            log.debug("invalid metric %s at %s: %s", expression, req.fidelity, res.reason)
+        self._count(res.value, req.fidelity)
 
     def _count(self, value: float, fid: str) -> None:
         self.stats["evaluations"] += 1
@@ -398,5 +399,5 @@ class _Search:
         for f in self.fids:
             entry = self.cache.get(k, f)
             if entry is not None:
-                out[f] = ck.finite_or_none(entry.fitness)
+                out[f] = scores.finite_or_none(entry.fitness)
         return out

@@ -1,7 +1,7 @@
 """Where the search's fitness calls run: in this process (``serial``) or on Ray actors (``ray``).
 
-An executor takes a batch of :class:`EvalJob` (one candidate at one fidelity) and yields one
-:class:`EvalResult` per job as each completes, in any order.  The engine logs every result the
+An executor takes a batch of :class:`EvalRequest` (one candidate at one fidelity) and yields one
+:class:`EvalResult` per request as each completes, in any order.  The engine logs every result the
 moment it arrives and continues in its own deterministic order only after the batch, so the
 choice of executor changes how fast a search runs, never what it finds.
 
@@ -11,12 +11,13 @@ reason); ``BaseException`` (KeyboardInterrupt, a simulated crash) stops the run.
 
 ``ray``: ``workers`` actors each build their own fitness once, from a picklable ``factory``
 (for a real job: load the model, read the run's saved statistics), then evaluate one candidate
-at a time.  Each free actor takes the next job, so a batch waits on its slowest candidate only
+at a time.  Each free actor takes the next request, so a batch waits on its slowest candidate only
 at its tail.  An actor that dies (``RayActorError``: process killed, node lost, out of memory)
 is replaced by a new one and its candidate resubmitted; a candidate on which ``max_attempts``
 workers died is recorded invalid (it is then the likeliest cause, and the search must not loop
 forever), unless deaths keep coming without any result in between: then the cluster is the
-cause and the run stops with an error (resumable) instead of marking every candidate invalid.  Invalid candidates are never retried: the worker reports them like any value.
+cause and the run stops with an error (resumable) instead of marking every candidate invalid.  Invalid
+candidates are never retried: the worker reports them like any value.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ INSTALL_RAY = "the ray executor needs Ray: install it with pip install 'prunerze
 
 
 @dataclass(frozen=True)
-class EvalJob:
+class EvalRequest:
     key: str  # canonical key (the cache's name for the candidate)
     metric: Metric
     fidelity: str
@@ -46,7 +47,7 @@ class EvalJob:
 
 @dataclass(frozen=True)
 class EvalResult:
-    job: EvalJob
+    request: EvalRequest
     value: float  # +inf when invalid
     reason: str | None  # why invalid
     seconds: float  # time inside Fitness.evaluate
@@ -55,8 +56,8 @@ class EvalResult:
 class Executor(Protocol):
     replacements: int  # workers replaced after dying (0 for serial)
 
-    def map_unordered(self, jobs: Iterable[EvalJob]) -> Iterator[EvalResult]:
-        """One result per job, each as soon as it is known; order unspecified."""
+    def map_unordered(self, requests: Iterable[EvalRequest]) -> Iterator[EvalResult]:
+        """One result per request, each as soon as it is known; order unspecified."""
         ...
 
     def close(self) -> None: ...
@@ -83,9 +84,9 @@ class SerialExecutor:
         self.fitness = fitness
         self.replacements = 0
 
-    def map_unordered(self, jobs: Iterable[EvalJob]) -> Iterator[EvalResult]:
-        for job in jobs:
-            yield EvalResult(job, *evaluate_candidate(self.fitness, job.metric, job.fidelity))
+    def map_unordered(self, requests: Iterable[EvalRequest]) -> Iterator[EvalResult]:
+        for request in requests:
+            yield EvalResult(request, *evaluate_candidate(self.fitness, request.metric, request.fidelity))
 
     def close(self) -> None:
         pass
@@ -143,7 +144,7 @@ class _Slot:
 @dataclass
 class _Task:
     slot: _Slot
-    job: EvalJob | None  # None: the actor's start-up (describe) call
+    request: EvalRequest | None  # None: the actor's start-up (describe) call
     attempt: int = 1
     batch: object | None = None  # the map_unordered call that wants the result
 
@@ -244,44 +245,44 @@ class RayExecutor:
         """Block until every actor has built its fitness (for timing start-up; never needed)."""
         self.start()
         t0 = time.perf_counter()
-        while any(t.job is None for t in self._inflight.values()):
+        while any(t.request is None for t in self._inflight.values()):
             self._settle(self._next_done(), batch=None)
         self.seconds["ready"] = self.seconds.get("cluster", 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the event loop
-    def map_unordered(self, jobs: Iterable[EvalJob]) -> Iterator[EvalResult]:
+    def map_unordered(self, requests: Iterable[EvalRequest]) -> Iterator[EvalResult]:
         self.start()
         batch = object()
-        queue: deque[tuple[EvalJob, int]] = deque((job, 1) for job in jobs)
+        queue: deque[tuple[EvalRequest, int]] = deque((request, 1) for request in requests)
         # Results of an abandoned batch (the consumer stopped early) are dropped when they arrive.
         while queue or any(t.batch is batch for t in self._inflight.values()):
             while queue and self._idle:
                 slot = self._idle.popleft()
-                job, attempt = queue.popleft()
-                ref = slot.actor.evaluate.remote(job.metric, job.fidelity)
-                self._inflight[ref] = _Task(slot, job, attempt, batch)
+                request, attempt = queue.popleft()
+                ref = slot.actor.evaluate.remote(request.metric, request.fidelity)
+                self._inflight[ref] = _Task(slot, request, attempt, batch)
             result = self._settle(self._next_done(), batch, queue)
             if result is not None:
                 yield result
 
     def _next_done(self) -> Any:
-        if not self._inflight:  # every slot is idle yet jobs wait: cannot happen
+        if not self._inflight:  # every slot is idle yet requests wait: cannot happen
             raise RuntimeError("Ray executor has no worker running")
         (ref,), _ = self.ray.wait(list(self._inflight), num_returns=1)
         return ref
 
     def _settle(self, ref: Any, batch: object | None,
-                queue: deque[tuple[EvalJob, int]] | None = None) -> EvalResult | None:
+                queue: deque[tuple[EvalRequest, int]] | None = None) -> EvalResult | None:
         """Handle one finished call: start-up done, a result, or a dead worker."""
         ray, task = self.ray, self._inflight.pop(ref)
-        slot, job = task.slot, task.job
+        slot, request = task.slot, task.request
         try:
             out = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            what = f"while evaluating {job.metric} at {job.fidelity}" if job else "while starting"
+            what = f"while evaluating {request.metric} at {request.fidelity}" if request else "while starting"
             log.warning("Ray worker %d died %s (%s); starting a replacement", slot.index, what,
                         type(exc).__name__)
-            if job is None:
+            if request is None:
                 slot.start_failures += 1
                 if slot.start_failures >= self.max_attempts:
                     raise UserError(f"Ray workers died {slot.start_failures} times while starting (loading the "
@@ -292,23 +293,24 @@ class RayExecutor:
                 self._deaths_in_a_row += 1
                 if self._deaths_in_a_row >= self.max_attempts * max(self.workers, 2):
                     raise UserError(f"Ray workers died {self._deaths_in_a_row} times in a row without a result "
-                                    f"(last: {str(exc).splitlines()[0]}); stopping, --resume continues the run") from None
+                                    f"(last: {str(exc).splitlines()[0]}); stopping, --resume continues the run"
+                                    ) from None
             self._replace(slot)
-            if job is None or task.batch is not batch or queue is None:
+            if request is None or task.batch is not batch or queue is None:
                 return None
             if task.attempt < self.max_attempts:
-                queue.appendleft((job, task.attempt + 1))  # retried first: it waited longest
+                queue.appendleft((request, task.attempt + 1))  # retried first: it waited longest
                 return None
-            return EvalResult(job, math.inf, f"{task.attempt} Ray workers died evaluating it "
+            return EvalResult(request, math.inf, f"{task.attempt} Ray workers died evaluating it "
                                              f"({type(exc).__name__})", 0.0)
-        if job is None:
+        if request is None:
             self._check_started(out)
             slot.start_failures = 0
             self._idle.append(slot)
             return None
         self._idle.append(slot)
         self._deaths_in_a_row = 0
-        return EvalResult(job, *out) if task.batch is batch else None
+        return EvalResult(request, *out) if task.batch is batch else None
 
     def _check_started(self, info: dict[str, Any]) -> None:
         if "error" in info:

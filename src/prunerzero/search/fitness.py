@@ -2,7 +2,7 @@
 
 Fast path: the activation statistics X (dense model, one pass per layer) and the gradient
 statistics G are computed once per run; a candidate then costs its masks (pure tensor math over
-every prunable linear, from a kept copy of the dense weights) plus a short perplexity
+every prunable linear, from the kept dense weights, ``snapshot``) plus a short perplexity
 evaluation on the *search* split, text disjoint from the calibration windows and from the
 reporting set (WikiText-2 test is never used here).
 
@@ -30,8 +30,6 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
-
 import torch
 from torch import nn
 
@@ -39,24 +37,15 @@ from ..allocation import Allocation, owl_allocation, owl_sparsities
 from ..calib.stats import LinearStats
 from ..errors import UserError
 from ..eval.perplexity import logits_chunks, window_nll
-from ..masks import SparsityTarget, make_mask, parse_target
+from ..masks import SparsityTarget, make_mask, parse_setting
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
-from ..models import find_decoder_layers, find_linears, weight_matrix
 from ..placement import input_device
+from ..snapshot import DenseSnapshot, PruneOne
 from ..symbolic import InvalidMetricError, Metric, TerminalSpec
 from ..windows import NO_BOS, Windowing, eval_windows
 from .proxies import Rung, dense_top_k, kl_top_k, parse_rung, relative_output_error
-
-
-def parse_setting(text: str) -> SparsityTarget:
-    """'0.5' or '0.5:unstructured' or '2:4' -> a target."""
-    if text.count(":") == 1 and "." not in text:  # N:M
-        n, m = (int(v) for v in text.split(":"))
-        return parse_target(n / m, text)
-    sparsity, _, pattern = text.partition(":")
-    return parse_target(float(sparsity), pattern or "unstructured")
 
 
 @dataclass(frozen=True)
@@ -115,14 +104,7 @@ class ProxyFitness:
     calib_ids: torch.Tensor | None = None  # (n, seqlen) the run's calibration windows: the seq rung prunes with them
 
     def __post_init__(self) -> None:
-        layers_name, layers = find_decoder_layers(self.model)
-        self.linears: dict[str, nn.Module] = {
-            f"{layers_name}.{i}.{name}": module for i, layer in enumerate(layers) for name, module in find_linears(layer).items()
-        }
-        # (out, in) copies in the model's dtype, on each linear's device (a device map spreads them):
-        # every candidate starts from the dense weights; scores are float32, one linear at a time,
-        # so a bf16 7B model holds 13 GiB of copies, not 26.
-        self.dense = {name: weight_matrix(m).detach().clone() for name, m in self.linears.items()}
+        self.snapshot = DenseSnapshot(self.model)  # every candidate starts from the dense weights
         self.targets = [parse_setting(s) for s in self.config.settings]
         self.rungs = {r.name: r for r in self.config.rungs()}
         if len(self.rungs) != len(self.config.rungs()):
@@ -142,7 +124,6 @@ class ProxyFitness:
             raise UserError("the err fidelity needs the Hessians (H) of the dense model's statistics")
         self.seconds = {"masks": 0.0, "eval": 0.0}
         self.spec = self.config.spec
-        self._layer_of = {name: int(name[len(layers_name) + 1:].split(".")[0]) for name in self.linears}
         self._hinv: dict[str, torch.Tensor] = {}  # inverse-Hessian factors, filled on first use
         self.allocation: Allocation | None = None
         if self.config.allocation == "owl":
@@ -150,9 +131,20 @@ class ProxyFitness:
             self.allocation = owl_allocation(self.model, self.stats, 0.5, self.config.owl_m, self.config.owl_lambda)
         self._kl_reference = self._dense_top_k()
 
+    @property
+    def dense(self) -> dict[str, torch.Tensor]:
+        """The kept dense weights, (out, in) in the model's dtype, by full linear name."""
+        return self.snapshot.dense
+
+    @property
+    def linears(self) -> dict[str, nn.Module]:
+        """Every prunable decoder linear by full name."""
+        return self.snapshot.linears
+
     def _autocast(self):
         device_type = next(self.model.parameters()).device.type
-        return torch.autocast(device_type, dtype=torch.bfloat16) if self.config.eval_dtype == "bfloat16" else nullcontext()
+        bf16 = self.config.eval_dtype == "bfloat16"
+        return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     @torch.no_grad()
     def _dense_top_k(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -186,7 +178,8 @@ class ProxyFitness:
             # Linears that read the same input (q, k, v; gate, up) have equal Hessians: one factor
             # for them all, so the factors kept on the GPU for the run cost 4(3h^2 + i^2) per layer, not 4(6h^2 + i^2).
             for other, factor in self._hinv.items():
-                if self._layer_of[other] == self._layer_of[name] and torch.equal(self.stats[other].hessian, hessian):
+                layer_of = self.snapshot.layer_of
+                if layer_of[other] == layer_of[name] and torch.equal(self.stats[other].hessian, hessian):
                     self._hinv[name] = factor
                     break
             else:
@@ -200,46 +193,44 @@ class ProxyFitness:
             out["windowing"] = self.windowing.to_dict()
         return out
 
-    def _pruned(self, metric: Metric, target: SparsityTarget) -> Iterator[tuple[str, nn.Module, torch.Tensor]]:
-        """(name, module, pruned float32 weight (out, in)) for every linear, from the dense copies."""
+    def _pruning(self, metric: Metric, target: SparsityTarget) -> PruneOne:
+        """The candidate's pruning of one linear: (name, dense float32 weight (out, in)) -> pruned weight."""
         layer_sparsity = self.layer_sparsities(target, dict(metric.genes).get("owl_lambda"))
+        cfg = self.config
 
         def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
             return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
 
-        cfg = self.config
-        for name, module in self.linears.items():
-            weight = self.dense[name].float()  # (out, in)
+        def prune(name: str, weight: torch.Tensor) -> torch.Tensor:  # weight (out, in) float32
             stats = self.stats[name]
-            t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[self._layer_of[name]])
+            layer = self.snapshot.layer_of[name]
+            t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[layer])
             if cfg.reconstruct == "obs":
-                new = reconstruct_prune(weight, stats, t, score, cfg.reconstruct_mode, percdamp=cfg.percdamp,
-                                        blocksize=cfg.blocksize, hinv=self._hinv_of(name))
-            elif cfg.reconstruct == "admm":
-                new = reconstruct_prune(weight, stats.to(weight.device), t, score, kind="admm", percdamp=cfg.percdamp)
-            else:
-                new = weight.masked_fill(make_mask(score(weight, stats), t), 0.0)
-            yield name, module, new
+                return reconstruct_prune(weight, stats, t, score, cfg.reconstruct_mode, percdamp=cfg.percdamp,
+                                         blocksize=cfg.blocksize, hinv=self._hinv_of(name))
+            if cfg.reconstruct == "admm":
+                return reconstruct_prune(weight, stats.to(weight.device), t, score, kind="admm", percdamp=cfg.percdamp)
+            return weight.masked_fill(make_mask(score(weight, stats), t), 0.0)
+
+        return prune
 
     @torch.no_grad()
     def apply(self, metric: Metric, target: SparsityTarget) -> None:
         """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
         start = time.perf_counter()
-        for _, module, new in self._pruned(metric, target):
-            weight_matrix(module).copy_(new)
+        self.snapshot.apply(self._pruning(metric, target))
         self.seconds["masks"] += time.perf_counter() - start
 
-    @torch.no_grad()
     def restore(self) -> None:
-        for name, module in self.linears.items():
-            weight_matrix(module).copy_(self.dense[name])
+        """The dense weights back into the model."""
+        self.snapshot.restore()
 
     @torch.no_grad()
     def output_error(self, metric: Metric, target: SparsityTarget) -> float:
         """Mean relative layer output error of the candidate's pruning (the err rung; no forward)."""
         start = time.perf_counter()
         errors = [relative_output_error(self.dense[name].float(), new, self.stats[name].hessian.to(new.device))
-                  for name, _, new in self._pruned(metric, target)]
+                  for name, _, new in self.snapshot.pruned(self._pruning(metric, target))]
         self.seconds["masks"] += time.perf_counter() - start
         return sum(errors) / len(errors)
 

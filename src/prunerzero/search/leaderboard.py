@@ -10,62 +10,48 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import atomic
-from ..errors import short, warn
+from .. import io
+from ..errors import UserError, short, warn
 from ..eval.perplexity import perplexity
 from ..methods import get_method
 from ..methods.symbolic import symbolic_method
+from ..masks import parse_setting
 from ..pipeline import prune_model
 from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_metric
 from .engine import genes_of
-from .fitness import parse_setting
-from .job import JobContext, SearchJob
+from .context import JobContext
+from .job import SearchJob
 
 LEADERBOARD_LOG = "leaderboard.jsonl"
 LEADERBOARD_MD = "leaderboard.md"
 CACHE_VERSION = 1  # bump when a change of the pipeline changes leaderboard numbers
 
 
+def _check_row(row: dict, where: str) -> None:
+    """A leaderboard.jsonl row as run_leaderboard writes it."""
+    if not (isinstance(row.get("label"), str) and (row.get("setting") is None or isinstance(row["setting"], str))
+            and isinstance(row.get("ppl"), (int, float)) and isinstance(row.get("tokens"), int)):
+        raise UserError(f"{where} is not a leaderboard row")
+
+
 def _read_log(path: Path) -> list[dict]:
-    """Rows measured so far. A torn last line (a kill mid-write) is measured again; so is everything
-    from a damaged line on (random bytes, a row without its fields): the file is rewritten with the
-    good rows first, so later appends do not land behind the damage."""
-    if not path.exists():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    rows = []
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            row = None
-        if not (isinstance(row, dict) and isinstance(row.get("label"), str)
-                and (row.get("setting") is None or isinstance(row["setting"], str))
-                and isinstance(row.get("ppl"), (int, float)) and isinstance(row.get("tokens"), int)):
-            if any(rest.strip() for rest in lines[i + 1:]):
-                warn(f"{short(path)} line {i + 1} is damaged: it and the rows after it are measured again")
-            else:  # a torn last line (a kill mid-write), or a damaged one
-                warn(f"{short(path)} ends with a torn or damaged row: it is measured again")
-            atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-            break
-        rows.append(row)
-    return rows
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Rows measured so far, by ``io``'s rule for JSON lines. Rows are results that can be measured
+    again, so damage does not refuse the run: a torn last line (a kill mid-write) is measured again,
+    and so is everything from a damaged line on (random bytes, a row without its fields); the file
+    is cut back to the good rows first, so later appends do not land behind the damage."""
+    scan = io.scan_jsonl(path, _check_row, after_damage="drop")
+    if scan.torn is not None:
+        warn(f"{short(path)} ends with a torn row (a kill while it was written): it is measured again")
+    elif scan.damaged is not None:
+        warn(f"{short(path)} line {scan.damaged} is damaged: it and the rows after it are measured again")
+    io.repair_jsonl(path, scan)
+    return scan.records
 
 
 def baseline_ranks(job: SearchJob, hall_of_fame: list[dict]) -> dict[int, str]:
@@ -170,7 +156,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
             target = parse_setting(setting)
             lam = dict(metric.genes).get("owl_lambda") if metric is not None else None
             layer_sparsity = ctx.fitness.layer_sparsities(target, lam)  # the run's allocation, if any
-            target_for = target if layer_sparsity is None else (lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
+            target_for = target if layer_sparsity is None else (
+                lambda i, t=target, s=layer_sparsity: t.with_sparsity(s[i]))
             calib_ids, grads = ctx.calibration(seed, "G" in method.needs)
             prune_model(model, method, target_for, calib_ids, grads=grads, progress=False)
             pruned_seconds = time.perf_counter() - start
@@ -182,9 +169,9 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
                                     windowing=ctx.windowing)
                 result = {"ppl": result["ppl"], "tokens": result["tokens"], "seqlen": result["seqlen"],
                           "prune_seconds": pruned_seconds}
-                atomic.write_json(cache, result)
+                io.write_json(cache, result)
             record = {**base, "report": r, **result, "cached": from_cache}
-            _append(log_path, record)
+            io.append_jsonl(log_path, record)
             rows.append(record)
     ctx.fitness.restore()
     rows = others + rows
@@ -308,4 +295,4 @@ def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: di
         text += ("\nIn the search's hall of fame (search fitness), " + ", ".join(
             f"#{rank} is {name}" for rank, name in sorted(seeded.items()))
             + " (seeded into generation 0), listed under its own name.\n")
-    atomic.write_text(path, text)
+    io.write_text(path, text)

@@ -61,7 +61,8 @@ class Node:
             if self.children:
                 raise ValueError(f"leaf {self.op!r} cannot have children")
             if self.op == "const":
-                if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+                v = self.value
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                     raise ValueError(f"constant must be a finite number, got {self.value!r}")
                 object.__setattr__(self, "value", float(self.value))
             elif self.value is not None:
@@ -233,7 +234,8 @@ class _Parser:
     def expect(self, sym: str, what: str) -> None:
         kind, s, pos = self.take()
         if s != sym or kind != "op":
-            self.fail(pos, f"expected {sym!r} {what}, found {s!r}" if s else f"expected {sym!r} {what}, found end of input")
+            found = repr(s) if s else "end of input"
+            self.fail(pos, f"expected {sym!r} {what}, found {found}")
 
     def expr(self) -> Node:
         node = self.term()
@@ -285,7 +287,8 @@ class _Parser:
             node = self.expr()
             self.expect(")", "to close '('")
             return node
-        self.fail(pos, f"expected a number, terminal, function or '(', found {clip(s, 40)}" if s else "unexpected end of input")
+        self.fail(pos, f"expected a number, terminal, function or '(', found {clip(s, 40)}" if s
+                  else "unexpected end of input")
         raise AssertionError  # unreachable: fail() raises
 
 
@@ -343,7 +346,8 @@ def _from_json(obj: Any, path: str, level: int) -> Node:
         raise bad("missing 'data'")
     data = obj["data"]
     kids = [obj.get("left"), obj.get("right")]
-    if isinstance(data, str) and len(data) < 400 and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", data.strip()):
+    number = r"[-+]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
+    if isinstance(data, str) and len(data) < 400 and re.fullmatch(number, data.strip()):
         data = float(data)  # Pruner-Zero writes numeric leaves as strings
     if isinstance(data, (int, float)) and not isinstance(data, bool):
         arity = 0
@@ -358,7 +362,8 @@ def _from_json(obj: Any, path: str, level: int) -> Node:
     elif isinstance(data, str) and data in PRIMITIVES:
         arity = PRIMITIVES[data].arity
     else:
-        raise bad(f"unknown op {clip(data, 40)} (terminals: {', '.join(TERMINALS)}; functions: {', '.join(PRIMITIVES)})")
+        raise bad(f"unknown op {clip(data, 40)} (terminals: {', '.join(TERMINALS)}; "
+                  f"functions: {', '.join(PRIMITIVES)})")
     for j, key in enumerate(("left", "right")):
         if j < arity and kids[j] is None:
             raise bad(f"{data!r} needs a {key!r} child")

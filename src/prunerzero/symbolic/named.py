@@ -158,7 +158,8 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise UserError(f"cannot read metric file {short(path)}: {exc.strerror or exc}") from None
     if len(data) > MAX_METRIC_FILE_BYTES:
-        raise UserError(f"metric file {short(path)} is {len(data)} bytes: not a metric (at most {MAX_METRIC_FILE_BYTES})")
+        raise UserError(f"metric file {short(path)} is {len(data)} bytes: not a metric "
+                        f"(at most {MAX_METRIC_FILE_BYTES})")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -28,11 +28,11 @@ approximate), ``sub(x, x) -> 0`` and ``x * 0 -> 0`` (they change the shape a lat
 
 ``canonical_key(e)`` = simplify, flatten and sort ``add``/``mul`` chains, fold their
 constants, merge equal operands (``x + x -> x * 2``, ``x * x -> sqr(x)``), then strip outermost
-strictly increasing maps, which keep every mask (masks keep the top scores per row, layer or N:M group): skp, tanh, exp (valid scores are < 88.7 so the
-clamp at 100 never ties), mms, zsn (positive global affine), ``div(x, y) -> x`` (divides by
-a positive scalar), + or - a constant, * or pdiv by a positive constant, and sqrt, sqr, pow,
-abs, log of a provably non-negative subexpression (of any x they are increasing in |x|,
-so they become ``abs(x)``).  ``c - x -> -x``, and ``-f(x) -> -x``
+strictly increasing maps, which keep every mask (masks keep the top scores per row, layer or N:M
+group): skp, tanh, exp (valid scores are < 88.7 so the clamp at 100 never ties), mms, zsn
+(positive global affine), ``div(x, y) -> x`` (divides by a positive scalar), + or - a constant,
+* or pdiv by a positive constant, and sqrt, sqr, pow, abs, log of a provably non-negative
+subexpression (of any x they are increasing in |x|, so they become ``abs(x)``).  ``c - x -> -x``, and ``-f(x) -> -x``
 for any f above (a common outer ``neg`` reverses both rankings alike).  Equal keys imply
 equal masks (in exact arithmetic, for metrics that are valid), not conversely.
 """

@@ -5,11 +5,13 @@ Rewritten (atomically) after every point, so the reports of a killed sweep show 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .sweep import JSON, MD, PNG, VARIANT, SweepConfig, point_key
+from .. import io
+from ..figures import pyplot, save_figure
+from .config import JSON, MD, PNG, VARIANT, SweepConfig, point_key
 
 WHY = ("This is the **one-shot variant**: the dense model's statistics (X, H for SparseGPT, G when a metric uses "
        "it) are collected once, in one calibration pass for the whole sweep, and every (method, sparsity) is pruned "
@@ -35,12 +37,34 @@ def _table(cfg: SweepConfig, grid: list[float], by_method: dict[str, dict[float,
     return "\n".join(lines)
 
 
+def plot_sweep(rows: dict[str, dict[float, float]], dense: float | None, path: Path, title: str) -> Path | None:
+    """Perplexity vs sparsity, one line per method, dense as a horizontal line, log y."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for method, by_sparsity in rows.items():
+        pts = sorted((s, p) for s, p in by_sparsity.items() if p is not None and math.isfinite(p))
+        if pts:
+            ax.plot([100 * s for s, _ in pts], [p for _, p in pts], marker="o", label=method)
+            drawn = True
+    if dense is not None:
+        ax.axhline(dense, color="k", linestyle="--", linewidth=1, label=f"dense ({dense:.2f})")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.legend()
+    return save_figure(fig, path)
+
+
 def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[dict[str, Any]],
                   info: dict[str, Any], figure: bool = True) -> dict[str, Any]:
     """Write the reports from every point measured in ``out``; returns sweep.json's object.
     ``figure=False`` skips sweep.png (rendering costs more than a tiny model's point)."""
-    from .analysis_plots import plot_sweep
-
     dense_rec = next((r for r in records if r["method"] == "dense"), None)
     dense = dense_rec["ppl"] if dense_rec else None
     by_method: dict[str, dict[float, Any]] = {}
@@ -59,11 +83,11 @@ def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[
     obj = {"settings": cfg.settings(), "methods": list(cfg.methods), "sparsities": grid, "variant": VARIANT,
            "dense": dense_rec, "statistics": info,
            "results": [r for row in by_method.values() for _, r in sorted(row.items())]}
-    atomic.write_json(out / JSON, obj)
+    io.write_json(out / JSON, obj)
 
     title = f"{Path(cfg.model).name}, {cfg.pattern}, {Path(cfg.eval_data).name}"  # names: paths can be long
-    png = None if not figure else plot_sweep({m: {s: r.get("ppl") for s, r in row.items()} for m, row in by_method.items()}, dense,
-                     out / PNG, title)
+    curves = {m: {s: r.get("ppl") for s, r in row.items()} for m, row in by_method.items()}
+    png = None if not figure else plot_sweep(curves, dense, out / PNG, title)
     tokens = dense_rec["tokens"] if dense_rec else "-"
     lines = [
         "# Perplexity vs sparsity", "",
@@ -75,5 +99,5 @@ def write_reports(out: Path, cfg: SweepConfig, grid: list[float], records: list[
     ]
     if png is not None or (out / PNG).exists():
         lines += [f"![perplexity vs sparsity]({PNG})", ""]
-    atomic.write_text(out / MD, "\n".join(lines))
+    io.write_text(out / MD, "\n".join(lines))
     return obj

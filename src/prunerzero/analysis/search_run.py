@@ -2,7 +2,7 @@
 with good fitness, and whether the cheap fitness ranks candidates like the expensive ones.
 
 ``analyze_run(run_dir)`` reads a run folder (``search.load_run``) and writes ``analysis.md`` plus
-PNG figures (``analysis_plots``).  The numbers come from the evaluation log, the source of truth
+PNG figures (``plots``).  The numbers come from the evaluation log, the source of truth
 for fitness values; the checkpoint adds the per-generation population summaries (invalid and
 duplicate shares) that the log cannot know because cache hits are not logged.
 
@@ -13,138 +13,18 @@ the best vs worst candidates), but are stated with rank correlations and p-value
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .errors import UserError, path_kind, short
+from .. import io
+from ..errors import UserError
+from .stats import (ALPHA, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir, fidelity_order, fmt_num,
+                    fmt_p, log_target, ops_in_language, rank_correlation)
 
 ANALYSIS_MD = "analysis.md"
-MIN_RANK_N = 5  # below this a rank correlation (and its p-value) says next to nothing
-ALPHA = 0.05
-TERMINAL_NAMES = ("W", "X", "G")
-
-
-@dataclass
-class Candidate:
-    """One distinct metric (canonical key) scored valid at the cheapest fidelity."""
-
-    key: str
-    expression: str
-    generation: int  # first generation it was evaluated in
-    fitness: float  # cheapest fidelity
-    features: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Correlation:
-    feature: str
-    n: int
-    rho: float | None
-    rho_p: float | None
-    tau: float | None
-    tau_p: float | None
-
 
 # ----------------------------------------------------------------------------- reading
-def check_run_dir(run_dir: Path) -> None:
-    """Bad input fails here, in one line, before anything is written."""
-    from .search.checkpoint import LOG
-
-    if path_kind(run_dir) != "dir":
-        raise UserError(f"run folder not found: {short(run_dir)}")
-    if not (run_dir / LOG).exists():
-        raise UserError(f"{run_dir} has no {LOG}: not a search run folder, or the run has not scored anything yet")
-
-
-def fidelity_order(run: dict[str, Any]) -> list[str]:
-    """Fidelities cheapest first: from config.json, else by how many records each has (every
-    candidate is scored at the cheapest one, only survivors at the others)."""
-    cfg = run.get("config") or {}
-    seen = [r["fidelity"] for r in run["evaluations"]]
-    saved = cfg.get("fidelities")
-    usable = isinstance(saved, list) and all(isinstance(f, str) for f in saved)  # config.json may be hand-edited
-    order = [f for f in saved if f in seen] if usable else []
-    order = list(dict.fromkeys(order))
-    rest = sorted(set(seen) - set(order), key=lambda f: (-seen.count(f), f))
-    return order + rest
-
-
-def metric_features(expression: str, ops: list[str]) -> dict[str, float] | None:
-    """0/1 use of each terminal and primitive, depth and size of a logged expression.
-
-    0/1 rather than counts: "does the metric use G" is the question the paper's principles ask,
-    and presence is robust to the bloat (repeated skp/abs) that GP trees accumulate."""
-    from .symbolic import MetricSyntaxError, depth, ops_used, parse, size, terminals_used
-
-    try:
-        expr = parse(expression)
-    except MetricSyntaxError:
-        return None
-    used_t, used_ops = terminals_used(expr), ops_used(expr)
-    feats = {t: float(t in used_t) for t in TERMINAL_NAMES}
-    feats.update({op: float(used_ops.get(op, 0) > 0) for op in ops})
-    feats["depth"], feats["size"] = float(depth(expr)), float(size(expr))
-    return feats
-
-
-def candidates(records: list[dict[str, Any]], fidelity: str, ops: list[str]) -> tuple[list[Candidate], int]:
-    """One row per distinct key valid at ``fidelity`` (first record wins, as in the engine's
-    cache); returns (rows, number of distinct keys that were invalid there)."""
-    rows: dict[str, Candidate] = {}
-    invalid: set[str] = set()
-    for r in records:
-        if r["fidelity"] != fidelity or r["key"] in rows or r["key"] in invalid:
-            continue
-        f = r.get("fitness")
-        if f is None or not math.isfinite(f):
-            invalid.add(r["key"])
-            continue
-        feats = metric_features(r["expression"], ops)
-        if feats is not None:
-            rows[r["key"]] = Candidate(r["key"], r["expression"], int(r["generation"]), float(f), feats)
-    return list(rows.values()), len(invalid)
-
-
-def ops_in_language(run: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
-    """The primitives to test: the search's own function set if recorded, plus any seen in the log."""
-    from .symbolic import PRIMITIVES, PRUNER_ZERO_OPS
-
-    search = (run.get("config") or {}).get("search")
-    saved = search.get("ops") if isinstance(search, dict) else None
-    ops = list(saved) if isinstance(saved, list) and all(isinstance(o, str) for o in saved) else list(PRUNER_ZERO_OPS)
-    return [op for op in PRIMITIVES if op in ops] + [op for op in PRIMITIVES if op not in ops and any(
-        op + "(" in r["expression"] for r in records)]
-
-
 # ----------------------------------------------------------------------------- statistics
-def rank_correlation(x: list[float], y: list[float]) -> tuple[float | None, float | None, float | None, float | None]:
-    """(Spearman rho, p, Kendall tau, p); None where undefined (n < 3 or a constant input)."""
-    from scipy.stats import kendalltau, spearmanr
-
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None, None, None, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s, k = spearmanr(x, y), kendalltau(x, y)
-
-    def clean(v: float) -> float | None:
-        return None if v is None or math.isnan(v) else float(v)
-
-    return clean(s.statistic), clean(s.pvalue), clean(k.statistic), clean(k.pvalue)
-
-
-def log_target(cands: list[Candidate]) -> tuple[list[float], bool]:
-    """log(fitness) when every value is positive (perplexity), else the raw values; rank
-    correlations do not change either way, the log only makes the numbers readable."""
-    values = [c.fitness for c in cands]
-    if values and min(values) > 0:
-        return [math.log(v) for v in values], True
-    return values, False
-
-
 def feature_correlations(cands: list[Candidate]) -> tuple[list[Correlation], list[str]]:
     """Spearman and Kendall of each feature with log fitness, sorted by |rho| (undefined last);
     also the features that are constant over the candidates (nothing to correlate)."""
@@ -196,7 +76,7 @@ def principles(corrs: list[Correlation], deciles: list[dict[str, Any]], word: st
             continue
         direction = "lower" if c.rho < 0 else "higher"
         line = (f"{_describe(c.feature)} with {direction} {word} "
-                f"(Spearman {c.rho:+.2f}, p={_p(c.rho_p)}; Kendall {_num(c.tau)}, p={_p(c.tau_p)}; n={c.n})")
+                f"(Spearman {c.rho:+.2f}, p={fmt_p(c.rho_p)}; Kendall {fmt_num(c.tau)}, p={fmt_p(c.tau_p)}; n={c.n})")
         d = by_feature.get(c.feature)
         if d is not None and c.feature not in ("depth", "size"):
             line += f"; in {d['top']:.0%} of the top decile vs {d['bottom']:.0%} of the bottom"
@@ -227,8 +107,8 @@ def leaderboard_agreement(run_dir: Path) -> dict[str, Any] | None:
     """Fast-path search fitness vs the full sequential pipeline's reporting perplexity for the
     searched leaderboard rows (geometric mean over settings, as the search's fitness combines
     them); None when the run has no leaderboard.jsonl."""
-    from .search.checkpoint import read_log
-    from .search.leaderboard import LEADERBOARD_LOG
+    from ..search.checkpoint import read_log
+    from ..search.leaderboard import LEADERBOARD_LOG
 
     path = run_dir / LEADERBOARD_LOG
     if not path.exists():
@@ -254,7 +134,8 @@ def leaderboard_agreement(run_dir: Path) -> dict[str, Any] | None:
     return out
 
 
-def generation_table(records: list[dict[str, Any]], cheap: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def generation_table(records: list[dict[str, Any]], cheap: str,
+                     summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per generation: new evaluations and invalid share among them (log), best so far (log),
     and the population's best/median/invalid/duplicate shares (checkpoint summaries)."""
     gens = sorted({int(r["generation"]) for r in records} | {int(s["generation"]) for s in summaries})
@@ -275,36 +156,16 @@ def generation_table(records: list[dict[str, Any]], cheap: str, summaries: list[
 
 
 # ----------------------------------------------------------------------------- report
-def _num(v: float | None, fmt: str = "+.2f") -> str:
-    return "-" if v is None else format(v, fmt)
-
-
-def _p(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if v == 0:
-        return "<1e-300"  # underflow (or a degenerate exact result, e.g. n=3 with rho=1)
-    return f"{v:.1e}" if v < 0.001 else f"{v:.3f}"
-
-
-def _share(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0%}"
-
-
-def _fit(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4g}"
-
-
 def analyze_run(run_dir: Path | str, out_dir: Path | str | None = None) -> dict[str, Any]:
     """Read the run in ``run_dir``, write analysis.md and the figures to ``out_dir`` (default:
     the run folder); returns the numbers (and the paths written)."""
-    from .analysis_plots import plot_correlations, plot_fidelity, plot_fitness, plot_shares
-    from .search import load_run
+    from ..search import load_run
+    from .plots import plot_correlations, plot_fidelity, plot_fitness, plot_shares
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
-    atomic.check_writable_dir(out, "--out" if out_dir is not None else "run folder")  # before the figures
+    io.check_writable_dir(out, "--out" if out_dir is not None else "run folder")  # before the figures
     run = load_run(run_dir)
     records = run["evaluations"]
     if not records:
@@ -338,9 +199,9 @@ def analyze_run(run_dir: Path | str, out_dir: Path | str | None = None) -> dict[
               "correlations": corrs, "constant_features": constant, "decile_size": k, "deciles": deciles,
               "principles": supported, "generations": gens, "fidelity_agreement": fid_agree,
               "leaderboard": board, "figures": figures, "word": word, "best_metric": run.get("best_metric")}
-    from .analysis_report import render_markdown
+    from .report import render_markdown
 
     md = out / ANALYSIS_MD
-    atomic.write_text(md, render_markdown(result, run))
+    io.write_text(md, render_markdown(result, run))
     result["markdown"] = md
     return result

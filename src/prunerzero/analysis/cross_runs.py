@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .analysis import (ALPHA, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir, fidelity_order,
-                       ops_in_language, rank_correlation)
-from .errors import UserError
+from .. import io
+from ..errors import UserError
+from .stats import (ALPHA, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir, fidelity_order, fmt_num,
+                    fmt_p, ops_in_language, rank_correlation)
 
 CROSS_MD = "cross_runs.md"
 CROSS_FIGURE = "cross_runs_correlations.png"
@@ -83,8 +83,8 @@ def _labels(paths: list[Path]) -> list[str]:
 def _setting(run: dict[str, Any], run_dir: Path) -> str:
     """Model, fitness text and sparsity settings from job.json (a `prunerzero search` job), else the
     engine's fitness description; '-' for a run started through the Python API with a custom fitness."""
-    from .search.checkpoint import read_json
-    from .search.job import JOB_FILE
+    from ..search.checkpoint import read_json
+    from ..search.job import JOB_FILE
 
     job = read_json(run_dir / JOB_FILE) if (run_dir / JOB_FILE).exists() else {}
     fit = (run.get("config") or {}).get("fitness") or {}
@@ -97,7 +97,7 @@ def _setting(run: dict[str, Any], run_dir: Path) -> str:
 def load_samples(run_dirs: list[Path | str]) -> list[RunSample]:
     """Every run read and checked before anything is written: a folder that is not a run, a run
     with no valid candidate, or the same folder twice is a UserError."""
-    from .search import load_run
+    from ..search import load_run
 
     paths = [Path(p) for p in run_dirs]
     seen: dict[Path, Path] = {}
@@ -126,7 +126,7 @@ def load_samples(run_dirs: list[Path | str]) -> list[RunSample]:
 # ----------------------------------------------------------------------------- statistics
 def feature_names(samples: list[RunSample]) -> list[str]:
     """Union of the runs' properties: terminals, primitives in a fixed order, then depth and size."""
-    from .symbolic import PRIMITIVES
+    from ..symbolic import PRIMITIVES
 
     present = {f for s in samples for f in s.features}
     order = [*TERMINAL_NAMES, *PRIMITIVES, "depth", "size"]
@@ -185,15 +185,14 @@ def _subject(feature: str, better: bool) -> str:
 def cross_principles(corrs: list[PooledCorrelation], total_runs: int) -> list[str]:
     """Sentences for the properties that pass Bonferroni pooled and that no run contradicts
     significantly, with the numbers that support them, strongest first."""
-    from .analysis import _num, _p
 
     threshold = bonferroni_threshold(corrs)
     out = []
     for c in corrs:
         if c.rho is None or c.rho == 0 or c.rho_p is None or c.rho_p >= threshold or c.opposite_sign:
             continue
-        line = (f"{_subject(c.feature, c.rho < 0)}: pooled Spearman {c.rho:+.2f} (p={_p(c.rho_p)}, n={c.n}; "
-                f"Kendall {_num(c.tau)}, p={_p(c.tau_p)}), significant with that sign in {c.same_sign} of "
+        line = (f"{_subject(c.feature, c.rho < 0)}: pooled Spearman {c.rho:+.2f} (p={fmt_p(c.rho_p)}, n={c.n}; "
+                f"Kendall {fmt_num(c.tau)}, p={fmt_p(c.tau_p)}), significant with that sign in {c.same_sign} of "
                 f"{total_runs} runs")
         if c.runs < total_runs:
             line += f" (it varies in {c.runs} of them)"
@@ -220,8 +219,8 @@ def default_out_dir(samples: list[RunSample]) -> Path:
 def analyze_runs(run_dirs: list[Path | str], out_dir: Path | str | None = None) -> dict[str, Any]:
     """Read every run (all checks first), then write cross_runs.md and its figure to ``out_dir``
     (default: the runs' common parent); returns the numbers and the paths written."""
-    from .analysis_plots import plot_cross_correlations
-    from .analysis_report import render_cross_markdown
+    from .plots import plot_cross_correlations
+    from .report import render_cross_markdown
 
     if len(run_dirs) < 2:
         raise UserError("a cross-run analysis needs at least two run folders")
@@ -236,6 +235,6 @@ def analyze_runs(run_dirs: list[Path | str], out_dir: Path | str | None = None) 
               "threshold": bonferroni_threshold(corrs), "n": sum(len(s.cands) for s in samples),
               "shared_keys": shared_keys(samples), "scale": SCALE, "figure": figure}
     md = out / CROSS_MD
-    atomic.write_text(md, render_cross_markdown(result))
+    io.write_text(md, render_cross_markdown(result))
     result["markdown"] = md
     return result

@@ -1,52 +1,19 @@
-"""Figures for ``analysis`` and ``sweep``: matplotlib with the Agg backend, chosen inside each
-call (never at import) so importing prunerzero does not pick or change anyone's backend, and
-every PNG written atomically (a killed run leaves the old figure or the new one)."""
+"""Figures of the analyses (``figures``: the Agg backend, every PNG written atomically)."""
 from __future__ import annotations
 
-import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only; no display is needed or wanted
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..figures import pyplot as _pyplot
+from ..figures import save_figure
+from .stats import Correlation
 
 
 def _integer_x(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole numbers
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Render to memory, then temp file + fsync + os.replace (atomic.write_text's recipe for bytes)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def plot_fitness(records: list[dict], cheap: str, gens: list[dict], path: Path, word: str) -> Path | None:
@@ -137,34 +104,9 @@ def plot_fidelity(agreements: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_sweep(rows: dict[str, dict[float, float]], dense: float | None, path: Path, title: str) -> Path | None:
-    """Perplexity vs sparsity, one line per method, dense as a horizontal line, log y."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
-    for method, by_sparsity in rows.items():
-        pts = sorted((s, p) for s, p in by_sparsity.items() if p is not None and math.isfinite(p))
-        if pts:
-            ax.plot([100 * s for s, _ in pts], [p for _, p in pts], marker="o", label=method)
-            drawn = True
-    if dense is not None:
-        ax.axhline(dense, color="k", linestyle="--", linewidth=1, label=f"dense ({dense:.2f})")
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_yscale("log")
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(title)
-    ax.legend()
-    return save_figure(fig, path)
-
-
 def plot_cross_correlations(corrs: list, labels: list[str], path: Path) -> Path | None:
     """Pooled Spearman rho of each property (bars; faded: pooled p >= 0.05) with each run's own rho
     as a dot, so a pooled effect carried by one run stands out."""
-    from .analysis import Correlation
 
     rows = [c for c in corrs if c.rho is not None][:25][::-1]  # strongest on top
     if not rows:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import ALPHA, MIN_RANK_N, _fit, _num, _p, _share
+from .stats import ALPHA, MIN_RANK_N, fmt_fit, fmt_num, fmt_p, fmt_share
 
 
 def _header(result: dict[str, Any], run: dict[str, Any]) -> list[str]:
@@ -39,10 +39,11 @@ def _generations(result: dict[str, Any]) -> list[str]:
               "| duplicates replaced | duplicate share |",
               "|---|---|---|---|---|---|---|---|---|"]
     for g in result["generations"]:
-        lines.append(f"| {g['generation']} | {g['evaluated']} | {_share(g['log_invalid_share'])} | "
-                     f"{_fit(g['best_so_far'])} | {_fit(g['pop_best'])} | {_fit(g['pop_median'])} | "
-                     f"{_share(g['pop_invalid_share'])} | {g['duplicates_replaced'] if g['duplicates_replaced'] is not None else '-'} | "
-                     f"{_share(g['duplicate_share'])} |")
+        lines.append(f"| {g['generation']} | {g['evaluated']} | {fmt_share(g['log_invalid_share'])} | "
+                     f"{fmt_fit(g['best_so_far'])} | {fmt_fit(g['pop_best'])} | {fmt_fit(g['pop_median'])} | "
+                     f"{fmt_share(g['pop_invalid_share'])} | "
+                     f"{g['duplicates_replaced'] if g['duplicates_replaced'] is not None else '-'} | "
+                     f"{fmt_share(g['duplicate_share'])} |")
     return lines + [""]
 
 
@@ -59,7 +60,8 @@ def _properties(result: dict[str, Any]) -> list[str]:
         lines += ["| property | n | Spearman rho | p | Kendall tau | p |", "|---|---|---|---|---|---|"]
         for c in corrs:
             mark = " *" if c.rho_p is not None and c.rho_p < ALPHA else ""
-            lines.append(f"| {c.feature}{mark} | {c.n} | {_num(c.rho)} | {_p(c.rho_p)} | {_num(c.tau)} | {_p(c.tau_p)} |")
+            lines.append(f"| {c.feature}{mark} | {c.n} | {fmt_num(c.rho)} | {fmt_p(c.rho_p)} | {fmt_num(c.tau)} | "
+                         f"{fmt_p(c.tau_p)} |")
         lines += ["", f"\\* p < {ALPHA}. With {len(corrs)} properties tested, about {ALPHA * len(corrs):.1f} would "
                   f"pass by chance alone; Bonferroni's threshold here is p < {ALPHA / len(corrs):.2g}.", ""]
     else:
@@ -88,7 +90,7 @@ def _fidelities(result: dict[str, Any]) -> list[str]:
         lines.append("The run has one fidelity only.")
     for a in agree:
         line = (f"- {a['cheap']} vs {a['expensive']}: n={a['n']} candidates scored at both, Spearman "
-                f"{_num(a['rho'])} (p={_p(a['rho_p'])}), Kendall {_num(a['tau'])} (p={_p(a['tau_p'])})")
+                f"{fmt_num(a['rho'])} (p={fmt_p(a['rho_p'])}), Kendall {fmt_num(a['tau'])} (p={fmt_p(a['tau_p'])})")
         if a["n"] < MIN_RANK_N:
             line += f"; n < {MIN_RANK_N} is too few to judge"
         lines.append(line + ".")
@@ -105,8 +107,8 @@ def _fidelities(result: dict[str, Any]) -> list[str]:
                      "perplexity of the same metric pruned by the full sequential pipeline (geometric mean over "
                      "settings), over the leaderboard's searched rows:")
         for b in board["by_fidelity"]:
-            line = (f"- {b['fidelity']}: n={b['n']}, Spearman {_num(b['rho'])} (p={_p(b['rho_p'])}), "
-                    f"Kendall {_num(b['tau'])} (p={_p(b['tau_p'])})")
+            line = (f"- {b['fidelity']}: n={b['n']}, Spearman {fmt_num(b['rho'])} (p={fmt_p(b['rho_p'])}), "
+                    f"Kendall {fmt_num(b['tau'])} (p={fmt_p(b['tau_p'])})")
             if b["n"] < MIN_RANK_N:
                 line += f"; n={b['n']} is too small to say whether the fast path ranks like the full pipeline"
             lines.append(line + ".")
@@ -138,7 +140,7 @@ def render_cross_markdown(result: dict[str, Any]) -> str:
         best = min(c.fitness for c in s.cands)
         metric = f"`{s.best_metric}`" if s.best_metric else "-"
         lines.append(f"| {s.label} | `{s.path}` | {s.setting} | {s.cheap} | {len(s.cands)} | {s.invalid} | "
-                     f"{_fit(best)} | {metric} |")
+                     f"{fmt_fit(best)} | {metric} |")
     lines += ["", "## How the runs are pooled", "",
               f"Fitness values of different runs are not on one scale, so each distinct valid candidate's fitness "
               f"at its run's cheapest fidelity is replaced by its **{result['scale']}**: (rank - 0.5) / n, ties "
@@ -162,8 +164,8 @@ def render_cross_markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     for c in corrs:
         mark = " *" if c.rho_p is not None and c.rho_p < result["threshold"] else ""
-        lines.append(f"| {c.feature}{mark} | {c.runs} of {len(runs)} | {c.n} | {_num(c.rho)} | {_p(c.rho_p)} | "
-                     f"{_num(c.tau)} | {_p(c.tau_p)} | {c.same_sign} | {c.opposite_sign} |")
+        lines.append(f"| {c.feature}{mark} | {c.runs} of {len(runs)} | {c.n} | {fmt_num(c.rho)} | {fmt_p(c.rho_p)} | "
+                     f"{fmt_num(c.tau)} | {fmt_p(c.tau_p)} | {c.same_sign} | {c.opposite_sign} |")
     lines += ["", f"\\* pooled p below the Bonferroni threshold {result['threshold']:.2g}.", ""]
     if constant:
         lines += [f"Constant in every run (not tested): {', '.join(constant)}.", ""]

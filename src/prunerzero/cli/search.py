@@ -1,0 +1,95 @@
+"""`prunerzero search`: the Pruner-Zero metric search from the command line (``search.run.run_job``)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import PruneConfig
+from ..errors import UserError
+from ..search.config import SearchConfig
+from ..search.job import SearchJob
+from ..settings import resolve
+from .options import add_settings, given, nonempty
+
+# A new search from the command line weighs formula size; the API's default stays 0 (off), as for
+# runs saved before parsimony existed.
+CLI_SEARCH_DEFAULTS = {"parsimony": 0.01}
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..search.executors import ExecutorSpec
+    from ..search.leaderboard import LEADERBOARD_MD
+    from ..search.run import run_job
+
+    # Honoured on --resume too: where candidates run is not part of the run's saved settings.
+    executor = ExecutorSpec(args.executor, args.workers, args.ray_address, args.cpus_per_worker)
+    search_given = given(args, SearchConfig)
+    if args.resume:
+        out, job = Path(args.resume), SearchJob()
+    else:
+        if not args.out:
+            raise UserError("pass --out DIR for a new search, or --resume DIR to continue one")
+        out = Path(args.out)
+        job_given = given(args, SearchJob)
+        if "seed" in job_given:  # one --seed: the calibration draw and the GP's generator
+            search_given["seed"] = job_given["seed"]
+        if args.no_seed_named:
+            search_given["seed_named"] = False
+        settings = job_given.get("settings") or (
+            f"{args.sparsity}:{args.pattern}" if args.pattern == "unstructured" else args.pattern,)
+        job = resolve(SearchJob, job_given, settings=tuple(settings),
+                      search=resolve(SearchConfig, {**CLI_SEARCH_DEFAULTS, **search_given}))
+    outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
+                      executor=executor, generations=search_given.get("generations") if args.resume else None)
+    result = outcome["result"]
+    if result.best.spec.scale == "raw":
+        print(f"best metric: {result.best}   (saved to {out}/best_metric.txt, best_tree.json and best_metric.json)")
+    else:
+        print(f"best metric: {result.best} with scale-free terminals   (saved to {out}/best_metric.json: "
+              "prune --metric-file it; the .txt and tree files hold the formula only)")
+    s = result.stats
+    print(f"evaluations {s['evaluations']}, cache hits {s['cache_hits']}, duplicates replaced "
+          f"{s['duplicates_replaced']}, invalid {s['invalid']}; fidelity agreement {s.get('fidelity_spearman')}")
+    if s.get("worker_replacements"):
+        print(f"Ray workers replaced after dying: {s['worker_replacements']} (their candidates were retried)")
+    board = out / LEADERBOARD_MD
+    if board.exists():
+        print(board.read_text())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="discover a pruning metric by genetic programming (Pruner-Zero)")
+    p.add_argument("--out", type=nonempty, help="run folder (evaluations.jsonl, checkpoint.json, leaderboard.md, ...)")
+    p.add_argument("--resume", type=nonempty, metavar="DIR", help="continue the search in DIR after a crash or kill")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier search in --out")
+    add_settings(p, SearchJob, ("model",))
+    add_settings(p, PruneConfig, ("sparsity", "pattern"), defaults=True)  # one setting, as prune reads it
+    add_settings(p, SearchJob, ("settings",))
+    add_settings(p, SearchConfig, ("population", "generations"))
+    add_settings(p, SearchJob, ("seed",), seed={"help": "the calibration draw and the search's random generator"})
+    add_settings(p, SearchConfig, ("max_depth", "max_size"))
+    p.add_argument("--no-seed-named", action="store_true", help="do not put the named metrics in generation 0")
+    add_settings(p, SearchJob, ("calib_data", "nsamples", "seqlen", "bos", "fitness_data", "fidelity_tokens", "ladder",
+                                "device", "eval_dtype", "dtype", "device_map", "max_memory", "report_data",
+                                "calib_seeds", "terminal_scale", "seq_nsamples"),
+                 seqlen={"help": "tokens per window: calibration, fitness and the leaderboard's perplexity"},
+                 device_map={"help": "none (one --device), or auto / balanced / sequential: one model spread over "
+                                     "GPUs (serial executor; every layer must fit on a GPU)"})
+    add_settings(p, SearchConfig, ("parsimony",),
+                 parsimony={"help": "fitness values within this relative tolerance count as equal and the smaller "
+                                    f"formula wins (0 = off; default {CLI_SEARCH_DEFAULTS['parsimony']:g})"})
+    add_settings(p, SearchJob, ("report_tokens", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
+                                "allocation", "owl_m", "owl_lambda"))
+    add_settings(p, SearchConfig, ("owl_lambdas",))
+    p.add_argument("--executor", default="serial", choices=("serial", "ray"),
+                   help="where candidates are evaluated: serial (this process) or ray (pip install 'prunerzero[ray]'); "
+                        "may differ on --resume")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers, each loading the model once (default: one per GPU of the cluster, else 1)")
+    p.add_argument("--ray-address", type=nonempty, default=None, metavar="ADDR",
+                   help="join a running Ray cluster (auto or HOST:PORT); default: start a local one")
+    p.add_argument("--cpus-per-worker", type=int, default=None,
+                   help="CPUs (and torch threads) per Ray worker (default: a local cluster's cores split evenly, "
+                        "else 1)")
+    p.set_defaults(func=cmd_search)
