@@ -63,9 +63,9 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
     # job.json as it has always been written
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "model", "settings", "calib_data", "nsamples", "seqlen", "seed", "bos", "fitness_data", "fidelity_tokens",
-        "ladder", "terminal_scale", "seq_nsamples", "eval_dtype", "device", "dtype", "device_map", "max_memory", "report_data",
-        "report_tokens", "calib_seeds", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
-        "allocation", "owl_m", "owl_lambda", "search")
+        "ladder", "terminal_scale", "seq_nsamples", "eval_dtype", "device", "dtype", "device_map", "max_memory",
+        "report_data", "report_tokens", "calib_seeds", "leaderboard_top", "baselines", "reconstruct",
+        "reconstruct_mode", "allocation", "owl_m", "owl_lambda", "search")
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "search": self.search.to_dict()}
