@@ -59,10 +59,14 @@ CANDIDATES = {  # name -> (what it is, which measurements' seconds make it up)
     "kl general 4k": "KL from the dense model, general search split, 8 x 512",
     "err": "relative layer output error from the dense Hessians, no forward pass",
     "sequential ppl general 4k": "full sequential pipeline, then perplexity on 8 x 512 of the search split",
-    "seq8 ppl general 1k": "sequential pipeline on 8 calibration windows (bf16), perplexity on 2 x 512",
-    "seq8 ppl general 4k": "sequential pipeline on 8 calibration windows (bf16), perplexity on 8 x 512",
-    "seq8 kl general 4k": "sequential pipeline on 8 calibration windows (bf16), KL from the dense model on 8 x 512",
 }
+SEQ_PASSES = (8, 32)  # pass 2 / 3: the sequential pipeline on the first N calibration windows, bf16
+for _n in SEQ_PASSES:
+    CANDIDATES.update({
+        f"seq{_n} ppl general 1k": f"sequential pipeline on {_n} calibration windows (bf16), perplexity on 2 x 512",
+        f"seq{_n} ppl general 4k": f"sequential pipeline on {_n} calibration windows (bf16), perplexity on 8 x 512",
+        f"seq{_n} kl general 4k": f"sequential pipeline on {_n} calibration windows (bf16), KL from dense on 8 x 512",
+    })
 
 
 def random_formulas(lm, stats, n: int, seed: int) -> list[str]:
@@ -289,17 +293,17 @@ def measure_cheap_sequential(run: Path, threads: int, nsamples: int = 8) -> None
 
 
 # ---------------------------------------------------------------- report
-def candidate_values(rec: dict, seq: dict | None = None) -> dict[str, tuple[float, float]]:
+def candidate_values(rec: dict, seqs: dict[int, dict] | None = None) -> dict[str, tuple[float, float]]:
     """candidate -> (value for this (metric, setting): log-scale, seconds of one candidate at one setting);
-    `seq` is the same (metric, setting)'s pass-2 record (cheap sequential pipeline), if measured."""
+    `seqs` maps N to the same (metric, setting)'s record of the sequential pass on N windows, if measured."""
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     s = rec["seconds"]
     extra = {}
-    if seq is not None and "ppl" in seq:
+    for n, seq in (seqs or {}).items():
         t = seq["seconds"]
-        extra = {"seq8 ppl general 1k": (mean(seq["ppl"][:2]), t["prune"] + t["ppl"] / 4),
-                 "seq8 ppl general 4k": (mean(seq["ppl"]), t["prune"] + t["ppl"]),
-                 "seq8 kl general 4k": (math.log(max(mean(seq["kl"]), 1e-12)), t["prune"] + t["kl"])}
+        extra.update({f"seq{n} ppl general 1k": (mean(seq["ppl"][:2]), t["prune"] + t["ppl"] / 4),
+                      f"seq{n} ppl general 4k": (mean(seq["ppl"]), t["prune"] + t["ppl"]),
+                      f"seq{n} kl general 4k": (math.log(max(mean(seq["kl"]), 1e-12)), t["prune"] + t["kl"])})
     per_window = s["gen512"] / len(rec["gen512"])
     masks = s["masks"]
     return {
@@ -326,35 +330,46 @@ def report(run: Path) -> str:
     by_formula: dict[str, dict[str, dict]] = {}
     for r in recs:
         by_formula.setdefault(r["formula"], {})[r["setting"]] = r
-    seq_path = run / "study_seq8.jsonl"
-    seq = {}
-    for line in seq_path.read_text().splitlines() if seq_path.exists() else []:
-        r = json.loads(line)
-        seq[(r["formula"], r["setting"])] = r
+    seqs: dict[int, dict] = {}
+    for n in SEQ_PASSES:
+        path = run / f"study_seq{n}.jsonl"
+        if path.exists():
+            seqs[n] = {(r["formula"], r["setting"]): r for r in map(json.loads, path.read_text().splitlines())
+                       if "ppl" in r}
     complete = {f: v for f, v in by_formula.items() if set(v) == set(SETTINGS)}
-    if seq:  # compare every candidate on the same metrics: those pass 2 has measured too
-        complete = {f: v for f, v in complete.items() if all("ppl" in seq.get((f, t), {}) for t in SETTINGS)}
+    for seq in seqs.values():  # compare every candidate on the same metrics: those every pass has measured
+        complete = {f: v for f, v in complete.items() if all((f, t) in seq for t in SETTINGS)}
     formulas = sorted(complete)
     truth = {f: {s: sum(complete[f][s]["truth"]) / len(complete[f][s]["truth"]) for s in SETTINGS} for f in formulas}
     truth["both"] = None
     for f in formulas:
         truth[f]["both"] = sum(truth[f][s] for s in SETTINGS) / len(SETTINGS)
-    values = {f: {s: candidate_values(complete[f][s], seq.get((f, s))) for s in SETTINGS} for f in formulas}
+    values = {f: {s: candidate_values(complete[f][s], {n: seq[(f, s)] for n, seq in seqs.items()})
+                  for s in SETTINGS} for f in formulas}
     ranked = sorted(formulas, key=lambda f: truth[f]["both"])
-    top = ranked[: len(ranked) // 2]
-    rows = []
+    rows, quarter_rows = [], []
+    quarter = len(ranked) // 4
+
+    def value(f: str, s: str, cand: str) -> float:
+        return values[f][s][cand][0] if s != "both" else sum(values[f][t][cand][0] for t in SETTINGS)
+
     for cand in CANDIDATES:
         if cand not in values[formulas[0]][SETTINGS[0]]:
             continue
-        cells = []
-        for scope, group in (("all", formulas), ("top half", top)):
-            for s in (*SETTINGS, "both"):
-                xs = [values[f][s][cand][0] if s != "both" else sum(values[f][t][cand][0] for t in SETTINGS)
-                      for f in group]
-                ys = [truth[f][s] for f in group]
-                cells.append((spearmanr(xs, ys).statistic, kendalltau(xs, ys).statistic))
+        cells, qcells = [], []
+        for s in (*SETTINGS, "both"):
+            top = sorted(formulas, key=lambda f: truth[f][s])
+            for group, out in ((formulas, cells), (top[: len(top) // 2], cells)):
+                xs, ys = [value(f, s, cand) for f in group], [truth[f][s] for f in group]
+                out.append((spearmanr(xs, ys).statistic, kendalltau(xs, ys).statistic))
+            best = top[:quarter]
+            xs, ys = [value(f, s, cand) for f in best], [truth[f][s] for f in best]
+            pick = min(best, key=lambda f: value(f, s, cand))
+            qcells.append((spearmanr(xs, ys).statistic, best.index(pick) + 1))
+        cells = cells[0::2] + cells[1::2]  # all settings over all metrics, then over the better half
         seconds = sorted(sum(values[f][s][cand][1] for s in SETTINGS) for f in formulas)[len(formulas) // 2]
         rows.append((cand, cells, seconds))
+        quarter_rows.append((cand, qcells))
     lines = [
         "## Fitness: which cheap score ranks metrics like the truth?", "",
         f"SmolLM2-135M, {len(formulas)} metrics ({len(NAMED)} named, {len(EARLIER_WINNERS)} winners of earlier "
@@ -374,6 +389,12 @@ def report(run: Path) -> str:
     for cand, cells, seconds in rows:
         shown = " | ".join(f"{rho:.2f} / {tau:.2f}" for rho, tau in cells)
         lines.append(f"| {cand} | {seconds:.1f} | {shown} |")
+    lines += ["", f"Among the best quarter by truth ({quarter} metrics per setting: where the search picks its "
+              "winner): Spearman against the truth, and the truth rank (1 = best) of the metric this fitness "
+              "would pick.", "",
+              "| fitness | 50%: Spearman, pick | 2:4: Spearman, pick | both: Spearman, pick |", "|---|---|---|---|"]
+    for cand, qcells in quarter_rows:
+        lines.append(f"| {cand} | " + " | ".join(f"{rho:.2f}, #{pick}" for rho, pick in qcells) + " |")
     lines += ["", "Truth (perplexity on the validation split) per metric:", "",
               "| metric | 50% | 2:4 |", "|---|---|---|"]
     for f in ranked:

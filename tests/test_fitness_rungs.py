@@ -159,3 +159,19 @@ def test_seq_rung_is_the_sequential_pipeline_on_the_first_windows(make_tiny_mode
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), dense.state_dict().values()))
     with pytest.raises(UserError, match="calibration windows"):
         ProxyFitness(model, tokens, stats, FitnessSettings(eval_seqlen=32, ladder=("seq:64",)))
+
+
+def test_a_new_search_uses_the_default_ladder(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    """Without --ladder or --fidelity-tokens a search ranks by perplexity on 1024 tokens and re-scores a
+    tenth of each generation with the full sequential pipeline; --fidelity-tokens alone keeps the
+    perplexity rungs it names."""
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    common = ["--quiet", "search", "--model", str(tiny_model_dir), "--population", "4", "--generations", "1",
+              "--nsamples", "4", "--seqlen", "32", "--report-data", str(wikitext_test), "--report-tokens", "64",
+              "--leaderboard-top", "1", "--baselines", "wanda"]
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    job = json.loads((tmp_path / "default" / "job.json").read_text())
+    assert job["ladder"] == ["ppl:1024", "seq:4096"] and job["search"]["rescore_fraction"] == 0.1
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["fidelities"] == ["1024tok", "seq4096tok"]
+    assert main([*common, "--fidelity-tokens", "64", "--out", str(tmp_path / "tokens")]) == 0
+    assert json.loads((tmp_path / "tokens" / "config.json").read_text())["fidelities"] == ["64tok"]

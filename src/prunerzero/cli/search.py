@@ -11,9 +11,13 @@ from ..search.job import SearchJob
 from ..settings import resolve
 from .options import add_settings, given, nonempty
 
-# A new search from the command line weighs formula size; the API's default stays 0 (off), as for
-# runs saved before parsimony existed.
-CLI_SEARCH_DEFAULTS = {"parsimony": 0.01}
+# A new search from the command line weighs formula size, and re-scores a tenth of each generation at the
+# expensive rung of the default ladder; the API's defaults stay as runs saved before them were made.
+CLI_SEARCH_DEFAULTS = {"parsimony": 0.01, "rescore_fraction": 0.1}
+# The fidelity ladder chosen by the fitness study (docs/BENCHMARKS.md, "fitness"): perplexity on 1024 tokens
+# of the search split ranks candidates for selection at a fifth of the cost of 4k, and the full sequential
+# pipeline, the only rung that ranks the best metrics at 2:4 like the truth, decides the hall of fame.
+DEFAULT_LADDER = ("ppl:1024", "seq:4096")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -35,6 +39,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             search_given["seed"] = job_given["seed"]
         if args.no_seed_named:
             search_given["seed_named"] = False
+        if "ladder" not in job_given and "fidelity_tokens" not in job_given:
+            job_given["ladder"] = DEFAULT_LADDER  # --fidelity-tokens alone: perplexity rungs, as before the ladder
         settings = job_given.get("settings") or (
             f"{args.sparsity}:{args.pattern}" if args.pattern == "unstructured" else args.pattern,)
         job = resolve(SearchJob, job_given, settings=tuple(settings),
@@ -76,9 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                  seqlen={"help": "tokens per window: calibration, fitness and the leaderboard's perplexity"},
                  device_map={"help": "none (one --device), or auto / balanced / sequential: one model spread over "
                                      "GPUs (serial executor; every layer must fit on a GPU)"})
-    add_settings(p, SearchConfig, ("parsimony",),
+    add_settings(p, SearchConfig, ("parsimony", "rescore_fraction"),
                  parsimony={"help": "fitness values within this relative tolerance count as equal and the smaller "
-                                    f"formula wins (0 = off; default {CLI_SEARCH_DEFAULTS['parsimony']:g})"})
+                                    f"formula wins (0 = off; default {CLI_SEARCH_DEFAULTS['parsimony']:g})"},
+                 rescore_fraction={"help": "share of each generation's best (by the previous rung) scored again at "
+                                           f"the next rung (default {CLI_SEARCH_DEFAULTS['rescore_fraction']:g})"})
     add_settings(p, SearchJob, ("report_tokens", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
                                 "allocation", "owl_m", "owl_lambda"))
     add_settings(p, SearchConfig, ("owl_lambdas",))

@@ -47,7 +47,8 @@ class SearchConfig:
     max_size: int = option(25, "most nodes in a tree")
     seed_named: bool = option(True, "put the named metrics (magnitude, wanda, gblm, ria, pruner-zero) in generation 0")
     use_constants: bool = False
-    rescore_fraction: float = 0.25
+    rescore_fraction: float = option(0.25, "share of each generation's best (by the previous rung) scored again at "
+                                     "the next rung")
     hall_of_fame_size: int = 10
     ops: tuple[str, ...] = field(default_factory=_pruner_zero_ops)  # primitives random trees and point mutation use
     # OWL's lambda searched jointly with the metric: the values a genome may carry (empty = not

@@ -63,7 +63,7 @@ class FitnessSettings:
     owl_lambda: float = 0.08
     ladder: tuple[str, ...] = ()  # rungs (proxies.parse_rung), cheapest first; replaces fidelity_tokens
     terminal_scale: str = "raw"  # "layer": scale-free terminals (symbolic.terminals) for every candidate
-    seq_nsamples: int = 8  # calibration windows the seq rung's sequential pipeline uses (the first ones)
+    seq_nsamples: int = 32  # calibration windows the seq rung's sequential pipeline uses (the first ones)
 
     def rungs(self) -> list[Rung]:
         return [parse_rung(r) for r in self.ladder] if self.ladder else [Rung("ppl", t) for t in self.fidelity_tokens]
@@ -72,7 +72,7 @@ class FitnessSettings:
         """As recorded in a run's config.json: fields added later are left out at their default, so
         a run started before them still resumes (resume compares this record)."""
         d = asdict(self)
-        for key, default in (("ladder", ()), ("terminal_scale", "raw"), ("seq_nsamples", 8)):
+        for key, default in (("ladder", ()), ("terminal_scale", "raw"), ("seq_nsamples", 32)):
             if d[key] == default or d[key] == list(default):
                 del d[key]
         return d
@@ -251,8 +251,8 @@ class ProxyFitness:
     @torch.no_grad()
     def prune_sequentially(self, metric: Metric, target: SparsityTarget) -> None:
         """The seq rung's pruning: the full pipeline from the dense weights, each layer's X (and H)
-        from the already pruned layers below, on the first ``seq_nsamples`` calibration windows;
-        G (dense-model gradients) from the run's statistics, as the leaderboard does."""
+        from the already pruned layers below, on the first ``seq_nsamples`` calibration windows (float32
+        forwards); G (dense-model gradients) from the run's statistics, as the leaderboard does."""
         from ..methods.symbolic import symbolic_method
         from ..pipeline import prune_model
 
@@ -263,9 +263,11 @@ class ProxyFitness:
         target_for = target if layer_sparsity is None else (lambda i: target.with_sparsity(layer_sparsity[i]))
         grads = {n: (s.grad_l1, s.grad_l2) for n, s in self.stats.items() if s.grad_l1 is not None}
         ids = self.calib_ids[: self.config.seq_nsamples]
-        with self._autocast():  # the calibration forwards in the fitness's dtype; pruning math stays float32
-            prune_model(self.model, self.config.wrap(symbolic_method(metric)), target_for, ids, grads=grads,
-                        progress=False)
+        # Calibration forwards in float32, as `prunerzero prune` runs them: with bf16 forwards the rung
+        # ranked the best quarter of metrics at 2:4 worse (Spearman 0.75 vs 0.96, docs/BENCHMARKS.md
+        # "fitness"); only the perplexity after it uses the fitness's eval dtype.
+        prune_model(self.model, self.config.wrap(symbolic_method(metric)), target_for, ids, grads=grads,
+                    progress=False)
         self.seconds["masks"] += time.perf_counter() - start
 
     def measure(self, rung: Rung) -> float:

@@ -43,8 +43,10 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
                                               "--ladder)", items=int)
     ladder: tuple[str, ...] = option((), "fidelity rungs, cheapest first: err (layer output error, no forward pass), "
                                      "kl:N (KL from the dense model on N tokens), ppl:N (perplexity), seq:N (the full "
-                                     "sequential pipeline, then perplexity); e.g. ppl:1024,seq:4096", items=str)
-    seq_nsamples: int = option(8, "calibration windows the seq rung's sequential pipeline prunes with (the first ones)")
+                                     "sequential pipeline, then perplexity); `prunerzero search` uses "
+                                     "ppl:1024,seq:4096 unless --ladder or --fidelity-tokens is given", items=str)
+    seq_nsamples: int = option(32, "calibration windows the seq rung's sequential pipeline prunes with (the first "
+                               "ones; all of them by default, as the final prune)")
     terminal_scale: str = option("raw", "layer: scale-free W, X, G (each divided by its mean over the layer), so sums "
                                  "of terms balance the same way on every model; the winner is saved with it in "
                                  "best_metric.json", flag="--terminals", choices=("raw", "layer"))
@@ -150,8 +152,8 @@ def validate_job(job: SearchJob) -> None:
     rungs = job.fitness_settings().rungs()
     if len({r.name for r in rungs}) != len(rungs):
         raise UserError(f"--ladder names a rung twice: {','.join(job.ladder)}")
-    if any(r.kind == "seq" for r in rungs) and not 1 <= job.seq_nsamples <= job.nsamples:
-        raise UserError(f"--seq-nsamples must be between 1 and --nsamples ({job.nsamples}), not {job.seq_nsamples}")
+    if any(r.kind == "seq" for r in rungs) and job.seq_nsamples < 1:  # more than --nsamples: all of them
+        raise UserError(f"--seq-nsamples must be >= 1, not {job.seq_nsamples}")
     for rung in rungs:
         if rung.needs_forward and rung.tokens < job.seqlen:
             raise UserError(f"fidelity {rung.name} is less than one window of {job.seqlen} tokens")
