@@ -29,8 +29,7 @@ EVAL_DATA ?= $(if $(wildcard ../shared/data/wikitext-2-raw/wiki.test.raw),../sha
 # an empty cache (GGUF conversion and gradients included, set-up excluded): 7.0 min.
 demo: setup
 	$(BIN)/prunerzero search --model smollm2-135m --sparsity 0.5 --pattern unstructured \
-	    --population 10 --generations 3 --seed 0 --nsamples 16 --seqlen 512 \
-	    --fidelity-tokens 1024,4096 --eval-dtype bfloat16 \
+	    --population 10 --generations 3 --seed 0 --nsamples 16 --seqlen 512 --eval-dtype bfloat16 \
 	    --report-data $(EVAL_DATA) --report-tokens 4096 --leaderboard-top 1 \
 	    --baselines magnitude,wanda,pruner-zero --out runs/demo --overwrite
 
