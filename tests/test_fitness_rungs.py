@@ -175,3 +175,22 @@ def test_a_new_search_uses_the_default_ladder(tiny_model_dir, wikitext_test, tmp
     assert json.loads((tmp_path / "default" / "config.json").read_text())["fidelities"] == ["1024tok", "seq4096tok"]
     assert main([*common, "--fidelity-tokens", "64", "--out", str(tmp_path / "tokens")]) == 0
     assert json.loads((tmp_path / "tokens" / "config.json").read_text())["fidelities"] == ["64tok"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fast_mask_path_gives_the_same_fitness(make_tiny_model, calib_ids, arch):
+    """Scores shared across settings and masks written in place give the fitness of the plain route
+    (score, mask and copy per setting) to the last bit."""
+    model = make_tiny_model(arch)
+    stats = collect_dense_stats(model, calib_ids, frozenset({"X"}), progress=False)
+    tokens = torch.randint(0, 128, (1, 600), generator=torch.Generator().manual_seed(7))
+    fit = ProxyFitness(model, tokens, stats, FitnessSettings(("0.5", "2:4", "0.7"), (64,), 32))
+    for name in ("wanda", "ria", "magnitude"):
+        metric = named_metric(name)
+        fast = fit.evaluate(metric, "64tok")
+        logs = []
+        for target in fit.targets:  # the plain route: DenseSnapshot.apply of the per-linear pruning
+            fit.snapshot.apply(fit._pruning(metric, target))
+            logs.append(fit.measure(fit.rungs["64tok"]))
+        assert fast == math.exp(sum(logs) / len(logs)), name
+    fit.restore()

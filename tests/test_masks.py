@@ -304,3 +304,21 @@ def test_random_64x128_matches_slow_reference(sparsity, pattern, group, quantise
         score = torch.round(score * 4) / 4
     got = make_mask(score, parse_target(float(sparsity), pattern, group))
     assert torch.equal(got, _reference_mask(score, sparsity, pattern, group))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prune_lowest_equals_a_stable_sort_with_and_without_ties(seed):
+    """The mask is what a stable ascending sort would pick (ties by position), whether a row holds its
+    threshold once (the fast path) or many times (the running count), with equal or unequal counts."""
+    from prunerzero.masks import prune_lowest
+
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = 17, 40
+    levels = [3, 1000][seed % 2]  # few distinct values: many ties; many: almost none
+    score = torch.randint(0, levels, (rows, cols), generator=g).float()
+    counts = torch.randint(0, cols + 1, (rows,), generator=g) if seed % 3 else torch.full((rows,), cols // 2)
+    order = torch.sort(score, dim=-1, stable=True).indices
+    want = torch.zeros_like(score, dtype=torch.bool)
+    for r in range(rows):
+        want[r, order[r, : int(counts[r])]] = True
+    assert torch.equal(prune_lowest(score, counts), want)

@@ -118,7 +118,14 @@ def prune_lowest(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     below = score < threshold  # (R, C)
     need = counts.unsqueeze(-1) - below.sum(-1, keepdim=True)  # (R, 1) ties still to take
     at = score == threshold
-    mask = below | (at & (torch.cumsum(at, dim=-1) <= need))
+    mask = below | at
+    # Rows holding more entries equal to their threshold than they still need choose among them by
+    # position. Only those rows pay for the running count: with real-valued scores a row usually
+    # holds its threshold value once, and the count over the whole layer was most of the mask's cost.
+    crowded = (at.sum(-1, keepdim=True) > need).squeeze(-1).nonzero().squeeze(-1)  # (r,) row indices
+    if crowded.numel():
+        at_c = at[crowded]  # (r, C)
+        mask[crowded] = below[crowded] | (at_c & (torch.cumsum(at_c, dim=-1, dtype=torch.int32) <= need[crowded]))
     return mask & (counts > 0).unsqueeze(-1)
 
 

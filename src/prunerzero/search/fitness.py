@@ -30,6 +30,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+
 import torch
 from torch import nn
 
@@ -41,11 +42,15 @@ from ..masks import SparsityTarget, make_mask, parse_setting
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
+from ..models import weight_matrix
 from ..placement import input_device
 from ..snapshot import DenseSnapshot, PruneOne
 from ..symbolic import InvalidMetricError, Metric, TerminalSpec
 from ..windows import NO_BOS, Windowing, eval_windows
 from .proxies import Rung, dense_top_k, kl_top_k, parse_rung, relative_output_error
+
+
+SCORE_CACHE_BYTES = 2 * 2**30  # float32 scores of every linear kept across the settings of one evaluation
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class ProxyFitness:
 
     def __post_init__(self) -> None:
         self.snapshot = DenseSnapshot(self.model)  # every candidate starts from the dense weights
+        # A candidate's scores do not depend on the sparsity setting: within one evaluation they are
+        # computed once and reused by every setting, when they fit SCORE_CACHE_BYTES.
+        self._score_cache: dict[str, torch.Tensor] | None = None
         self.targets = [parse_setting(s) for s in self.config.settings]
         self.rungs = {r.name: r for r in self.config.rungs()}
         if len(self.rungs) != len(self.config.rungs()):
@@ -218,8 +226,26 @@ class ProxyFitness:
     def apply(self, metric: Metric, target: SparsityTarget) -> None:
         """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
         start = time.perf_counter()
-        self.snapshot.apply(self._pruning(metric, target))
+        if self.config.reconstruct == "none":
+            self._apply_mask_only(metric, target)
+        else:
+            self.snapshot.apply(self._pruning(metric, target))
         self.seconds["masks"] += time.perf_counter() - start
+
+    def _apply_mask_only(self, metric: Metric, target: SparsityTarget) -> None:
+        """The plain mask, written in place: the dense weight copied into the module, then its pruned
+        entries zeroed (no temporary weight), the scores taken from this evaluation's cache."""
+        layer_sparsity = self.layer_sparsities(target, dict(metric.genes).get("owl_lambda"))
+        for name, module in self.snapshot.linears.items():
+            dense = self.snapshot.dense[name]  # (out, in) in the model's dtype
+            score = self._score_cache.get(name) if self._score_cache is not None else None
+            if score is None:
+                stats = self.stats[name]
+                score = metric.scores(dense.float(), stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
+                if self._score_cache is not None:
+                    self._score_cache[name] = score
+            t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[self.snapshot.layer_of[name]])
+            weight_matrix(module).copy_(dense).masked_fill_(make_mask(score, t), 0.0)
 
     def restore(self) -> None:
         """The dense weights back into the model."""
@@ -282,21 +308,31 @@ class ProxyFitness:
     def evaluate(self, metric: Metric, fidelity: str) -> float:
         rung = self.rungs[fidelity]
         logs = []
-        for target in self.targets:
-            if rung.kind == "err":
-                value = math.log(max(self.output_error(metric, target), 1e-30))
-            elif rung.kind == "seq":
-                self.prune_sequentially(metric, target)
-                value = self.measure(rung)  # the mean NLL
-            else:
-                self.apply(metric, target)
-                value = self.measure(rung)  # ppl: the mean NLL is already log-perplexity
-                if rung.kind == "kl":
-                    value = math.log(max(value, 1e-30))
-            if not math.isfinite(value):
-                raise InvalidMetricError(f"{'kl' if rung.kind == 'kl' else 'perplexity'} is not finite")
-            logs.append(value)
+        numel = sum(w.numel() for w in self.snapshot.dense.values())
+        if len(self.targets) > 1 and 4 * numel <= SCORE_CACHE_BYTES:
+            self._score_cache = {}
+        try:
+            for target in self.targets:
+                logs.append(self._evaluate_one(metric, rung, target))
+        finally:
+            self._score_cache = None
         return math.exp(sum(logs) / len(logs))  # geometric mean over the settings
+
+    def _evaluate_one(self, metric: Metric, rung: Rung, target: SparsityTarget) -> float:
+        """The rung's value (log scale) for one setting."""
+        if rung.kind == "err":
+            value = math.log(max(self.output_error(metric, target), 1e-30))
+        elif rung.kind == "seq":
+            self.prune_sequentially(metric, target)
+            value = self.measure(rung)  # the mean NLL
+        else:
+            self.apply(metric, target)
+            value = self.measure(rung)  # ppl: the mean NLL is already log-perplexity
+            if rung.kind == "kl":
+                value = math.log(max(value, 1e-30))
+        if not math.isfinite(value):
+            raise InvalidMetricError(f"{'kl' if rung.kind == 'kl' else 'perplexity'} is not finite")
+        return value
 
 
 @dataclass
