@@ -1,0 +1,106 @@
+"""The `levers` table on the default calibration: every named metric and the searched ones, mask
+only / + OBS / + ADMM, next to SparseGPT, at 50% and 2:4, mean over calibration seeds, with prune
+seconds. One `prunerzero prune` process per row (32x512 calibration on the general mix, 8192
+WikiText-2 test tokens); rows are appended to runs/levers/rows.jsonl as measured (resumable).
+
+    .venv/bin/python bench/levers_seeds.py --searched "formula;formula" [--seeds 0,1,2]
+    .venv/bin/python bench/levers_seeds.py --write
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import BIN, ROOT, WIKI, machine, replace_section  # noqa: E402
+
+RUN = ROOT / "runs" / "levers"
+COMMON = ["--model", "smollm2-135m", "--calib-data", "general", "--nsamples", "32", "--seqlen", "512",
+          "--eval-data", str(WIKI.resolve()), "--eval-tokens", "8192"]
+NAMED = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+PATTERNS = {"50%": ["--sparsity", "0.5"], "2:4": ["--pattern", "2:4"]}
+LEVERS = {"mask only": [], "+ obs": ["--reconstruct", "obs"], "+ admm": ["--reconstruct", "admm"]}
+
+
+def rows_done() -> list[dict]:
+    path = RUN / "rows.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def measure(searched: list[str], seeds: list[int]) -> None:
+    RUN.mkdir(parents=True, exist_ok=True)
+    done = {(r["label"], r["pattern"], r["lever"], r["seed"]) for r in rows_done()}
+    entries = [(n, ["--method", n]) for n in NAMED] + [(f, ["--metric", f]) for f in searched]
+    plan = [("sparsegpt", ["--method", "sparsegpt"], "-", [])] + [
+        (label, flag, lever, extra) for label, flag in entries for lever, extra in LEVERS.items()]
+    for seed in seeds:
+        for pattern, pflags in PATTERNS.items():
+            for label, flag, lever, extra in plan:
+                if (label, pattern, lever, seed) in done:
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    cmd = [str(BIN / "prunerzero"), "--quiet", "prune", *COMMON, "--seed", str(seed), *flag, *pflags,
+                           *extra, "--skip-dense", "--save", tmp]
+                    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                    r = json.loads((Path(tmp) / "results.json").read_text())
+                row = {"label": label, "pattern": pattern, "lever": lever, "seed": seed, "ppl": r["pruned"]["ppl"],
+                       "prune_seconds": r["seconds"]["prune"]}
+                with open(RUN / "rows.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(row, flush=True)
+
+
+def write(dense: float | None) -> str:
+    rows = rows_done()
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["label"], r["pattern"], r["lever"]), []).append(r)
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+
+    def cell(key: tuple) -> str:
+        rs = cells.get(key)
+        if not rs:
+            return "-"
+        ppl = [r["ppl"] for r in rs]
+        sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
+        return f"{statistics.fmean(ppl):.2f} ± {sd:.2f} ({statistics.median(r['prune_seconds'] for r in rs):.0f} s)"
+
+    lines = ["## Levers: mask only, + OBS, + ADMM, next to SparseGPT", "",
+             "SmolLM2-135M, 32x512 calibration on the general mix, perplexity on 8192 WikiText-2 test tokens"
+             + (f" (dense {dense:.2f})" if dense else "") + f"; mean ± sd over calibration seeds "
+             f"{', '.join(map(str, seeds))}, median prune seconds in parentheses. Machine: {machine()}.", ""]
+    for pattern in PATTERNS:
+        lines += [f"### {pattern}", "", "| method | mask only | + obs | + admm |", "|---|---|---|---|",
+                  f"| **sparsegpt** | {cell(('sparsegpt', pattern, '-'))} | | |"]
+        for label in labels:
+            if label != "sparsegpt":
+                shown = label if label in NAMED else f"`{label}`"
+                lines.append(f"| {shown} | " + " | ".join(cell((label, pattern, lev)) for lev in LEVERS) + " |")
+        lines.append("")
+    lines.append("Command: `.venv/bin/python bench/levers_seeds.py --searched \"...\"`, then `--write`.")
+    text = "\n".join(lines)
+    replace_section("levers-seeds", text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--searched", default="", help="searched formulas, separated by ;")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--dense", type=float, default=None, help="dense perplexity to show in the header")
+    args = ap.parse_args()
+    if args.write:
+        print(write(args.dense))
+    else:
+        measure([f.strip() for f in args.searched.split(";") if f.strip()], [int(s) for s in args.seeds.split(",")])
+
+
+if __name__ == "__main__":
+    main()
