@@ -21,6 +21,7 @@ from .config import PruneConfig
 from .errors import UserError, clip, short
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget
+from .memory import peak_rss_mib, release_free_heap
 from .methods import METHODS, Method, get_method
 from .methods.reconstruct import with_reconstruction
 from .models import LoadedModel, cache_dir, max_context
@@ -72,13 +73,6 @@ def check_output_dir(save: str | None, overwrite: bool) -> None:
     io.check_writable_dir(save, "--save")
     if (Path(save) / RESULTS_FILE).is_dir():
         raise UserError(f"{short(Path(save) / RESULTS_FILE)} is a folder: it cannot be replaced by the results")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_gpu_mib() -> dict[str, float]:
@@ -184,6 +178,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
     calib_ids = None
     if cfg.reads_calibration(method.needs):
         calib_ids = cfg.calibration_windows(cfg.calibration_tokens(lm, windowing), windowing)
+    release_free_heap()  # the texts' parsing garbage would otherwise stay resident for the whole run
 
     results: dict[str, Any] = {
         "method": method.name, "method_details": method.describe, "model": cfg.model, "model_path": lm.path,

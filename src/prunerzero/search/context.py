@@ -14,6 +14,7 @@ from .. import io
 from ..calib.stats import LinearStats, attach_gradients
 from ..data import describe_source, evaluation_split, load_text
 from ..errors import UserError, short, warn
+from ..memory import release_free_heap
 from ..models import LoadedModel, load_model, parse_dtype, prunable_linears, weight_matrix
 from ..placement import has_offloaded_weights
 from ..pipeline import collect_dense_stats
@@ -128,6 +129,7 @@ def _proxy_fitness(job: SearchJob, lm: LoadedModel, stats: dict[str, LinearStats
     search_tokens = tokenize(lm.tokenizer, load_text(job.fitness_data, split), windowing)
     if calib_ids is None and any(r.kind == "seq" for r in job.fitness_settings().rungs()):
         calib_ids = job.calibration_windows(job.calibration_tokens(lm, windowing), windowing)
+    release_free_heap()  # the texts' parsing garbage, held for the whole search otherwise
     return ProxyFitness(lm.model, search_tokens, stats, job.fitness_settings(),
                         data_info=describe_source(job.fitness_data, split), windowing=windowing, calib_ids=calib_ids)
 

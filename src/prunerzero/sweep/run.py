@@ -26,6 +26,7 @@ import torch
 from .. import io
 from ..errors import UserError, one_line, short, warn
 from ..eval.perplexity import perplexity
+from ..memory import release_free_heap
 from .config import LOG, JSON, MD, PNG, REDO, SETTINGS, SweepConfig, point_key, sparsity_grid
 
 def build_methods(cfg: SweepConfig) -> dict[str, Any]:
@@ -112,6 +113,7 @@ class DenseState:
         self.calib_ids = None
         if self.needs & {"X", "H", "G"}:
             self.calib_ids = cfg.calibration_windows(cfg.calibration_tokens(self.lm, self.windowing), self.windowing)
+            release_free_heap()
         self.stats = self._statistics(cfg, progress)
 
     def _statistics(self, cfg: SweepConfig, progress: bool) -> dict[str, Any]:
