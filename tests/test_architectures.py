@@ -217,3 +217,50 @@ def test_auto_order_falls_back_to_parallel_for_many_tokens(calib_ids):
     with pytest.raises(ValueError, match="within_layer"):
         prune_model(build_tiny_model("llama"), get_method("wanda"), parse_target(0.5), calib_ids,
                     within_layer="diagonal", progress=False)
+
+
+# ----------------------------------------------------------------- (d) gated MLPs in token chunks
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma", "gemma3"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_pass_with_chunked_gated_mlps_prunes_as_without(arch, method, calib_ids, monkeypatch):
+    """One-pass pruning runs gated MLPs 24 tokens at a time (128 calibration tokens: 5 full chunks
+    and a short one): the same masks and weights as the whole batch at once, and every MLP's own
+    forward is back afterwards."""
+    from prunerzero.calib import gated_mlp
+
+    results, calls = {}, []
+    original = gated_mlp._chunked_forward
+
+    def counting(*a, **k):
+        calls.append(a[1]["down_proj"])
+        return original(*a, **k)
+
+    monkeypatch.setattr(gated_mlp, "_chunked_forward", counting)
+    for chunk in (24, 10**9):
+        monkeypatch.setattr(gated_mlp, "CHUNK_TOKENS", chunk)
+        model = build_tiny_model(arch)
+        prune_model(model, get_method(method), parse_target(0.5), calib_ids, within_layer="sequential", progress=False)
+        results[chunk] = _decoder_weights(model)
+        assert not any("forward" in m.__dict__ for m in model.modules() if gated_mlp.is_gated_mlp(type(m)))
+    assert calls, "no gated MLP was chunked"
+    for name, w in results[24].items():
+        assert torch.equal(w == 0, results[10**9][name] == 0), name
+        torch.testing.assert_close(w, results[10**9][name], rtol=1e-5, atol=1e-6)
+
+
+def test_only_mlps_whose_forward_is_the_gated_line_are_chunked():
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+    from transformers.models.llama.modeling_llama import LlamaMLP
+    from transformers.models.phi3.modeling_phi3 import Phi3MLP
+
+    from prunerzero.calib.gated_mlp import is_gated_mlp
+
+    class LoggingMLP(LlamaMLP):
+        def forward(self, x):
+            down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            print("seen")
+            return down_proj
+
+    assert is_gated_mlp(LlamaMLP)
+    assert not is_gated_mlp(GPT2MLP) and not is_gated_mlp(Phi3MLP) and not is_gated_mlp(LoggingMLP)

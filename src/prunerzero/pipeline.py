@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calib.capture import capture_layer_inputs, run_layer
+from .calib.gated_mlp import chunked_gated_mlps
 from .calib.stats import GradientStats, LinearStats, StatsCollector, collect_input_stats
 from .errors import UserError
 from .masks import SparsityTarget
@@ -81,27 +82,29 @@ def _layer_two_pass(layer, linears, method, target, hidden, calls, grads, prefix
 
 
 def _layer_one_pass(layer, linears, method, target, hidden, calls, grads, prefix, report, last: bool):
-    """One forward pass: each linear is pruned by a pre-hook the moment its input arrives, so later
-    linears in the layer see the outputs of already-pruned ones (SparseGPT's "true sequential"),
-    and the pass's output is already the pruned output. Needs all samples in one batch."""
+    """One forward pass: each linear is pruned the moment its input arrives, so later linears in
+    the layer see the outputs of already-pruned ones (SparseGPT's "true sequential"), and the
+    pass's output is already the pruned output. Needs all samples in one batch; gated MLPs run
+    in token chunks so their (tokens, intermediate) activations are not all alive at once."""
     assert len(hidden) == 1, "one-pass pruning needs every calibration sample in one batch"
     collector = StatsCollector(method.needs)
     done: set[str] = set()
 
-    def pre_hook(name: str):
-        def fn(module: nn.Module, args: tuple) -> None:
-            if name in done:
-                return
-            collector.observe(name, args[0])
-            stats = _attach_grads(collector.stats(name), grads, f"{prefix}.{name}")
-            _prune_one(method, module, name, stats, target, prefix, report)
-            done.add(name)
+    def first_sight(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if name in done:
+            return
+        collector.observe(name, x)
+        stats = _attach_grads(collector.stats(name), grads, f"{prefix}.{name}")
+        _prune_one(method, module, name, stats, target, prefix, report)
+        done.add(name)
 
-        return fn
+    def pre_hook(name: str):
+        return lambda module, args: first_sight(name, module, args[0])
 
     handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in linears.items()]
     try:
-        hidden = run_layer(layer, hidden, calls)
+        with chunked_gated_mlps(layer, set(linears), first_sight):
+            hidden = run_layer(layer, hidden, calls)
     finally:
         for h in handles:
             h.remove()
