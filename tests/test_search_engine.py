@@ -284,3 +284,22 @@ def test_rung_agreement_covers_every_pair_of_rungs(tmp_path):
     agreement = res.stats["rung_agreement"]
     assert set(agreement) == {"low~high"} and agreement["low~high"]["tau"] is not None
     assert res.stats["fidelity_spearman"]["low~high"]["rho"] == agreement["low~high"]["rho"]
+
+
+def test_hall_of_fame_merges_metrics_that_score_alike_at_every_rung():
+    """mms(X * W) and mms(X * (W + W)) prune alike; the canonical key keeps them apart (mms's EPS),
+    the scores do not: one row, the smaller formula, the other named under same_scores."""
+    from prunerzero.search.scores import FitnessCache, hall_of_fame
+
+    def rec(expr: str, key: str, low: float | None, high: float | None) -> list[dict]:
+        return [{"key": key, "fidelity": f, "fitness": v, "expression": expr, "generation": 0}
+                for f, v in (("low", low), ("high", high)) if v is not None or f == "low"]
+
+    records = (rec("mms(X * (W + W))", "mms(W * X * 2)", 0.5, 0.25)  # larger, ranked first by key order
+               + rec("mms(X * W)", "mms(W * X)", 0.5, 0.25)
+               + rec("W * sqrt(X)", "W * sqrt(X)", 0.5, 0.3)  # equal at the cheap rung only: distinct
+               + rec("W", "W", None, None) + rec("abs(W)", "abs(W)", None, None))  # invalid: never merged
+    hof = hall_of_fame(FitnessCache(records, 0), ("low", "high"), size=2)
+    assert [h["expression"] for h in hof] == ["mms(X * W)", "W * sqrt(X)"]
+    assert hof[0]["same_scores"] == ["mms(X * (W + W))"] and "same_scores" not in hof[1]
+    assert hof[0]["fitness"] == {"low": 0.5, "high": 0.25}

@@ -175,7 +175,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
             rows.append(record)
     ctx.fitness.restore()
     rows = others + rows
-    write_markdown(out / LEADERBOARD_MD, rows, job, all_report_info or ctx.report_info, seeded)
+    merged = {row["expression"]: row["same_scores"] for row in hall_of_fame if row.get("same_scores")}
+    write_markdown(out / LEADERBOARD_MD, rows, job, all_report_info or ctx.report_info, seeded, merged)
     return rows
 
 
@@ -276,7 +277,7 @@ def _where(info: dict | None) -> str:
 
 
 def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: dict[str, dict],
-                   seeded: dict[int, str] | None = None) -> None:
+                   seeded: dict[int, str] | None = None, merged: dict[str, list[str]] | None = None) -> None:
     seeds = job.leaderboard_seeds
     text = (
         f"# Leaderboard\n\nModel `{job.model}`; each metric pruned with the full sequential pipeline "
@@ -295,4 +296,9 @@ def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: di
         text += ("\nIn the search's hall of fame (search fitness), " + ", ".join(
             f"#{rank} is {name}" for rank, name in sorted(seeded.items()))
             + " (seeded into generation 0), listed under its own name.\n")
+    shown = {r.get("formula") for r in rows}
+    for formula, same in (merged or {}).items():
+        if formula in shown:  # equal fitness at every rung = the same masks: one row, not several
+            text += (f"\n`{formula}` stands also for " + ", ".join(f"`{e}`" for e in same)
+                     + " (the same search fitness to the last bit at every rung: they prune alike).\n")
     io.write_text(path, text)

@@ -103,7 +103,32 @@ def hall_of_fame(cache: FitnessCache, fids: tuple[str, ...], size: int,
                  value, row["key"])
         ranked.append((order, row))
     ranked.sort(key=lambda t: t[0])
-    return [row for _, row in ranked[:size]]
+    return _merge_equal_scores([row for _, row in ranked])[:size]
+
+
+def _merge_equal_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per metric *as pruning sees it*: rows whose fitness is equal to the last bit at every
+    rung they were scored on prune alike (e.g. ``mms(X * W)`` and ``mms(X * (W + W))``, which the
+    canonical key keeps apart because mms's EPS makes them differ on near-constant tensors; two
+    different masks giving the very same perplexity on thousands of tokens does not happen in
+    practice).  The group keeps the rank of its best row and the expression of its smallest; the
+    others are listed under ``same_scores`` so the report says what was merged."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    order: list[tuple] = []
+    for row in rows:
+        scored = tuple(sorted(row["fitness"].items()))
+        if any(v is None for _, v in scored):  # invalid somewhere: nothing to compare
+            scored = (("key", row["key"]),)
+        if scored not in groups:
+            order.append(scored)
+        groups.setdefault(scored, []).append(row)
+    merged = []
+    for scored in order:
+        group = groups[scored]
+        keep = min(group, key=lambda r: (r["size"], group.index(r)))
+        others = [r["expression"] for r in group if r is not keep]
+        merged.append({**keep, "same_scores": others} if others else keep)
+    return merged
 
 
 def rung_agreement(cache: FitnessCache, fids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
