@@ -129,10 +129,19 @@ def write(args: argparse.Namespace) -> str:
             m, sd = _mean_sd(list(values.values()))
             return f"{m:.2f} ± {sd:.2f} (n={len(values)})"
 
+        # Searched formulas that prune alike (every value equal to the last bit: e.g. mms(X * W) and
+        # mms(X * (W + W)), listed twice by searches older than the hall of fame's merge) get one row.
+        found_by = {k: list(v) for k, v in winners.items()}  # per text: the merge below must not pile up
+        for key in [k for k in entries if k in winners]:
+            twin = next((k for k in entries if k in winners and k != key and entries[k] == entries[key]
+                         and len(k) < len(key)), None)
+            if twin is not None:
+                found_by[twin] += [(n, f"{lab} `{key}`") for n, lab in winners[key]]
+                del entries[key]
         order = sorted(entries, key=lambda k: math.prod(_mean_sd(list(v.values()))[0]
                                                          for v in entries[k].values()) ** (1 / len(entries[k])))
         for key in order:
-            found = ", ".join(f"{n} {lab}" for n, lab in winners.get(key, [])) or "hand-made" \
+            found = ", ".join(f"{n} {lab}" for n, lab in found_by.get(key, [])) or "hand-made" \
                 if key not in ("sparsegpt",) else "weight update"
             shown = f"`{key}`" if key in winners else key
             lines.append(f"| {shown} | {found} | {cell(entries[key].get('0.5'))} | {cell(entries[key].get('2:4'))} |")
@@ -143,8 +152,12 @@ def write(args: argparse.Namespace) -> str:
                      if k in winners and setting in v]
             if hand and found and dense:
                 (hk, hv), (fk, fv) = min(hand, key=lambda t: t[1]), min(found, key=lambda t: t[1])
+                paired = sorted(set(entries[fk][setting]) & set(entries[hk][setting]))
+                per_seed = ", ".join(f"seed {sd}: {100 * (1 - (entries[fk][setting][sd] - dense) / (entries[hk][setting][sd] - dense)):+.1f}%"
+                                     for sd in paired)
                 lines.append(f"\n{setting}: best searched `{fk}` gap to dense {fv - dense:.2f} vs best hand-made "
-                             f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller.")
+                             f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller "
+                             f"(paired by calibration draw: {per_seed}).")
     lines += ["", "Command: `.venv/bin/python bench/search_seeds.py` (each search resumable; rerun to continue), "
               "then `--write`. Searches: `prunerzero search " + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
               f"--population {args.population} --generations {args.generations} --report-data "
