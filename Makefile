@@ -46,8 +46,8 @@ test-fast: setup
 # All benchmarks; each part rewrites its own section of docs/BENCHMARKS.md. Wall times of the parts as last
 # measured on 2 cores (2026-11-29, some while sharing the cores, see each section): prune + metrics + masks about
 # 20 min, search 35 min, proxy about 32 min (one core), search-squad about 65 min (sharing the cores), zeroshot
-# 33 min at 30 examples per task (about 4 hours at the 500 it now uses), levers 102 min + fitness cost 10 min,
-# ray 6 min: about 5 hours before the larger zero-shot benchmark.
+# about 70 min at the 500 examples per task it now uses (dense + six methods; measured 2026-12-03: 9-12 min per
+# column alone on 2 threads), levers 102 min + fitness cost 10 min, ray 6 min: about 6 hours.
 bench: bench-prune bench-search bench-proxy bench-search-squad bench-zeroshot bench-levers bench-ray
 
 bench-prune: setup
@@ -68,7 +68,7 @@ bench-search-squad: setup
 	    --baselines magnitude,wanda,gblm,ria,pruner-zero,sparsegpt
 
 # 500 examples per task (all where a task has fewer), dense + six methods at 50%, resumable in runs/zeroshot-bench:
-# about 30 min per column on 1 thread (estimated from the 30-example run), so several hours.
+# 9-12 min per column alone on 2 threads (measured 2026-12-03), about 70 min in all.
 bench-zeroshot: setup
 	$(BIN)/python bench/zeroshot_bench.py
 
