@@ -1,0 +1,124 @@
+"""Prune time against its floor: one forward pass of the calibration set, all measured in one process.
+
+Wanda needs each linear's input norms, i.e. one forward pass over the calibration windows; that
+pass, timed on its own in the same dtype, is its floor. SparseGPT adds the OBS sweeps. G needs a
+forward and a backward per sample. This measures, on SmolLM2 with 32x512 calibration windows of
+the general mix (seed 0), in one process so the ratios share the machine's state:
+
+  forward      the decoder's forward over the 32 windows (batches of 8, no logits), float32 and
+               bfloat16 autocast: median of --repeats
+  wanda        `prune_model` with Wanda, each dtype (the dense weights restored between runs)
+  sparsegpt    the same with SparseGPT
+  gradients    seconds per sample of `compute_gradient_stats` (batch 1, float32, as GBLM-Pruner)
+               next to one forward of the same sample with its logits and loss
+
+Ratios are the issue's targets: Wanda <= 1.2x its forward, SparseGPT <= 2x, gradients <= 3.5x a
+forward of the same sample (a regression check here, never a timed test).
+
+    .venv/bin/python bench/floor.py [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import machine, replace_section  # noqa: E402
+
+TARGETS = {"wanda": 1.2, "sparsegpt": 2.0, "gradients": 3.5}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--grad-samples", type=int, default=4)
+    ap.add_argument("--write", action="store_true", help="write the `floor` section of docs/BENCHMARKS.md")
+    args = ap.parse_args()
+
+    import torch
+
+    from prunerzero.api import build_method
+    from prunerzero.calib.gradients import compute_gradient_stats
+    from prunerzero.calib.gradients.compute import _lm_loss
+    from prunerzero.config import PruneConfig
+    from prunerzero.masks import parse_setting
+    from prunerzero.models import find_decoder_layers  # noqa: F401  (the model must be a supported one)
+    from prunerzero.pipeline import prune_model
+    from prunerzero.snapshot import DenseSnapshot
+
+    cfg = PruneConfig(model="smollm2-135m", calib_data="general", nsamples=32, seqlen=512, seed=0)
+    lm, windowing = cfg.open_model()
+    ids = cfg.calibration_windows(cfg.calibration_tokens(lm, windowing), windowing)  # (32, 512)
+    model = lm.model
+    snapshot = DenseSnapshot(model)
+    dtypes = {"float32": nullcontext, "bfloat16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+
+    @torch.no_grad()
+    def forward(autocast) -> float:
+        start = time.perf_counter()
+        with autocast():
+            for batch in ids.split(cfg.batch_size):
+                model.model(input_ids=batch, use_cache=False)  # the decoder only: pruning needs no logits
+        return time.perf_counter() - start
+
+    rows = {}
+    for dtype, autocast in dtypes.items():
+        forward(autocast)  # warm-up
+        fwd = statistics.median(forward(autocast) for _ in range(args.repeats))
+        rows[dtype] = {"forward": fwd}
+        for name in ("wanda", "sparsegpt"):
+            method = build_method(PruneConfig(model="smollm2-135m", method=name))
+            for setting in ("0.5", "2:4"):
+                snapshot.restore()
+                start = time.perf_counter()
+                with autocast():
+                    prune_model(model, method, parse_setting(setting), ids, batch_size=cfg.batch_size, progress=False)
+                rows[dtype][f"{name} {setting}"] = time.perf_counter() - start
+                print(dtype, name, setting, f"{rows[dtype][f'{name} {setting}']:.1f} s (forward {fwd:.1f} s)", flush=True)
+    snapshot.restore()
+
+    sample = ids[: args.grad_samples]
+    with torch.no_grad():
+        _lm_loss(model, sample[:1])  # warm-up
+        start = time.perf_counter()
+        for i in range(sample.shape[0]):
+            _lm_loss(model, sample[i: i + 1])
+        fwd_sample = (time.perf_counter() - start) / sample.shape[0]
+    start = time.perf_counter()
+    compute_gradient_stats(model, sample, progress=False)
+    grad_sample = (time.perf_counter() - start) / sample.shape[0]
+    print(f"gradients {grad_sample:.2f} s/sample, forward with loss {fwd_sample:.2f} s/sample", flush=True)
+
+    lines = ["## Prune time against its floor (one forward pass of the calibration set)", "",
+             f"SmolLM2-135M, 32x512 calibration windows of the general mix (seed 0), batches of {cfg.batch_size}; "
+             f"the forward is the decoder alone (no logits), median of {args.repeats} after a warm-up; each prune "
+             f"once, from the dense weights. One process, alone on the machine. Machine: {machine()}.", "",
+             "| calibration dtype | forward s | setting | Wanda s | Wanda / forward | SparseGPT s | SparseGPT / forward |",
+             "|---|---|---|---|---|---|---|"]
+    for dtype, r in rows.items():
+        for setting in ("0.5", "2:4"):
+            w, s = r[f"wanda {setting}"], r[f"sparsegpt {setting}"]
+            lines.append(f"| {dtype} | {r['forward']:.1f} | {setting} | {w:.1f} | **{w / r['forward']:.2f}x** | "
+                         f"{s:.1f} | **{s / r['forward']:.2f}x** |")
+    ratio = grad_sample / fwd_sample
+    lines += ["", f"Gradients (G, float32, batch 1 as GBLM-Pruner): {grad_sample:.2f} s per sample against "
+              f"{fwd_sample:.2f} s for one forward of the same sample with its logits and loss: **{ratio:.2f}x** "
+              f"(mean over {sample.shape[0]} samples).", "",
+              "Targets (issue 16): Wanda <= 1.2x, SparseGPT <= 2x its forward, gradients <= 3.5x a forward: "
+              + "; ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in (
+                  ("wanda", all(r[f"wanda {s}"] / r["forward"] <= TARGETS["wanda"] for r in rows.values() for s in ("0.5", "2:4"))),
+                  ("sparsegpt", all(r[f"sparsegpt {s}"] / r["forward"] <= TARGETS["sparsegpt"] for r in rows.values() for s in ("0.5", "2:4"))),
+                  ("gradients", ratio <= TARGETS["gradients"]))) + ".",
+              "", "Command: `.venv/bin/python bench/floor.py --write`."]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        replace_section("floor", text)
+
+
+if __name__ == "__main__":
+    main()
