@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 EVAL_DATA ?= $(if $(wildcard ../shared/data/wikitext-2-raw/wiki.test.raw),../shared/data/wikitext-2-raw/wiki.test.raw,wikitext2)
 
 # The main job: a short Pruner-Zero search on SmolLM2, then the leaderboard of the best found metric
-# against magnitude, Wanda and Pruner-Zero's published metric. Measured 2026-11-29 on 2 cores with
-# an empty cache (GGUF conversion and gradients included, set-up excluded): 7.0 min.
+# against magnitude, Wanda and Pruner-Zero's published metric, with the default fitness ladder
+# (ppl:1024, then the full pipeline on 4096 tokens for the best). Measured 2026-12-03 alone on 2 cores
+# with an empty cache (PRUNERZERO_CACHE=/tmp/empty; GGUF conversion and gradients included, set-up
+# excluded): 4.4 min.
 demo: setup
 	$(BIN)/prunerzero search --model smollm2-135m --sparsity 0.5 --pattern unstructured \
 	    --population 10 --generations 3 --seed 0 --nsamples 16 --seqlen 512 --eval-dtype bfloat16 \

@@ -136,3 +136,30 @@ def test_load_metric_errors(tmp_path: Path) -> None:
         load_metric(bad)
     with pytest.raises(MetricSyntaxError, match="position 6"):
         load_metric("W * (X")
+
+
+def test_named_match_finds_a_named_metric_in_any_spelling() -> None:
+    """A search seeds the named metrics into generation 0; when one ends on top it must be called by
+    its name, not 'found' (the demo's winner was GBLM's formula, listed as 'searched #1')."""
+    from prunerzero.symbolic import TerminalSpec, load_metric, named_match
+
+    assert named_match(load_metric("W * G + sqrt(X) * W")) == "gblm"
+    assert named_match(load_metric("abs(W) * sqrt(X)")) == "wanda"
+    assert named_match(load_metric("pruner-zero")) == "pruner-zero"
+    assert named_match(load_metric("mms(X * W)")) is None
+    scale_free = load_metric("W * sqrt(X) + W * G")
+    assert named_match(Metric(scale_free.expr, TerminalSpec(scale="layer"))) is None  # another metric
+
+
+def test_leaderboard_names_a_seeded_metric_that_is_not_a_baseline() -> None:
+    from prunerzero.search.job import SearchJob
+    from prunerzero.search.leaderboard import baseline_ranks, leaderboard_entries
+
+    job = SearchJob(baselines=("magnitude", "wanda"), leaderboard_top=2)
+    hof = [{"expression": "W * sqrt(X) + W * G", "key": "G * W + W * sqrt(X)", "fitness": {}},
+           {"expression": "W * sqrt(X)", "key": "W * sqrt(X)", "fitness": {}},
+           {"expression": "mms(X * W)", "key": "mms(W * X)", "fitness": {}}]
+    skip = baseline_ranks(job, hof)
+    labels = [label for label, _, _ in leaderboard_entries(job, hof, skip)]
+    assert skip == {2: "wanda"}
+    assert labels == ["searched #1 (= gblm, seeded)", "searched #3", "magnitude", "wanda"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import PruneConfig
@@ -24,6 +25,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search.executors import ExecutorSpec
     from ..search.leaderboard import LEADERBOARD_MD
     from ..search.run import run_job
+    from ..symbolic import named_match
 
     # Honoured on --resume too: where candidates run is not part of the run's saved settings.
     executor = ExecutorSpec(args.executor, args.workers, args.ray_address, args.cpus_per_worker)
@@ -48,7 +50,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
                       executor=executor, generations=search_given.get("generations") if args.resume else None)
     result = outcome["result"]
-    if result.best.spec.scale == "raw":
+    same = named_match(replace(result.best, genes=()))
+    if same is not None:  # seeded into generation 0 and never beaten: not a discovery
+        print(f"best metric: {result.best} = the named metric {same}, seeded into the first generation: the search "
+              f"found nothing better by its fitness   (saved to {out}/best_metric.txt)")
+    elif result.best.spec.scale == "raw":
         print(f"best metric: {result.best}   (saved to {out}/best_metric.txt, best_tree.json and best_metric.json)")
     else:
         print(f"best metric: {result.best} with scale-free terminals   (saved to {out}/best_metric.json: "

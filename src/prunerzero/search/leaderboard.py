@@ -23,7 +23,7 @@ from ..methods import get_method
 from ..methods.symbolic import symbolic_method
 from ..masks import parse_setting
 from ..pipeline import prune_model
-from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_metric
+from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_match, named_metric
 from .engine import genes_of
 from .context import JobContext
 from .job import SearchJob
@@ -78,7 +78,11 @@ def leaderboard_entries(job: SearchJob, hall_of_fame: list[dict],
         genes = genes_of(row["key"])  # an evolved OWL lambda travels with its formula
         label = f"searched #{rank}" + "".join(f" ({name} {value:g})" for name, value in genes)
         spec = TerminalSpec(scale=job.terminal_scale)  # the run's meaning of W, X, G
-        entries.append((label, replace(load_metric(row["expression"]), genes=genes, spec=spec), "metric"))
+        metric = replace(load_metric(row["expression"]), genes=genes, spec=spec)
+        same = named_match(replace(metric, genes=()))
+        if same is not None:  # a named metric seeded into generation 0 that is not a listed baseline
+            label += f" (= {same}, seeded)"
+        entries.append((label, metric, "metric"))
     for name in job.baselines:
         if name in ("magnitude", "wanda", "sparsegpt"):
             entries.append((name, None, name))  # direct implementations

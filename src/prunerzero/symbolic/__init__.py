@@ -24,7 +24,7 @@ from .expr import (
     var,
 )
 from .named import (NAMED_METRICS, PRUNER_ZERO_BEST_TREE, Metric, degenerate_reason, load_metric, load_metric_file,
-                    named_metric, ria_expr)
+                    named_match, named_metric, ria_expr)
 from .primitives import (
     BINARY,
     EPS,
@@ -43,7 +43,7 @@ __all__ = [
     "BINARY", "EPS", "NAMED_METRICS", "PRIMITIVES", "PRUNER_ZERO_BEST_TREE", "PRUNER_ZERO_OPS", "TERMINALS",
     "UNARY", "InvalidMetricError", "Metric", "MetricSyntaxError", "Node", "TreePath", "Primitive", "TerminalSpec",
     "call", "canonical_form", "canonical_key", "check", "const", "degenerate_reason", "depth", "evaluate",
-    "format_expr", "from_json", "get_at", "load_metric", "load_metric_file", "named_metric", "ops_used", "parse",
-    "prepare_terminals", "replace_at", "ria_expr",
+    "format_expr", "from_json", "get_at", "load_metric", "load_metric_file", "named_match", "named_metric",
+    "ops_used", "parse", "prepare_terminals", "replace_at", "ria_expr",
     "shape_of", "sign_of", "simplify", "size", "subtrees", "terminals_used", "to_json", "var",
 ]

@@ -141,6 +141,19 @@ NAMED_METRICS: tuple[str, ...] = tuple(_REGISTRY.names())
 MAX_METRIC_FILE_BYTES = 1_000_000  # a metric is a formula; a bigger file is something else
 
 
+def named_match(metric: Metric) -> str | None:
+    """The named metric that prunes like ``metric`` (equal canonical keys, same meaning of the
+    terminals), or None: a search that seeds the named metrics into its first generation can end
+    with one of them on top, and must say so rather than call it found."""
+    from .simplify import canonical_key
+
+    if metric.spec != TerminalSpec():
+        return None
+    key = canonical_key(metric.expr, metric.spec)
+    return next((name for name in NAMED_METRICS
+                 if canonical_key(named_metric(name).expr, named_metric(name).spec) == key), None)
+
+
 def named_metric(name: str) -> Metric:
     """A named metric; an unknown name raises UserError with the closest name."""
     return _REGISTRY.get(name)
