@@ -46,7 +46,6 @@ def main() -> None:
     from prunerzero.calib.gradients.compute import _lm_loss
     from prunerzero.config import PruneConfig
     from prunerzero.masks import parse_setting
-    from prunerzero.models import find_decoder_layers  # noqa: F401  (the model must be a supported one)
     from prunerzero.pipeline import prune_model
     from prunerzero.snapshot import DenseSnapshot
 

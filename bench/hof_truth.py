@@ -29,46 +29,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import ROOT, WIKI, machine, replace_section  # noqa: E402
 
+from prunerzero import io  # noqa: E402
+
 OUT = ROOT / "runs" / "hof-truth"
 TEXTS = {"validation": ("general", "validation"), "wikitext2": (str(WIKI.resolve()), "file"), "qasper": ("qasper", "test")}
 REFERENCES = {"wanda": "abs(W) * sqrt(X)", "ria": "(coln(W) + rown(W)) * sqrt(sqrt(X))"}
 
 
 def entries(run: Path, top: int) -> list[tuple[str, str]]:
-    """(label, formula): the hall of fame's top distinct entries, then the hand-made references."""
-    from prunerzero.symbolic import canonical_key, named_metric
+    """(label, formula): the hall of fame's top distinct entries, then the hand-made references.
+    Rows that score alike at every rung are merged as the search itself merges them (runs older than
+    that merge list both), so the ranks are those a search would write today."""
+    from prunerzero.search.scores import merge_equal_scores
+    from prunerzero.symbolic import load_metric, named_match
 
-    named = {canonical_key(named_metric(n).expr): n for n in ("gblm", "ria", "pruner-zero")}
-    hof = json.loads((run / "hall_of_fame.json").read_text())
-    seen, out = set(), []
+    hof = merge_equal_scores(json.loads((run / "hall_of_fame.json").read_text()))[:top]
+    out = []
     for rank, row in enumerate(hof, start=1):
-        fit = tuple(sorted(row["fitness"].items()))
-        if fit in seen:  # equal scores at every rung: the same masks (older runs list both)
-            continue
-        seen.add(fit)
-        seeded = named.get(row["key"])  # a baseline seeded into generation 0 that ranked here
+        seeded = named_match(load_metric(row["expression"]))  # a named metric seeded into generation 0
         out.append((f"hof #{rank}" + (f" ({seeded})" if seeded else ""), row["expression"]))
-    out = out[:top]
     formulas = {f for _, f in out}
     return out + [(name, f) for name, f in REFERENCES.items() if f not in formulas]
 
 
-def done_rows() -> list[dict]:
-    path = OUT / "rows.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a kill: measured again
-            pass
-    return rows
+def done_rows(repair: bool = False) -> list[dict]:
+    """Rows measured so far (io's rule: a torn last line from a kill is left out, and with ``repair``
+    cut off, so the next append starts on a fresh line)."""
+    return io.read_jsonl(OUT / "rows.jsonl", repair=repair)
 
 
 def measure(args: argparse.Namespace) -> None:
-    import torch
-
     from prunerzero.config import PruneConfig
     from prunerzero.data import load_text
     from prunerzero.eval.perplexity import perplexity
@@ -80,7 +70,7 @@ def measure(args: argparse.Namespace) -> None:
     from prunerzero.windows import tokenize
 
     OUT.mkdir(parents=True, exist_ok=True)
-    have = {(r["formula"], r["setting"], r["seed"]) for r in done_rows()}
+    have = {(r["formula"], r["setting"], r["seed"]) for r in done_rows(repair=True)}
     todo = [(label, formula, setting, seed) for seed in args.seeds for label, formula in entries(args.run, args.top)
             for setting in args.settings if (formula, setting, seed) not in have]
     if not todo:
@@ -91,7 +81,6 @@ def measure(args: argparse.Namespace) -> None:
     texts = {name: tokenize(lm.tokenizer, load_text(src, split), windowing) for name, (src, split) in TEXTS.items()}
     snapshot = DenseSnapshot(lm.model)
     calib: dict[int, tuple] = {}
-    torch.manual_seed(0)
     for label, formula, setting, seed in todo:
         snapshot.restore()
         if seed not in calib:
@@ -100,17 +89,16 @@ def measure(args: argparse.Namespace) -> None:
             grads, _ = cfg.dense_gradients(lm, ids, progress=False)  # the disk cache when there
             calib[seed] = (ids, grads)
         ids, grads = calib[seed]
-        metric = load_metric(formula)
+        method = symbolic_method(load_metric(formula))
         start = time.perf_counter()
-        prune_model(lm.model, symbolic_method(metric), parse_setting(setting), ids,
-                    grads=grads if "G" in str(metric) else None, progress=False)
+        prune_model(lm.model, method, parse_setting(setting), ids, grads=grads if "G" in method.needs else None,
+                    progress=False)
         seconds = time.perf_counter() - start
         ppl = {name: perplexity(lm.model, tokens, 512, args.tokens, progress=False, windowing=windowing)["ppl"]
                for name, tokens in texts.items()}
         row = {"label": label, "formula": formula, "setting": setting, "seed": seed, "ppl": ppl,
                "prune_seconds": seconds, "tokens": args.tokens, "run": str(args.run)}
-        with (OUT / "rows.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        io.append_jsonl(OUT / "rows.jsonl", row)
         print(label, setting, seed, {k: round(v, 2) for k, v in ppl.items()}, f"{seconds:.0f} s", flush=True)
     snapshot.restore()
 

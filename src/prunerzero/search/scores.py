@@ -103,10 +103,10 @@ def hall_of_fame(cache: FitnessCache, fids: tuple[str, ...], size: int,
                  value, row["key"])
         ranked.append((order, row))
     ranked.sort(key=lambda t: t[0])
-    return _merge_equal_scores([row for _, row in ranked])[:size]
+    return merge_equal_scores([row for _, row in ranked])[:size]
 
 
-def _merge_equal_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_equal_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per metric *as pruning sees it*: rows whose fitness is equal to the last bit at every
     rung they were scored on prune alike (e.g. ``mms(X * W)`` and ``mms(X * (W + W))``, which the
     canonical key keeps apart because mms's EPS makes them differ on near-constant tensors; two
