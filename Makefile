@@ -70,7 +70,7 @@ bench-search-squad: setup
 	    --baselines magnitude,wanda,gblm,ria,pruner-zero,sparsegpt
 
 # 500 examples per task (all where a task has fewer), dense + six methods at 50%, resumable in runs/zeroshot-bench:
-# 9-12 min per column alone on 2 threads (measured 2026-12-03), about 70 min in all.
+# 9-12 min per column alone on 2 threads (measured 2026-12-03), so about 70 min in all (estimated).
 bench-zeroshot: setup
 	$(BIN)/python bench/zeroshot_bench.py
 
