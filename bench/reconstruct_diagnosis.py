@@ -6,7 +6,8 @@ update, this measures:
 
   1. perplexity on WikiText-2 test and on the general mix's held-out validation split, for
      calibration text = LAMBADA (fiction, what the earlier benchmark used) and the general mix,
-     with OBS at two dampings and with ADMM (the exact optimum for the mask);
+     with OBS at two dampings and with ADMM (the exact optimum for the mask), and with masks and
+     H taken from the dense model for every layer at once instead of sequentially;
   2. layer by layer, the relative output error ||(W' - W) x||^2 / ||W x||^2 of the pruned model on
      its own inputs, on calibration windows and on held-out windows: an update that fits the
      calibration text and hurts elsewhere shows up as a lower error on the first and a higher one
@@ -20,7 +21,6 @@ Every row is one line of runs/reconstruct-diagnosis/rows.jsonl (resumable); `--w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,30 +31,36 @@ from run_bench import ROOT, WIKI, machine, replace_section  # noqa: E402
 RUN = ROOT / "runs" / "reconstruct-diagnosis"
 METRICS = {"gblm": "W * sqrt(X) + W * G", "wanda": "abs(W) * sqrt(X)",
            "searched (LAMBADA search)": "W * (exp(div(G, G)) * sqrt(X) * G + W * G)"}
-VARIANTS = {"mask only": ("none", 0.01), "+ obs (damp 0.01)": ("obs", 0.01), "+ obs (damp 0.1)": ("obs", 0.1),
-            "+ admm": ("admm", 0.01)}
-CALIB = ("lambada", "general")
+# label -> (update, damping, statistics): "sequential" = each layer's X/H from the already pruned model
+# (what `prune` does), "dense" = every layer's from the dense model (the search's all-at-once path).
+VARIANTS = {"mask only": ("none", 0.01, "sequential"), "+ obs (damp 0.01)": ("obs", 0.01, "sequential"),
+            "+ obs (damp 0.1)": ("obs", 0.1, "sequential"), "+ admm": ("admm", 0.01, "sequential"),
+            "mask only, dense stats": ("none", 0.01, "dense"), "+ obs, dense H": ("obs", 0.01, "dense")}
+# Calibration text -> the variants run with it: every one on the general mix (the default), the
+# three that answer "is it the text?" on LAMBADA (what the earlier benchmark calibrated on).
+CALIB = {"general": tuple(VARIANTS), "lambada": ("mask only", "+ obs (damp 0.01)", "+ admm")}
 
 
 def measure(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from prunerzero import io
     from prunerzero.calib.gradients import load_or_compute_gradients
+    from prunerzero.calib.stats import attach_gradients
     from prunerzero.data import load_text
     from prunerzero.eval.perplexity import perplexity
     from prunerzero.masks import parse_target
     from prunerzero.methods.reconstruct import with_reconstruction
     from prunerzero.methods.symbolic import symbolic_method
-    from prunerzero.models import find_decoder_layers, find_linears, load_model, weight_matrix
-    from prunerzero.pipeline import prune_model
+    from prunerzero.models import find_decoder_layers, find_linears, load_model, set_weight_matrix, weight_matrix
+    from prunerzero.pipeline import collect_dense_stats, prune_model
     from prunerzero.symbolic import load_metric
     from prunerzero.windows import calibration_windows, eval_windows, tokenize
 
     RUN.mkdir(parents=True, exist_ok=True)
     log = RUN / "rows.jsonl"
-    done = {(r["metric"], r["calib"], r["variant"]) for r in map(json.loads, log.read_text().splitlines())} \
-        if log.exists() else set()
+    done = {(r["metric"], r["calib"], r["variant"]) for r in io.read_jsonl(log, repair=True)} if log.exists() else set()
     lm = load_model("smollm2-135m")
     model, tok = lm.model, lm.tokenizer
     layers_name, layers = find_decoder_layers(model)
@@ -95,20 +101,31 @@ def measure(threads: int) -> None:
             per_layer.append(sum(vals) / len(vals))
         return per_layer
 
-    for calib in CALIB:
+    def prune_from_dense_stats(method, calib_ids, grads) -> None:
+        """Every linear's mask (and update) from the dense model's statistics, all at once."""
+        stats = attach_gradients(collect_dense_stats(model, calib_ids, method.needs, progress=False), grads)
+        with torch.no_grad():
+            for n, m in linears.items():
+                set_weight_matrix(m, method.prune(weight_matrix(m).float(), stats[n], target))
+
+    for calib, variants in CALIB.items():
         calib_ids = calibration_windows(tokenize(tok, load_text(calib, "calib")), 32, 512, 0)
         grads, _ = load_or_compute_gradients(model, calib_ids, model_id=lm.path, data_id=calib, seed=0)
         grads = grads.materialize() if hasattr(grads, "materialize") else grads
         for label, formula in METRICS.items():
-            for variant, (kind, damp) in VARIANTS.items():
+            for variant in variants:
+                kind, damp, where = VARIANTS[variant]
                 if (label, calib, variant) in done:
                     continue
                 method = symbolic_method(load_metric(formula))
                 if kind != "none":
                     method = with_reconstruction(method, kind=kind, percdamp=damp)
                 start = time.perf_counter()
-                prune_model(model, method, target, calib_ids, grads=grads, progress=False)
-                rec = {"metric": label, "formula": formula, "calib": calib, "variant": variant,
+                if where == "dense":
+                    prune_from_dense_stats(method, calib_ids, grads)
+                else:
+                    prune_model(model, method, target, calib_ids, grads=grads, progress=False)
+                rec = {"metric": label, "formula": formula, "calib": calib, "variant": variant, "stats": where,
                        "prune_seconds": time.perf_counter() - start,
                        "wikitext2": perplexity(model, wiki, 512, 8192, progress=False)["ppl"],
                        "validation": perplexity(model, validation, 512, 8192, progress=False)["ppl"],
@@ -116,13 +133,14 @@ def measure(threads: int) -> None:
                 with torch.no_grad():
                     for n, m in linears.items():
                         weight_matrix(m).copy_(dense[n])
-                with open(log, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+                io.append_jsonl(log, rec)
                 print(label, calib, variant, f"wiki {rec['wikitext2']:.2f} val {rec['validation']:.2f}", flush=True)
 
 
 def write() -> str:
-    rows = [json.loads(line) for line in (RUN / "rows.jsonl").read_text().splitlines()]
+    from prunerzero import io
+
+    rows = io.read_jsonl(RUN / "rows.jsonl")
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines = ["## Reconstruction at 50%: why it made some metrics worse", "",
              "SmolLM2-135M, 50% unstructured, 32x512 calibration (seed 0), perplexity on 8192 tokens of WikiText-2 "

