@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from prunerzero.calib.stats import SUM_SQ_COLUMNS, StatsCollector, collect_input_stats, sum_of_squares
+from prunerzero.calib.stats import (
+    GRAM_MIN_WIDTH, SUM_SQ_COLUMNS, StatsCollector, collect_input_stats, gram, sum_of_squares,
+)
 from prunerzero.errors import UserError
 from prunerzero.masks import make_mask, parse_target
 from prunerzero.methods import METHODS, get_method
@@ -299,3 +301,14 @@ def test_unknown_method_without_a_close_match_lists_choices():
     with pytest.raises(UserError, match="choose from") as exc:
         METHODS.get("zzzzzzzz")
     assert "did you mean" not in str(exc.value)
+
+
+@pytest.mark.parametrize("width", [GRAM_MIN_WIDTH - 1, GRAM_MIN_WIDTH, 576, 1000, 1536])
+def test_gram_from_upper_blocks_equals_the_full_product(width):
+    """H built from the blocks on and above the diagonal (the rest mirrored) is x^T x to the bit,
+    and exactly symmetric, so SparseGPT's masks and updates do not move."""
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(2048, width, generator=gen) * torch.rand(width, generator=gen)
+    got = gram(x)
+    assert torch.equal(got, x.t() @ x)
+    assert torch.equal(got, got.t())
