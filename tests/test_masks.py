@@ -22,6 +22,7 @@ from prunerzero.masks import (
     prune_lowest,
     row_counts,
     unstructured_mask,
+    zero_masked,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -322,3 +323,22 @@ def test_prune_lowest_equals_a_stable_sort_with_and_without_ties(seed):
     for r in range(rows):
         want[r, order[r, : int(counts[r])]] = True
     assert torch.equal(prune_lowest(score, counts), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_zero_masked_is_masked_fill_to_the_bit(dtype):
+    """The fast multiply gives masked_fill's weights exactly, +0.0 where removed (no -0.0), and
+    writes into a strided `out` (GPT-2's Conv1D weights are transposed views) in place."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 48, generator=gen).to(dtype)
+    weight[0, :4] = torch.tensor([-0.0, 0.0, -1.0, 1.0], dtype=dtype)
+    mask = torch.rand(64, 48, generator=gen) < 0.5
+    mask[0, :4] = torch.tensor([True, True, True, False])
+    want = weight.masked_fill(mask, 0.0)
+    got = zero_masked(weight, mask)
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(torch.signbit(got), torch.signbit(want)), "a removed negative weight must be +0.0"
+    storage = torch.empty(48, 64, dtype=dtype)
+    out = storage.t()  # (64, 48), not contiguous
+    assert zero_masked(weight, mask, out=out).data_ptr() == storage.data_ptr()
+    assert torch.equal(storage.t(), want) and torch.equal(torch.signbit(storage.t()), torch.signbit(want))

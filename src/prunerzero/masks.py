@@ -163,6 +163,17 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return (torch.stack(ranks, dim=-1) < n).reshape(rows, cols)
 
 
+def zero_masked(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """weight (out, in) with the entries where mask (out, in) is True set to +0.0, into `out` when given.
+
+    For finite weights exactly what ``weight.masked_fill(mask, 0.0)`` gives, sign bits included, but
+    about 5x faster on CPU: masked_fill's boolean select costs ~2.4 ns per element, a multiply by the
+    kept entries ~0.4 (0.2 s of every search candidate's 50% setting on SmolLM2). The multiply leaves
+    -0.0 where a negative weight is removed; adding 0.0 makes that +0.0 and changes nothing else.
+    (An infinite weight would become NaN where masked_fill gives 0: weights are finite.)"""
+    return torch.mul(weight, mask.logical_not(), out=out).add_(0.0)
+
+
 def make_mask(score: torch.Tensor, target: SparsityTarget) -> torch.Tensor:
     """The one entry point every method and the search use: score (out, in) -> mask (out, in)."""
     if score.dim() != 2:

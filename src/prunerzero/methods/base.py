@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from ..calib.stats import LinearStats
-from ..masks import SparsityTarget, make_mask
+from ..masks import SparsityTarget, make_mask, zero_masked
 from ..registry import Registry
 
 
@@ -38,7 +38,7 @@ def metric_method(
 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
         mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
-        return weight.masked_fill(mask, 0.0)
+        return zero_masked(weight, mask)
 
     return Method(name, needs, prune, describe or {}, score)
 

@@ -38,7 +38,7 @@ from ..allocation import Allocation, owl_allocation, owl_sparsities
 from ..calib.stats import LinearStats
 from ..errors import UserError
 from ..eval.perplexity import logits_chunks, window_nll
-from ..masks import SparsityTarget, make_mask, parse_setting
+from ..masks import SparsityTarget, make_mask, parse_setting, zero_masked
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
@@ -218,7 +218,7 @@ class ProxyFitness:
                                          blocksize=cfg.blocksize, hinv=self._hinv_of(name))
             if cfg.reconstruct == "admm":
                 return reconstruct_prune(weight, stats.to(weight.device), t, score, kind="admm", percdamp=cfg.percdamp)
-            return weight.masked_fill(make_mask(score(weight, stats), t), 0.0)
+            return zero_masked(weight, make_mask(score(weight, stats), t))
 
         return prune
 
@@ -233,8 +233,8 @@ class ProxyFitness:
         self.seconds["masks"] += time.perf_counter() - start
 
     def _apply_mask_only(self, metric: Metric, target: SparsityTarget) -> None:
-        """The plain mask, written in place: the dense weight copied into the module, then its pruned
-        entries zeroed (no temporary weight), the scores taken from this evaluation's cache."""
+        """The plain mask, written in place: the dense weight times the kept entries straight into the
+        module (no temporary weight), the scores taken from this evaluation's cache."""
         layer_sparsity = self.layer_sparsities(target, dict(metric.genes).get("owl_lambda"))
         for name, module in self.snapshot.linears.items():
             dense = self.snapshot.dense[name]  # (out, in) in the model's dtype
@@ -245,7 +245,7 @@ class ProxyFitness:
                 if self._score_cache is not None:
                     self._score_cache[name] = score
             t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[self.snapshot.layer_of[name]])
-            weight_matrix(module).copy_(dense).masked_fill_(make_mask(score, t), 0.0)
+            zero_masked(dense, make_mask(score, t), out=weight_matrix(module))
 
     def restore(self) -> None:
         """The dense weights back into the model."""
