@@ -57,7 +57,7 @@ def _chunked_forward(mlp: nn.Module, names: dict[str, str], first_sight: FirstSi
             torch.mul(gate, up, out=inner[start : start + chunk])  # straight into place: no copy
         first_sight(names["down_proj"], mlp.down_proj, inner)
         # down_proj in one call: its output, (tokens, hidden), is as large as any buffer it would be
-        # assembled in, and a chunked call only added a copy (results equal to the bit on CPU).
+        # assembled in, and a chunked call only added a copy (the same bits on CPU at SmolLM2's shapes).
         out = mlp.down_proj(inner)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
