@@ -55,8 +55,9 @@ def measure(threads: int) -> None:
     from prunerzero.masks import parse_target
     from prunerzero.methods.reconstruct import with_reconstruction
     from prunerzero.methods.symbolic import symbolic_method
-    from prunerzero.models import find_decoder_layers, find_linears, load_model, set_weight_matrix, weight_matrix
+    from prunerzero.models import find_decoder_layers, load_model, weight_matrix
     from prunerzero.pipeline import collect_dense_stats, prune_model
+    from prunerzero.snapshot import DenseSnapshot
     from prunerzero.symbolic import load_metric
     from prunerzero.windows import calibration_windows, eval_windows, tokenize
 
@@ -66,8 +67,8 @@ def measure(threads: int) -> None:
     lm = load_model("smollm2-135m")
     model, tok = lm.model, lm.tokenizer
     layers_name, layers = find_decoder_layers(model)
-    linears = {f"{layers_name}.{i}.{n}": m for i, layer in enumerate(layers) for n, m in find_linears(layer).items()}
-    dense = {n: weight_matrix(m).detach().clone() for n, m in linears.items()}
+    snapshot = DenseSnapshot(model)  # the dense weights, put back after every row
+    linears, dense = snapshot.linears, snapshot.dense
     wiki = tokenize(tok, load_text(str(WIKI.resolve())))
     validation = tokenize(tok, load_text("general", "validation"))
     held_out = eval_windows(validation, 512, 4096)  # (8, 512) for the layer errors
@@ -106,9 +107,7 @@ def measure(threads: int) -> None:
     def prune_from_dense_stats(method, calib_ids, grads) -> None:
         """Every linear's mask (and update) from the dense model's statistics, all at once."""
         stats = attach_gradients(collect_dense_stats(model, calib_ids, method.needs, progress=False), grads)
-        with torch.no_grad():
-            for n, m in linears.items():
-                set_weight_matrix(m, method.prune(weight_matrix(m).float(), stats[n], target))
+        snapshot.apply(lambda name, weight: method.prune(weight, stats[name], target))
 
     for calib, variants in CALIB.items():
         calib_ids = calibration_windows(tokenize(tok, load_text(calib, "calib")), 32, 512, 0)
@@ -132,9 +131,7 @@ def measure(threads: int) -> None:
                        "wikitext2": perplexity(model, wiki, 512, 8192, progress=False)["ppl"],
                        "validation": perplexity(model, validation, 512, 8192, progress=False)["ppl"],
                        "error_calib": layer_errors(calib_ids[:8]), "error_held_out": layer_errors(held_out)}
-                with torch.no_grad():
-                    for n, m in linears.items():
-                        weight_matrix(m).copy_(dense[n])
+                snapshot.restore()
                 io.append_jsonl(log, rec)
                 print(label, calib, variant, f"wiki {rec['wikitext2']:.2f} val {rec['validation']:.2f}", flush=True)
 
