@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            f"the next rung (default {CLI_SEARCH_DEFAULTS['rescore_fraction']:g})"})
     add_settings(p, SearchJob, ("report_tokens", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
                                 "allocation", "owl_m", "owl_lambda"))
-    add_settings(p, SearchConfig, ("owl_lambdas",))
+    add_settings(p, SearchConfig, ("owl_lambdas", "invariance", "ops"))
     p.add_argument("--executor", default="serial", choices=("serial", "ray"),
                    help="where candidates are evaluated: serial (this process) or ray (pip install 'prunerzero[ray]'); "
                         "may differ on --resume")

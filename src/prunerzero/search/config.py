@@ -50,7 +50,11 @@ class SearchConfig:
     rescore_fraction: float = option(0.25, "share of each generation's best (by the previous rung) scored again at "
                                      "the next rung")
     hall_of_fame_size: int = 10
-    ops: tuple[str, ...] = field(default_factory=_pruner_zero_ops)  # primitives random trees and point mutation use
+    # Primitives random trees and point mutation use (default: Pruner-Zero's set, built when a config is made).
+    ops: tuple[str, ...] = field(default_factory=_pruner_zero_ops, metadata={
+        "help": "primitives of random trees and point mutation, a comma list (default: Pruner-Zero's sqr,neg,abs,"
+                "log,exp,sqrt,tanh,pow,skp,mms,zsn,add,sub,mul,div; rown and coln normalise per row / column)",
+        "items": str})
     # OWL's lambda searched jointly with the metric: the values a genome may carry (empty = not
     # searched, the run's fixed lambda applies). See engine's module doc for how genes evolve.
     owl_lambdas: tuple[float, ...] = option((), "evolve OWL's lambda with the metric, over these values (e.g. "
@@ -61,6 +65,13 @@ class SearchConfig:
     # transfer better to other models and texts). 0 = off (runs made before it existed).
     parsimony: float = option(0.0, "fitness values within this relative tolerance count as equal and the smaller "
                               "formula wins (0 = off)")
+    # Only formulas whose masks do not depend on how the model is parameterised (symbolic.invariance):
+    # "units" (the overall size of W, X and G, which differ between models and losses), "gauge"
+    # (that and per-channel / per-row rescalings that leave the model's function unchanged). A
+    # formula that fails is replaced like a duplicate, before any forward pass. "none" = any formula.
+    invariance: str = option("none", "only formulas whose masks do not change when W, X, G are rescaled: units "
+                             "(their overall size), gauge (that and the per-channel / per-row rescalings that keep "
+                             "the model's function), none", choices=("none", "units", "gauge"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -75,6 +86,8 @@ class SearchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (_finite(v) and 0 <= v <= 1):
                 raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
+        if self.invariance not in ("none", "units", "gauge"):
+            raise UserError(f"search config invariance={self.invariance!r}: choose none, units or gauge")
         for name in ("seed_named", "use_constants"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"search config {name}={getattr(self, name)!r}: must be true or false")
@@ -104,6 +117,8 @@ class SearchConfig:
         d["owl_lambdas"] = list(self.owl_lambdas)
         if not self.parsimony:  # runs saved before parsimony existed still compare equal on resume
             del d["parsimony"]
+        if self.invariance == "none":  # likewise for runs saved before invariance existed
+            del d["invariance"]
         return d
 
     @classmethod

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify, size
 from ..symbolic import named_metric, to_json
+from ..symbolic.invariance import is_invariant
 from . import checkpoint as ck
 from . import scores
 from .config import SEED_METRICS, SearchConfig
@@ -64,6 +65,9 @@ from .operators import Language, Limits, crossover, mutate, ramped_half_and_half
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30  # per offspring slot: the first half vary parents, the rest draw fresh trees
+# With --invariance gauge about 3% of random trees qualify (units: 70%), so a slot gets more tries;
+# each costs a simplification and a check on a random layer (~5 ms), not a forward pass.
+INVARIANT_ATTEMPTS = 300
 Member = tuple[Node, str]  # (simplified tree, canonical key [+ " @owl_lambda=<value>" when genes are searched])
 GENE_MARK = " @owl_lambda="
 
@@ -126,6 +130,8 @@ class _Search:
         self.spec: TerminalSpec = getattr(fitness, "spec", None) or TerminalSpec()
         self.lang = Language(cfg.ops, cfg.use_constants)
         self.limits = Limits(cfg.max_depth, cfg.max_size)
+        self.attempts = MAX_ATTEMPTS if cfg.invariance == "none" else INVARIANT_ATTEMPTS
+        self._invariant: dict[str, bool] = {}  # canonical key -> passes cfg.invariance
         self.rng = random.Random(cfg.seed)
         done = saved["generation"] if saved else -1
         self.cache = scores.FitnessCache(records, done)
@@ -233,24 +239,41 @@ class _Search:
         self.lost = []
 
     # ------------------------------------------------------------------ populations
+    def _allowed(self, e: Node, key: str) -> bool:
+        """Within the size limits and, with ``invariance``, invariant (symbolic.invariance) at that level."""
+        if not self.limits.ok(e):
+            return False
+        if self.cfg.invariance == "none":
+            return True
+        if key not in self._invariant:
+            self._invariant[key] = is_invariant(Metric(e, self.spec), self.cfg.invariance)
+        return self._invariant[key]
+
     def _initial(self) -> tuple[list[Member], int]:
         cfg, pop, taken = self.cfg, [], set()
-        if cfg.seed_named:
+        if cfg.seed_named:  # a named metric that is not invariant at cfg.invariance is left out
             for name in SEED_METRICS[: cfg.population]:
                 e = simplify(named_metric(name).expr, self.spec)
-                k = _with_gene(canonical_key(e, self.spec), self._random_gene())
-                if self.limits.ok(e) and k not in taken:
+                key = canonical_key(e, self.spec)
+                k = _with_gene(key, self._random_gene())
+                if self._allowed(e, key) and k not in taken:
                     pop.append((e, k))
                     taken.add(k)
         seeds, index = len(pop), 0
         while len(pop) < cfg.population:
-            for _ in range(MAX_ATTEMPTS):
-                e = simplify(ramped_half_and_half(self.rng, self.lang, index, cfg.init_min_depth,
-                                                  cfg.init_max_depth), self.spec)
+            for attempt in range(self.attempts):
+                if cfg.invariance != "none" and pop and attempt >= self.attempts // 2:
+                    # Few random trees are invariant (gauge: ~14 distinct in 3000 draws): vary a member
+                    # that is, most of whose mutants keep the property.
+                    e = mutate(self.rng, pop[self.rng.randrange(len(pop))][0], self.lang, self.limits)
+                else:
+                    e = ramped_half_and_half(self.rng, self.lang, index, cfg.init_min_depth, cfg.init_max_depth)
+                e = simplify(e, self.spec)
                 index += 1
-                if not self.limits.ok(e):
+                key = canonical_key(e, self.spec)
+                if not self._allowed(e, key):
                     continue
-                k = _with_gene(canonical_key(e, self.spec), self._random_gene())
+                k = _with_gene(key, self._random_gene())
                 if k not in taken:
                     pop.append((e, k))
                     taken.add(k)
@@ -284,16 +307,17 @@ class _Search:
         """A new member whose key is neither in ``taken`` nor seen before (bounded tries; as a
         last resort a seen-before key re-enters, served from the cache)."""
         fallback: Member | None = None
-        for attempt in range(MAX_ATTEMPTS):
-            if attempt < MAX_ATTEMPTS // 2:
+        for attempt in range(self.attempts):
+            if attempt < self.attempts // 2:
                 e, lam = self._vary(fit)
             else:
                 e = ramped_half_and_half(self.rng, self.lang, attempt, self.cfg.init_min_depth, self.cfg.init_max_depth)
                 lam = self._random_gene()
             e = simplify(e, self.spec)
-            if not self.limits.ok(e):
+            key = canonical_key(e, self.spec)
+            if not self._allowed(e, key):
                 continue
-            k = _with_gene(canonical_key(e, self.spec), lam)
+            k = _with_gene(key, lam)
             if k not in taken and k not in self.cache.seen:
                 taken.add(k)
                 return e, k
