@@ -28,11 +28,16 @@ COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--e
           "--calib-seeds", "0,1,2", "--report-tokens", "8192", "--leaderboard-top", "2",
           "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
 HAND_MADE = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
+             "add", "sub", "mul", "div")
 
 
 def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     """run name -> its own options (seed, settings)."""
     out = {f"joint-seed{s}": ["--seed", str(s), "--settings", "0.5,2:4"] for s in args.seeds}
+    for s in args.gauge_seeds:  # only gauge-invariant formulas, with per-row / per-column normalisers to build sums
+        out[f"gauge-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
+                                 "--ops", ",".join(GAUGE_OPS)]
     if args.per_setting:
         out["only50-seed0"] = ["--seed", "0", "--settings", "0.5"]
         out["only24-seed0"] = ["--seed", "0", "--settings", "2:4"]
@@ -172,6 +177,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     ap.add_argument("--population", type=int, default=40)
     ap.add_argument("--generations", type=int, default=17)
+    ap.add_argument("--gauge-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                    help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
     ap.add_argument("--per-setting", action="store_true", help="also one search per setting (seed 0)")
     ap.add_argument("--write", action="store_true")
     args, args.extra = ap.parse_known_args()

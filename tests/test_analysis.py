@@ -236,3 +236,18 @@ def test_bad_cross_run_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not out.exists() and not (tmp_path / "cross_runs.md").exists()
+
+
+def test_planted_gauge_invariance_is_found_and_worded(tmp_path):
+    """Half the metrics are gauge-invariant (powers of Wanda's and the Taylor score) and score better:
+    the analysis states it as a property of the whole formula."""
+    rng = random.Random(0)
+    invariant = ["W * sqrt(X)", "G * W", "sqr(W) * X", "sqr(G * W)", "W * sqrt(X) * G * W", "rown(W * sqrt(X))"]
+    other = ["W", "W + X", "tanh(W) * X", "W * G + W * X", "sqrt(W) * X", "log(W) * G"]
+    rows = [(i % 3, expr, math.exp(2.0 + rng.gauss(0, 0.1))) for i, expr in enumerate(invariant)]
+    rows += [(i % 3, expr, math.exp(3.0 + rng.gauss(0, 0.1))) for i, expr in enumerate(other)]
+    _write_run(tmp_path / "run", rows)
+    result = analyze_run(tmp_path / "run", tmp_path / "out")
+    by = {c.feature: c for c in result["correlations"]}
+    assert by["gauge-invariant"].rho < -0.8 and by["gauge-invariant"].rho_p < 0.01
+    assert any(p.startswith("Being gauge-invariant correlates with lower") for p in result["principles"])

@@ -95,10 +95,11 @@ def regauge(model: nn.Module, spread: float = 4.0, seed: int = 0, fold_norms: bo
         o_cols = row_v.reshape(-1, head_dim).repeat_interleave(groups, dim=0).reshape(-1)  # (heads * head_dim,)
         for norm, cols in zip(norms, (col_attn, col_mlp)):
             norm.weight.data.div_(cols.to(norm.weight.data))
-        for name, lin, rows, cols in (("self_attn.q_proj", q, None, col_attn), ("self_attn.k_proj", k, None, col_attn),
-                                      ("self_attn.v_proj", v, row_v, col_attn), ("self_attn.o_proj", o, None, 1 / o_cols),
-                                      ("mlp.gate_proj", gate, None, col_mlp), ("mlp.up_proj", up, row_up, col_mlp),
-                                      ("mlp.down_proj", down, None, 1 / row_up)):
+        changes = (("self_attn.q_proj", q, None, col_attn), ("self_attn.k_proj", k, None, col_attn),
+                   ("self_attn.v_proj", v, row_v, col_attn), ("self_attn.o_proj", o, None, 1 / o_cols),
+                   ("mlp.gate_proj", gate, None, col_mlp), ("mlp.up_proj", up, row_up, col_mlp),
+                   ("mlp.down_proj", down, None, 1 / row_up))
+        for name, lin, rows, cols in changes:
             _scale(lin, rows, cols)
             gauges[f"{prefix}.{name}"] = LinearGauge(rows if rows is not None else ones(lin.out_features), cols)
     return gauges

@@ -25,8 +25,8 @@ from typing import Any
 
 from .. import io
 from ..errors import UserError
-from .stats import (ALPHA, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir, fidelity_order, fmt_num,
-                    fmt_p, ops_in_language, rank_correlation)
+from .stats import (ALPHA, INVARIANCE_NAMES, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir,
+                    fidelity_order, fmt_num, fmt_p, ops_in_language, rank_correlation)
 
 CROSS_MD = "cross_runs.md"
 CROSS_FIGURE = "cross_runs_correlations.png"
@@ -129,7 +129,7 @@ def feature_names(samples: list[RunSample]) -> list[str]:
     from ..symbolic import PRIMITIVES
 
     present = {f for s in samples for f in s.features}
-    order = [*TERMINAL_NAMES, *PRIMITIVES, "depth", "size"]
+    order = [*TERMINAL_NAMES, *PRIMITIVES, "depth", "size", *INVARIANCE_NAMES]
     return [f for f in order if f in present] + sorted(present - set(order))
 
 
@@ -179,6 +179,8 @@ def _subject(feature: str, better: bool) -> str:
         return f"Deeper trees {verb}"
     if feature == "size":
         return f"Larger trees {verb}"
+    if feature in INVARIANCE_NAMES:
+        return f"Being {feature} {verb}"
     return f"Using {feature} {verb}"
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from .. import io
 from ..errors import UserError
-from .stats import (ALPHA, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir, fidelity_order, fmt_num,
-                    fmt_p, log_target, ops_in_language, rank_correlation)
+from .stats import (ALPHA, INVARIANCE_NAMES, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir,
+                    fidelity_order, fmt_num, fmt_p, log_target, ops_in_language, rank_correlation)
 
 ANALYSIS_MD = "analysis.md"
 
@@ -64,6 +64,8 @@ def _describe(feature: str) -> str:
         return "Deeper trees correlate"
     if feature == "size":
         return "Larger trees correlate"
+    if feature in INVARIANCE_NAMES:
+        return f"Being {feature} correlates"
     return f"Using {feature} correlates"
 
 
@@ -78,7 +80,7 @@ def principles(corrs: list[Correlation], deciles: list[dict[str, Any]], word: st
         line = (f"{_describe(c.feature)} with {direction} {word} "
                 f"(Spearman {c.rho:+.2f}, p={fmt_p(c.rho_p)}; Kendall {fmt_num(c.tau)}, p={fmt_p(c.tau_p)}; n={c.n})")
         d = by_feature.get(c.feature)
-        if d is not None and c.feature not in ("depth", "size"):
+        if d is not None and c.feature not in ("depth", "size", *INVARIANCE_NAMES):
             line += f"; in {d['top']:.0%} of the top decile vs {d['bottom']:.0%} of the bottom"
         if c.rho_p < ALPHA / max(len(corrs), 1):
             line += "; holds after Bonferroni correction"

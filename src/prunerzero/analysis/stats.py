@@ -13,6 +13,7 @@ from ..errors import UserError, path_kind, short
 MIN_RANK_N = 5  # below this a rank correlation (and its p-value) says next to nothing
 ALPHA = 0.05
 TERMINAL_NAMES = ("W", "X", "G")
+INVARIANCE_NAMES = ("units-invariant", "gauge-invariant")  # properties of the whole formula
 
 
 
@@ -62,11 +63,13 @@ def fidelity_order(run: dict[str, Any]) -> list[str]:
 
 
 def metric_features(expression: str, ops: list[str]) -> dict[str, float] | None:
-    """0/1 use of each terminal and primitive, depth and size of a logged expression.
+    """0/1 use of each terminal and primitive, depth and size of a logged expression, and 0/1 whether
+    its masks survive a change of units / of gauge (``symbolic.invariance``, default terminals).
 
     0/1 rather than counts: "does the metric use G" is the question the paper's principles ask,
     and presence is robust to the bloat (repeated skp/abs) that GP trees accumulate."""
-    from ..symbolic import MetricSyntaxError, depth, ops_used, parse, size, terminals_used
+    from ..symbolic import Metric, MetricSyntaxError, depth, ops_used, parse, size, terminals_used
+    from ..symbolic.invariance import broken_gauges
 
     try:
         expr = parse(expression)
@@ -76,6 +79,8 @@ def metric_features(expression: str, ops: list[str]) -> dict[str, float] | None:
     feats = {t: float(t in used_t) for t in TERMINAL_NAMES}
     feats.update({op: float(used_ops.get(op, 0) > 0) for op in ops})
     feats["depth"], feats["size"] = float(depth(expr)), float(size(expr))
+    broken = broken_gauges(Metric(expr))
+    feats["units-invariant"], feats["gauge-invariant"] = float("units" not in broken), float(not broken)
     return feats
 
 
