@@ -4,6 +4,7 @@ seconds. One `prunerzero prune` process per row (32x512 calibration on the gener
 WikiText-2 test tokens); rows are appended to runs/levers/rows.jsonl as measured (resumable).
 
     .venv/bin/python bench/levers_seeds.py --searched "formula;formula" [--seeds 0,1,2]
+    .venv/bin/python bench/levers_seeds.py --named wanda,gblm --levers "mask only,+ admm"   # a subset first
     .venv/bin/python bench/levers_seeds.py --write
 """
 from __future__ import annotations
@@ -32,12 +33,14 @@ def rows_done() -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def measure(searched: list[str], seeds: list[int]) -> None:
+def measure(searched: list[str], seeds: list[int], named: list[str], levers: list[str]) -> None:
+    """Every (seed, pattern, entry, lever) row not yet in rows.jsonl; ``named`` and ``levers`` choose a
+    subset (a later run with more of them adds the missing rows)."""
     RUN.mkdir(parents=True, exist_ok=True)
     done = {(r["label"], r["pattern"], r["lever"], r["seed"]) for r in rows_done()}
-    entries = [(n, ["--method", n]) for n in NAMED] + [(f, ["--metric", f]) for f in searched]
+    entries = [(n, ["--method", n]) for n in named] + [(f, ["--metric", f]) for f in searched]
     plan = [("sparsegpt", ["--method", "sparsegpt"], "-", [])] + [
-        (label, flag, lever, extra) for label, flag in entries for lever, extra in LEVERS.items()]
+        (label, flag, lever, LEVERS[lever]) for label, flag in entries for lever in levers]
     for seed in seeds:
         for pattern, pflags in PATTERNS.items():
             for label, flag, lever, extra in plan:
@@ -93,13 +96,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--searched", default="", help="searched formulas, separated by ;")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--named", default=",".join(NAMED), help="named metrics to run, a comma list (default: all)")
+    ap.add_argument("--levers", default=",".join(LEVERS), help=f"a comma list of: {', '.join(LEVERS)} (default: all)")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--dense", type=float, default=None, help="dense perplexity to show in the header")
     args = ap.parse_args()
     if args.write:
         print(write(args.dense))
     else:
-        measure([f.strip() for f in args.searched.split(";") if f.strip()], [int(s) for s in args.seeds.split(",")])
+        named = [n.strip() for n in args.named.split(",") if n.strip()]
+        levers = [lev.strip() for lev in args.levers.split(",") if lev.strip()]
+        unknown = [n for n in named if n not in NAMED] + [lev for lev in levers if lev not in LEVERS]
+        if unknown:
+            sys.exit(f"levers_seeds: unknown named metric or lever: {', '.join(unknown)}")
+        measure([f.strip() for f in args.searched.split(";") if f.strip()], [int(s) for s in args.seeds.split(",")],
+                named, levers)
 
 
 if __name__ == "__main__":

@@ -163,10 +163,13 @@ def write(args: argparse.Namespace) -> str:
                 lines.append(f"\n{setting}: best searched `{fk}` gap to dense {fv - dense:.2f} vs best hand-made "
                              f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller "
                              f"(paired by calibration draw: {per_seed}).")
-    lines += ["", "Command: `.venv/bin/python bench/search_seeds.py` (each search resumable; rerun to continue), "
-              "then `--write`. Searches: `prunerzero search " + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
+    gauge = f" --gauge-seeds {','.join(map(str, args.gauge_seeds))}" if args.gauge_seeds else ""
+    lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {','.join(map(str, args.seeds))}{gauge}` "
+              "(each search resumable; rerun to continue), then the same with `--write`. Searches: `prunerzero search "
+              + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
               f"--population {args.population} --generations {args.generations} --report-data "
-              "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`."]
+              "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`"
+              + (f"; the gauge-seedS searches add `--invariance gauge --ops {','.join(GAUGE_OPS)}`." if gauge else ".")]
     text = "\n".join(lines)
     replace_section("search-seeds", text)
     return text
