@@ -124,9 +124,9 @@ def write() -> str:
             broken = next((r["broken"] for k, r in got.items() if k[0] == metric), None)
             for g in gaugings:
                 r = got.get((metric, g, setting))
-                if r is None and g != "as shipped" and "units" not in (broken or ["units"]) \
+                if r is None and g != "as shipped" and broken is not None and "units" not in broken \
                         and (metric, "as shipped", setting) in got:
-                    cells.append("(invariant)")
+                    cells.append("(units-invariant)")  # not run: the masks are the shipped model's
                     continue
                 cells.append("-" if r is None else f"{r['wikitext2']:.2f} / {r['validation']:.2f}")
                 if r is not None:
@@ -134,7 +134,9 @@ def write() -> str:
             ratio = f"{max(wiki) / wiki[0]:.2f}x" if len(wiki) > 1 and (metric, "as shipped", setting) in got else "-"
             lines.append(f"| {metric} | {', '.join(broken) if broken else 'none'} | " + " | ".join(cells) + f" | {ratio} |")
         lines.append("")
-    lines += ["Cells: WikiText-2 / validation perplexity. Command: `.venv/bin/python bench/gauge_transfer.py` "
+    lines += ["Cells: WikiText-2 / validation perplexity; *(units-invariant)*: not run, the masks are those of the "
+              "model as shipped. *worst / shipped*: the highest WikiText-2 perplexity of the row over the shipped one. "
+              "Command: `.venv/bin/python bench/gauge_transfer.py` "
               "then `--write`."]
     text = "\n".join(lines)
     replace_section("gauge-transfer", text)
