@@ -58,6 +58,24 @@ def measure(searched: list[str], seeds: list[int], named: list[str], levers: lis
                 print(row, flush=True)
 
 
+def _against_sparsegpt(cells: dict[tuple, list[dict]], pattern: str, dense: float) -> str:
+    """The best metric + lever by mean perplexity against SparseGPT: how much smaller its gap to dense
+    is, in the mean and for each calibration seed both were measured with."""
+    ours = [(statistics.fmean(r["ppl"] for r in rs), key) for key, rs in cells.items()
+            if key[1] == pattern and key[0] != "sparsegpt" and rs]
+    sparsegpt = {r["seed"]: r["ppl"] for r in cells.get(("sparsegpt", pattern, "-"), [])}
+    if not ours or not sparsegpt:
+        return "(SparseGPT or a metric not measured yet.)"
+    best, (label, _, lever) = min(ours)
+    mine = {r["seed"]: r["ppl"] for r in cells[(label, pattern, lever)]}
+    gap = lambda v: v - dense  # noqa: E731
+    per_seed = ", ".join(f"seed {sd}: {100 * (1 - gap(mine[sd]) / gap(sparsegpt[sd])):+.1f}%"
+                         for sd in sorted(set(mine) & set(sparsegpt)))
+    ref = statistics.fmean(sparsegpt.values())
+    return (f"Best: {label} {lever}, gap to dense {gap(best):.2f} against SparseGPT's {gap(ref):.2f}: "
+            f"{100 * (1 - gap(best) / gap(ref)):+.1f}% smaller (by calibration seed: {per_seed}).")
+
+
 def write(dense: float | None) -> str:
     rows = rows_done()
     cells: dict[tuple, list[dict]] = {}
@@ -85,8 +103,13 @@ def write(dense: float | None) -> str:
             if label != "sparsegpt":
                 shown = label if label in NAMED else f"`{label}`"
                 lines.append(f"| {shown} | " + " | ".join(cell((label, pattern, lev)) for lev in LEVERS) + " |")
+        if dense:
+            lines += ["", _against_sparsegpt(cells, pattern, dense)]
         lines.append("")
-    lines.append("Command: `.venv/bin/python bench/levers_seeds.py --searched \"...\"`, then `--write`.")
+    lines.append("Command: `.venv/bin/python bench/levers_seeds.py --named wanda,gblm --levers \"mask only,+ admm\"` "
+                 "(this table's rows; without the two options: every named metric and lever), then "
+                 f"`--write --dense {dense}`." if dense else "Command: `.venv/bin/python bench/levers_seeds.py`, "
+                 "then `--write`.")
     text = "\n".join(lines)
     replace_section("levers-seeds", text)
     return text

@@ -34,7 +34,8 @@ GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "m
 
 def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     """run name -> its own options (seed, settings)."""
-    out = {f"joint-seed{s}": ["--seed", str(s), "--settings", "0.5,2:4"] for s in args.seeds}
+    # The joint searches are the unconstrained search they were started as (the CLI's default is now gauge).
+    out = {f"joint-seed{s}": ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "none"] for s in args.seeds}
     for s in args.gauge_seeds:  # only gauge-invariant formulas, with per-row / per-column normalisers to build sums
         out[f"gauge-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
                                  "--ops", ",".join(GAUGE_OPS)]
@@ -168,8 +169,9 @@ def write(args: argparse.Namespace) -> str:
               "(each search resumable; rerun to continue), then the same with `--write`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
               f"--population {args.population} --generations {args.generations} --report-data "
-              "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`"
-              + (f"; the gauge-seedS searches add `--invariance gauge --ops {','.join(GAUGE_OPS)}`." if gauge else ".")]
+              "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`, "
+              "with `--invariance none` for joint-seedS"
+              + (f" and `--invariance gauge --ops {','.join(GAUGE_OPS)}` for gauge-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section("search-seeds", text)
     return text
@@ -177,7 +179,8 @@ def write(args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[0, 1, 2],
+                    help="seeds of the unconstrained joint search (names joint-seedS); '' for none")
     ap.add_argument("--population", type=int, default=40)
     ap.add_argument("--generations", type=int, default=17)
     ap.add_argument("--gauge-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],

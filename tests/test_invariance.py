@@ -130,3 +130,11 @@ def test_search_with_gauge_invariance_evaluates_only_invariant_formulas(tmp_path
     assert "invariance" not in SearchConfig().to_dict()  # runs saved before the option resume unchanged
     with pytest.raises(UserError, match="invariance"):
         SearchConfig(invariance="strict")
+
+
+def test_gauge_search_without_seeds_still_fills_its_population(tmp_path: Path) -> None:
+    cfg = SearchConfig(population=8, generations=2, seed=5, seed_named=False, invariance="gauge",
+                       ops=("sqr", "sqrt", "abs", "log", "tanh", "mms", "rown", "coln", "add", "sub", "mul", "div"))
+    run_search(ToyFitness(), cfg, tmp_path, progress=False)
+    evaluated = {r["expression"] for r in load_run(tmp_path)["evaluations"]}
+    assert len(evaluated) >= 8 and all(is_invariant(load_metric(e), "gauge") for e in evaluated)

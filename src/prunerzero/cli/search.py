@@ -14,7 +14,13 @@ from .options import add_settings, given, nonempty
 
 # A new search from the command line weighs formula size, and re-scores a tenth of each generation at the
 # expensive rung of the default ladder; the API's defaults stay as runs saved before them were made.
-CLI_SEARCH_DEFAULTS = {"parsimony": 0.01, "rescore_fraction": 0.1}
+# Only gauge-invariant formulas by default: a metric whose masks change when the same model is
+# parameterised differently ranks the next model's weights by its scales (docs/BENCHMARKS.md,
+# "gauge-transfer": the seed-0 search's 2:4 winner lost 1.74x on a regauged SmolLM2).
+CLI_SEARCH_DEFAULTS = {"parsimony": 0.01, "rescore_fraction": 0.1, "invariance": "gauge"}
+# An invariant search's language adds the per-row and per-column normalisers: invariant scores whose
+# rows scale differently (W sqrt(X) and G W) can only be summed once each is normalised per row.
+INVARIANT_EXTRA_OPS = ("rown", "coln")
 # The fidelity ladder chosen by the fitness study (docs/BENCHMARKS.md, "fitness"): perplexity on 1024 tokens
 # of the search split ranks candidates for selection at a fifth of the cost of 4k, and the full sequential
 # pipeline, the only rung that ranks the best metrics at 2:4 like the truth, decides the hall of fame.
@@ -45,8 +51,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             job_given["ladder"] = DEFAULT_LADDER  # --fidelity-tokens alone: perplexity rungs, as before the ladder
         settings = job_given.get("settings") or (
             f"{args.sparsity}:{args.pattern}" if args.pattern == "unstructured" else args.pattern,)
+        search_settings = {**CLI_SEARCH_DEFAULTS, **search_given}
+        if search_settings["invariance"] != "none" and "ops" not in search_given:
+            from ..symbolic import PRUNER_ZERO_OPS
+
+            search_settings["ops"] = (*PRUNER_ZERO_OPS, *INVARIANT_EXTRA_OPS)
         job = resolve(SearchJob, job_given, settings=tuple(settings),
-                      search=resolve(SearchConfig, {**CLI_SEARCH_DEFAULTS, **search_given}))
+                      search=resolve(SearchConfig, search_settings))
     outcome = run_job(job, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet,
                       executor=executor, generations=search_given.get("generations") if args.resume else None)
     result = outcome["result"]
@@ -95,7 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            f"the next rung (default {CLI_SEARCH_DEFAULTS['rescore_fraction']:g})"})
     add_settings(p, SearchJob, ("report_tokens", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
                                 "allocation", "owl_m", "owl_lambda"))
-    add_settings(p, SearchConfig, ("owl_lambdas", "invariance", "ops"))
+    add_settings(p, SearchConfig, ("owl_lambdas", "invariance", "ops"),
+                 invariance={"help": "only formulas whose masks do not change when W, X, G are rescaled: gauge "
+                                     "(their overall size, and the per-channel / per-row rescalings that keep the "
+                                     "model's function; the default), units (overall size only), none (any formula)"},
+                 ops={"help": "primitives of random trees and point mutation, a comma list (default: Pruner-Zero's "
+                              "sqr,neg,abs,log,exp,sqrt,tanh,pow,skp,mms,zsn,add,sub,mul,div, plus rown,coln unless "
+                              "--invariance none)"})
     p.add_argument("--executor", default="serial", choices=("serial", "ray"),
                    help="where candidates are evaluated: serial (this process) or ray (pip install 'prunerzero[ray]'); "
                         "may differ on --resume")

@@ -261,7 +261,10 @@ class _Search:
                     taken.add(k)
         seeds, index = len(pop), 0
         while len(pop) < cfg.population:
-            for attempt in range(self.attempts):
+            # The first invariant member, with nothing to vary, comes from random trees alone (gauge: about
+            # one distinct valid one in 200 draws): ten times the tries.
+            tries = self.attempts * (10 if cfg.invariance != "none" and not pop else 1)
+            for attempt in range(tries):
                 if cfg.invariance != "none" and pop and attempt >= self.attempts // 2:
                     # Few random trees are invariant (gauge: ~14 distinct in 3000 draws): vary a member
                     # that is, most of whose mutants keep the property.
