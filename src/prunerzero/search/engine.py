@@ -5,8 +5,8 @@ later: elites + offspring by tournament, subtree crossover and subtree/point/hoi
 mutation), simplify every new tree (``symbolic.simplify``) and replace any whose canonical
 key is already in the population or was evaluated before (bounded retries: new random
 operators, then fresh random trees); with ``config.invariance`` a tree whose masks change under
-that level's rescalings (``symbolic.invariance``) is replaced the same way, before any evaluation.  Score every member at the cheapest fidelity
-(cache first), then successive halving: for each next fidelity, the best
+that level's rescalings (``symbolic.invariance``) is replaced the same way, before any evaluation.
+Score every member at the cheapest fidelity (cache first), then successive halving: for each next fidelity, the best
 ``ceil(rescore_fraction * n)`` of the n valid members not yet scored there (ranked by the
 previous fidelity) are scored there.
 
