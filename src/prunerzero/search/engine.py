@@ -6,9 +6,9 @@ mutation), simplify every new tree (``symbolic.simplify``) and replace any whose
 key is already in the population or was evaluated before (bounded retries: new random
 operators, then fresh random trees); with ``config.invariance`` a tree whose masks change under
 that level's rescalings (``symbolic.invariance``) is replaced the same way, before any evaluation.
-Score every member at the cheapest fidelity (cache first), then successive halving: for each next fidelity, the best
-``ceil(rescore_fraction * n)`` of the n valid members not yet scored there (ranked by the
-previous fidelity) are scored there.
+Score every member at the cheapest fidelity (cache first), then successive halving: for each
+next fidelity, the best ``ceil(rescore_fraction * n)`` of the n valid members not yet scored
+there (ranked by the previous fidelity) are scored there.
 
 Fidelities and ranking: *selection* (tournaments, elitism) uses the cheapest fidelity,
 which every candidate has.  The *hall of fame* ranks candidates by the highest fidelity
