@@ -138,3 +138,25 @@ def test_gauge_search_without_seeds_still_fills_its_population(tmp_path: Path) -
     run_search(ToyFitness(), cfg, tmp_path, progress=False)
     evaluated = {r["expression"] for r in load_run(tmp_path)["evaluations"]}
     assert len(evaluated) >= 8 and all(is_invariant(load_metric(e), "gauge") for e in evaluated)
+
+
+@pytest.mark.parametrize("formula, alike", [("wanda", True), ("magnitude", False)])
+def test_an_invariant_metric_prunes_the_regauged_model_to_the_same_function(make_tiny_model, calib_ids,
+                                                                              formula: str, alike: bool) -> None:
+    """The whole pipeline, not just one layer: Wanda keeps the same weights of the regauged model (its
+    pruned model computes what the original's pruned model computes); magnitude does not."""
+    from prunerzero.masks import parse_setting
+    from prunerzero.methods.symbolic import symbolic_method
+    from prunerzero.pipeline import prune_model
+
+    original, regauged = make_tiny_model("llama", seed=0), make_tiny_model("llama", seed=0)
+    regauge(regauged, spread=4.0, seed=3)
+    for model in (original, regauged):
+        prune_model(model, symbolic_method(load_metric(formula)), parse_setting("0.5"), calib_ids, progress=False)
+    masks = [[(m.weight == 0) for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+             for model in (original, regauged)]  # every decoder linear's pruned entries
+    same = all(torch.equal(a, b) for a, b in zip(*masks))
+    assert same is alike
+    with torch.no_grad():
+        out = [model(calib_ids).logits for model in (original, regauged)]
+    assert torch.allclose(out[0], out[1], atol=1e-4, rtol=1e-3) is alike
