@@ -86,6 +86,8 @@ def regauge(model: nn.Module, spread: float = 4.0, seed: int = 0, fold_norms: bo
         hidden = q.in_features
         col_attn, col_mlp = [n.weight.data.float().clone() if fold_norms else draw(hidden)
                              for n in norms]  # (hidden,) each
+        if fold_norms and not all(bool((c != 0).all()) for c in (col_attn, col_mlp)):
+            raise UserError(f"regauge: a norm of {prefix} has a zero gain, which cannot be folded into its linears")
         kv_width = v.out_features
         row_v = ones(kv_width) if fold_norms else draw(kv_width)  # (kv_heads * head_dim,)
         row_up = ones(up.out_features) if fold_norms else draw(up.out_features)  # (inter,)
