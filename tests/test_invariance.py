@@ -15,12 +15,7 @@ from prunerzero.symbolic import Metric, TerminalSpec, load_metric, parse
 from prunerzero.symbolic.invariance import GAUGES, broken_gauges, is_invariant
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: conftest's one-thread fixture
 
 
 @pytest.mark.parametrize("formula, broken", [
