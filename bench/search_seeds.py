@@ -38,7 +38,10 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     out = {f"joint-seed{s}": ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "none"] for s in args.seeds}
     for s in args.gauge_seeds:  # only gauge-invariant formulas, with per-row / per-column normalisers to build sums
         out[f"gauge-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
-                                 "--ops", ",".join(GAUGE_OPS)]
+                                 "--dedup", "formula", "--ops", ",".join(GAUGE_OPS)]
+    for s in args.masks_seeds:  # the same, formulas that prune alike evaluated once (the CLI's default)
+        out[f"gauge-masks-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
+                                       "--dedup", "masks", "--ops", ",".join(GAUGE_OPS)]
     if args.per_setting:
         out["only50-seed0"] = ["--seed", "0", "--settings", "0.5"]
         out["only24-seed0"] = ["--seed", "0", "--settings", "2:4"]
@@ -84,8 +87,9 @@ def write(args: argparse.Namespace) -> str:
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
               f"Machine: {machine()}.", "",
-              "| search | settings | evaluated | invalid | wall h | rung agreement (Spearman / Kendall) | winner | size |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| search | settings | evaluated | invalid | replaced as duplicates (same masks) | wall h | "
+              "rung agreement (Spearman / Kendall) | winner | size |",
+              "|---|---|---|---|---|---|---|---|---|"]
     winners: dict[str, list[tuple[str, str]]] = {}  # formula -> [(search, label)]
     for name in names:
         run = RUNS / name
@@ -107,8 +111,11 @@ def write(args: argparse.Namespace) -> str:
                           if v.get("rho") is not None) or "-"
         hof = json.loads((run / "hall_of_fame.json").read_text())
         best = hof[0]
-        lines.append(f"| {name} | {','.join(job['settings'])} | {ck['stats']['evaluations']} | "
-                     f"{ck['stats']['invalid']} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
+        stats = ck["stats"]
+        dups = f"{stats['duplicates_replaced']} ({stats['mask_duplicates']})" if job["search"].get("dedup") == "masks" \
+            else str(stats["duplicates_replaced"])
+        lines.append(f"| {name} | {','.join(job['settings'])} | {stats['evaluations']} | "
+                     f"{stats['invalid']} | {dups} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
         for row in _rows(run):
             if row.get("label", "").startswith("searched") and row.get("formula"):
                 winners.setdefault(row["formula"], [])
@@ -165,13 +172,15 @@ def write(args: argparse.Namespace) -> str:
                              f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller "
                              f"(paired by calibration draw: {per_seed}).")
     gauge = f" --gauge-seeds {','.join(map(str, args.gauge_seeds))}" if args.gauge_seeds else ""
+    gauge += f" --masks-seeds {','.join(map(str, args.masks_seeds))}" if args.masks_seeds else ""
     lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {','.join(map(str, args.seeds))}{gauge}` "
               "(each search resumable; rerun to continue), then the same with `--write`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
               f"--population {args.population} --generations {args.generations} --report-data "
               "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`, "
               "with `--invariance none` for joint-seedS"
-              + (f" and `--invariance gauge --ops {','.join(GAUGE_OPS)}` for gauge-seedS." if gauge else ".")]
+              + (f", `--invariance gauge --dedup formula --ops {','.join(GAUGE_OPS)}` for gauge-seedS, the same with "
+                 "`--dedup masks` for gauge-masks-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section("search-seeds", text)
     return text
@@ -185,6 +194,8 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=17)
     ap.add_argument("--gauge-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
                     help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
+    ap.add_argument("--masks-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                    help="also these seeds of the gauge search with --dedup masks (names gauge-masks-seedS)")
     ap.add_argument("--per-setting", action="store_true", help="also one search per setting (seed 0)")
     ap.add_argument("--write", action="store_true")
     args, args.extra = ap.parse_known_args()

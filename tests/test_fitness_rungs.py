@@ -94,7 +94,9 @@ def test_search_with_a_ladder_end_to_end(tiny_model_dir, wikitext_test, tmp_path
                  "--baselines", "wanda"]) == 0
     hof = json.loads((out / "hall_of_fame.json").read_text())
     assert set(hof[0]["fitness"]) == {"err", "kl64tok"}
-    assert json.loads((out / "config.json").read_text())["fidelities"] == ["err", "kl64tok"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["fidelities"] == ["err", "kl64tok"]
+    assert saved["search"]["dedup"] == "masks" and saved["search"]["invariance"] == "gauge"  # the CLI's defaults
     assert main(["--quiet", "search", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bad"),
                  "--seqlen", "32", "--ladder", "err,kl:16"]) == 2
 

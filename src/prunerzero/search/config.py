@@ -73,6 +73,13 @@ class SearchConfig:
                              "(their overall size), gauge (that and the per-channel / per-row rescalings that keep "
                              "the model's function), none", choices=("none", "units", "gauge"))
 
+    # What counts as a duplicate: "formula" (the same canonical formula) or "masks" (the same 50% and
+    # 2:4 masks on fixed random layers, symbolic.invariance.mask_fingerprint): formulas that prune
+    # alike are evaluated once. "formula" = runs made before it existed.
+    dedup: str = option("formula", "what counts as a duplicate candidate: formula (the same formula) or masks (the "
+                        "same masks on fixed random layers: monotone transforms of one formula are evaluated once)",
+                        choices=("formula", "masks"))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "owl_lambdas", tuple(self.owl_lambdas))
@@ -88,6 +95,8 @@ class SearchConfig:
                 raise UserError(f"search config {name}={v!r}: must be a number in [0, 1]")
         if self.invariance not in ("none", "units", "gauge"):
             raise UserError(f"search config invariance={self.invariance!r}: choose none, units or gauge")
+        if self.dedup not in ("formula", "masks"):
+            raise UserError(f"search config dedup={self.dedup!r}: choose formula or masks")
         for name in ("seed_named", "use_constants"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"search config {name}={getattr(self, name)!r}: must be true or false")
@@ -119,6 +128,8 @@ class SearchConfig:
             del d["parsimony"]
         if self.invariance == "none":  # likewise for runs saved before invariance existed
             del d["invariance"]
+        if self.dedup == "formula":  # and before dedup existed
+            del d["dedup"]
         return d
 
     @classmethod

@@ -5,7 +5,10 @@ later: elites + offspring by tournament, subtree crossover and subtree/point/hoi
 mutation), simplify every new tree (``symbolic.simplify``) and replace any whose canonical
 key is already in the population or was evaluated before (bounded retries: new random
 operators, then fresh random trees); with ``config.invariance`` a tree whose masks change under
-that level's rescalings (``symbolic.invariance``) is replaced the same way, before any evaluation.
+that level's rescalings (``symbolic.invariance``) is replaced the same way, before any evaluation;
+with ``config.dedup == "masks"`` so is a tree whose masks on fixed random layers equal those of a
+member of this generation or of any candidate evaluated before (``mask_fingerprint``): it would
+prune like it, so its fitness would differ only by float rounding.
 Score every member at the cheapest fidelity (cache first), then successive halving: for each
 next fidelity, the best ``ceil(rescore_fraction * n)`` of the n valid members not yet scored
 there (ranked by the previous fidelity) are scored there.
@@ -57,7 +60,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify, size
 from ..symbolic import named_metric, to_json
-from ..symbolic.invariance import is_invariant
+from ..symbolic.invariance import is_invariant, mask_fingerprint
 from . import checkpoint as ck
 from . import scores
 from .config import SEED_METRICS, SearchConfig
@@ -133,12 +136,17 @@ class _Search:
         self.limits = Limits(cfg.max_depth, cfg.max_size)
         self.attempts = MAX_ATTEMPTS if cfg.invariance == "none" else INVARIANT_ATTEMPTS
         self._invariant: dict[str, bool] = {}  # canonical key -> passes cfg.invariance
+        self._fingerprints: dict[str, str | None] = {}  # canonical key -> mask_fingerprint (dedup "masks")
+        # Fingerprints (+ gene) of every candidate evaluated in a completed generation and of this
+        # generation's members: a pure function of cache.seen and the members, so a resume rebuilds it.
+        self.behaviours: set[str] = set()
         self.rng = random.Random(cfg.seed)
         done = saved["generation"] if saved else -1
         self.cache = scores.FitnessCache(records, done)
         self.stats: dict[str, int] = dict(saved["stats"]) if saved else {
             "evaluations": 0, "cache_hits": 0, "duplicates_replaced": 0, "invalid": 0, "rescored": 0}
         self.stats.setdefault("worker_replacements", 0)  # Ray workers that died (checkpoints before it lack it)
+        self.stats.setdefault("mask_duplicates", 0)  # of duplicates_replaced: a new formula, a known mask
         self.summaries: list[dict[str, Any]] = list(saved["generations"]) if saved else []
         self.pop: list[Member] = []
         if saved:
@@ -159,6 +167,7 @@ class _Search:
             for g in range(self.start, cfg.generations):
                 self.gen = g
                 before = dict(self.stats)
+                self._seen_behaviours()
                 pop, created = self._initial() if g == 0 else self._breed()
                 self._score(pop, self.fids[0])
                 self._rescore(pop)
@@ -193,6 +202,8 @@ class _Search:
             "duplicates_replaced": dups, "duplicate_share": dups / (dups + created) if dups + created else 0.0,
             **{f"new_{c}": self.stats[c] - before[c] for c in ("evaluations", "cache_hits", "invalid", "rescored")},
         })
+        if self.cfg.dedup == "masks":  # of duplicates_replaced: new formulas whose masks were known
+            self.summaries[-1]["mask_duplicates"] = self.stats["mask_duplicates"] - before["mask_duplicates"]
         hof = scores.hall_of_fame(self.cache, self.fids, self.cfg.hall_of_fame_size, self.cfg.parsimony)
         finished = g == self.cfg.generations - 1
         if finished:  # best files before the checkpoint: "finished" implies they exist
@@ -250,6 +261,43 @@ class _Search:
             self._invariant[key] = is_invariant(Metric(e, self.spec), self.cfg.invariance)
         return self._invariant[key]
 
+    def _behaviour(self, e: Node, key: str) -> str | None:
+        """The mask fingerprint (+ gene) of a member when dedup is "masks"; None when off or invalid on the probe."""
+        if self.cfg.dedup != "masks":
+            return None
+        canonical = key.split(GENE_MARK, 1)[0]
+        if canonical not in self._fingerprints:
+            self._fingerprints[canonical] = mask_fingerprint(Metric(e, self.spec))
+        fp = self._fingerprints[canonical]
+        return None if fp is None else fp + key[len(canonical):]
+
+    def _seen_behaviours(self) -> None:
+        """``behaviours`` := the fingerprints of every candidate evaluated in a completed generation."""
+        self.behaviours = set()
+        if self.cfg.dedup != "masks":
+            return
+        expressions = {k: entry.expression for (k, _), entry in self.cache.entries.items() if k in self.cache.seen}
+        for k in sorted(expressions):
+            b = self._behaviour(parse(expressions[k]), k)
+            if b is not None:
+                self.behaviours.add(b)
+
+    def _new(self, e: Node, k: str, taken: set[str]) -> bool:
+        """Whether member (e, k) is new: its key not in ``taken`` nor evaluated before, nor (dedup "masks")
+        its masks; counts a duplicate when not. A new member's key and masks are then taken."""
+        b = self._behaviour(e, k)
+        if k in taken or k in self.cache.seen:
+            self.stats["duplicates_replaced"] += 1
+            return False
+        if b is not None and b in self.behaviours:
+            self.stats["duplicates_replaced"] += 1
+            self.stats["mask_duplicates"] += 1
+            return False
+        taken.add(k)
+        if b is not None:
+            self.behaviours.add(b)
+        return True
+
     def _initial(self) -> tuple[list[Member], int]:
         cfg, pop, taken = self.cfg, [], set()
         if cfg.seed_named:  # a named metric that is not invariant at cfg.invariance is left out
@@ -260,11 +308,17 @@ class _Search:
                 if self._allowed(e, key) and k not in taken:
                     pop.append((e, k))
                     taken.add(k)
+                    b = self._behaviour(e, k)
+                    if b is not None:
+                        self.behaviours.add(b)
         seeds, index = len(pop), 0
         while len(pop) < cfg.population:
             # The first invariant member, with nothing to vary, comes from random trees alone (gauge: about
-            # one distinct valid one in 200 draws): ten times the tries.
-            tries = self.attempts * (10 if cfg.invariance != "none" and not pop else 1)
+            # one distinct valid one in 200 draws): ten times the tries. So does every member when masks must
+            # differ too: most mutants of an invariant member prune like it (gauge, population 40: about 350
+            # replaced in generation 0, some slots needing over 300 tries; later generations need far fewer).
+            hard = cfg.invariance != "none" and (not pop or cfg.dedup == "masks")
+            tries, fallback = self.attempts * (10 if hard else 1), None
             for attempt in range(tries):
                 if cfg.invariance != "none" and pop and attempt >= self.attempts // 2:
                     # Few random trees are invariant (gauge: ~14 distinct in 3000 draws): vary a member
@@ -278,13 +332,16 @@ class _Search:
                 if not self._allowed(e, key):
                     continue
                 k = _with_gene(key, self._random_gene())
-                if k not in taken:
+                if self._new(e, k, taken):
                     pop.append((e, k))
-                    taken.add(k)
                     break
-                self.stats["duplicates_replaced"] += 1
+                if fallback is None and k not in taken:  # a new formula whose masks are known
+                    fallback = (e, k)
             else:
-                raise self._too_small()
+                if fallback is None:
+                    raise self._too_small()
+                pop.append(fallback)  # evaluated, though it prunes like a member: better than no run
+                taken.add(fallback[1])
         return pop, len(pop) - seeds
 
     def _selection_keys(self) -> list[tuple[float, int, float]]:
@@ -301,7 +358,7 @@ class _Search:
         fit = self._selection_keys()
         order = sorted(range(len(fit)), key=lambda i: (fit[i], i))
         new = [self.pop[i] for i in order[: cfg.elitism] if math.isfinite(fit[i][2])]
-        taken = {k for _, k in new}
+        taken = {k for _, k in new}  # (the elites' masks are in behaviours: they were evaluated)
         elites = len(new)
         while len(new) < cfg.population:
             new.append(self._offspring(fit, taken))
@@ -322,10 +379,8 @@ class _Search:
             if not self._allowed(e, key):
                 continue
             k = _with_gene(key, lam)
-            if k not in taken and k not in self.cache.seen:
-                taken.add(k)
+            if self._new(e, k, taken):
                 return e, k
-            self.stats["duplicates_replaced"] += 1
             if k not in taken and fallback is None:
                 fallback = (e, k)
         if fallback is None:

@@ -26,6 +26,7 @@ the gaps between a random row's scores, so an invariant metric's masks agree to 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,14 @@ def _masks(metric: "Metric", w: torch.Tensor, x: torch.Tensor, g: torch.Tensor) 
     return torch.stack([make_mask(score, parse_setting(s)) for s in ("0.5", "2:4")])
 
 
+def _random_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w, g (out, in), x (in,): statistics of a random layer at the scales of SmolLM2's."""
+    w = torch.randn(_OUT, _IN, generator=gen) * 0.05  # (out, in), LLM-sized and signed: the spec decides |w| or w
+    x = torch.rand(_IN, generator=gen) * 2 + 0.05  # (in,) mean squares, none near zero
+    g = torch.rand(_OUT, _IN, generator=gen) * 1e-3 + 1e-5  # (out, in) gradient norms, SmolLM2-sized
+    return w, x, g
+
+
 def broken_gauges(metric: "Metric", gauges: tuple[str, ...] = GAUGES, seed: int = 0) -> tuple[str, ...]:
     """The gauges (of ``gauges``) under which ``metric``'s masks change, in ``GAUGES`` order.
 
@@ -82,9 +91,7 @@ def broken_gauges(metric: "Metric", gauges: tuple[str, ...] = GAUGES, seed: int 
     counts as breaking every gauge asked about: nothing shows it invariant, and on a real layer of
     another size it may well be valid."""
     gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(_OUT, _IN, generator=gen) * 0.05  # (out, in), LLM-sized and signed: the spec decides |w| or w
-    x = torch.rand(_IN, generator=gen) * 2 + 0.05  # (in,) mean squares, none near zero
-    g = torch.rand(_OUT, _IN, generator=gen) * 1e-3 + 1e-5  # (out, in) gradient norms, SmolLM2-sized
+    w, x, g = _random_layer(gen)
     try:
         base = _masks(metric, w, x, g)
     except InvalidMetricError:
@@ -109,3 +116,26 @@ def is_invariant(metric: "Metric", level: str) -> bool:
     if level not in LEVELS:
         raise ValueError(f"unknown invariance level {level!r} (choose from {', '.join(LEVELS)})")
     return not LEVELS[level] or not broken_gauges(metric, LEVELS[level])
+
+
+# Random layers a fingerprint is taken on: two, so that two formulas must agree on independent data.
+FINGERPRINT_LAYERS = 2
+
+
+def mask_fingerprint(metric: "Metric") -> str | None:
+    """A digest of ``metric``'s 50% row-wise and 2:4 masks on fixed random layers; None if it is invalid there.
+
+    Formulas with the same fingerprint prune alike: monotone transforms of one another within every
+    row (W * sqrt(X), sqr(W) * X, rown(sqr(W) * X)), or differing only by a factor constant per row
+    (div divides by a Frobenius norm, a scalar, so div(W, anything) ranks like W). Their fitness
+    differs only by float rounding, so the search evaluates one of each. Exact equality: formulas
+    that differ in a single mask entry are different formulas.
+    """
+    gen = torch.Generator().manual_seed(12345)  # fixed: the fingerprint is a pure function of the formula
+    digest = hashlib.blake2b(digest_size=12)
+    try:
+        for _ in range(FINGERPRINT_LAYERS):
+            digest.update(_masks(metric, *_random_layer(gen)).numpy().tobytes())
+    except InvalidMetricError:
+        return None
+    return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""Formulas that prune alike are one candidate: mask fingerprints and the search's ``dedup="masks"``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prunerzero.errors import UserError
+from prunerzero.search import SearchConfig, load_run, run_search
+from prunerzero.search.toy import ToyFitness
+from prunerzero.symbolic import load_metric
+from prunerzero.symbolic.invariance import mask_fingerprint
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# Every one of these ranks each row's weights like |W| sqrt(X): monotone transforms, a per-row
+# factor (rown), or Pruner-Zero's div (a division by the Frobenius norm of G, a scalar).
+WANDA_ALIKE = ["W * sqrt(X)", "sqr(W) * X", "rown(sqr(W) * X)", "div(W * sqrt(X), G)", "sqr(rown(X) * (W * W))"]
+
+
+def _fp(formula: str) -> str | None:
+    return mask_fingerprint(load_metric(formula))
+
+
+def test_formulas_that_prune_alike_share_a_fingerprint() -> None:
+    assert len({_fp(f) for f in WANDA_ALIKE}) == 1
+    assert _fp("W * sqrt(X)") == _fp("wanda")  # named metrics too
+    assert _fp("G * W") == _fp("sqr(G * -W)") == _fp("G * div(W, G)")
+    # different rankings, different fingerprints: magnitude, GBLM's sum, |W| X (X not square-rooted)
+    others = [_fp(f) for f in ("W", "G * W", "W * sqrt(X) + W * G", "W * X", "ria", "pruner-zero")]
+    assert len(set(others + [_fp("wanda")])) == len(others) + 1
+    assert _fp("W * sqrt(X)") == _fp("W * sqrt(X)")  # a pure function of the formula
+
+
+def test_a_formula_invalid_on_the_probe_has_no_fingerprint() -> None:
+    assert _fp("exp(exp(exp(X)))") is None  # overflows on the probe: no fingerprint, never a duplicate
+    assert _fp("W / W") is None  # one score for every weight: the mask would be the position's, invalid
+    assert _fp("exp(exp(exp(W)))") is not None  # |W| ~ 0.05: finite there
+
+
+def _cheap(out: Path) -> list[dict]:
+    return [r for r in load_run(out)["evaluations"] if r["fidelity"] == "low"]
+
+
+# div, sqrt, sqr and rown make many formulas that prune alike: the setting where the two dedups differ.
+CLONE_PRONE = dict(population=12, generations=4, seed=1, hall_of_fame_size=4,
+                   ops=("sqr", "sqrt", "abs", "rown", "add", "mul", "div"), max_depth=4, max_size=9)
+
+
+def test_dedup_by_masks_evaluates_each_mask_once(tmp_path: Path) -> None:
+    run_search(ToyFitness(), SearchConfig(**CLONE_PRONE), tmp_path / "formula", progress=False)
+    res = run_search(ToyFitness(), SearchConfig(**CLONE_PRONE, dedup="masks"), tmp_path / "masks", progress=False)
+
+    def fingerprints(out: Path) -> list[str]:
+        return [fp for r in _cheap(out) if (fp := _fp(r["expression"])) is not None]
+
+    by_formula, by_masks = fingerprints(tmp_path / "formula"), fingerprints(tmp_path / "masks")
+    assert len(set(by_formula)) < len(by_formula)  # the formula dedup evaluates clones...
+    assert len(set(by_masks)) == len(by_masks) >= 3 * 12  # ...the mask dedup none
+    assert res.stats["mask_duplicates"] > 0
+    assert sum(g["mask_duplicates"] for g in res.stats["generations"]) == res.stats["mask_duplicates"]
+    assert json.loads((tmp_path / "masks" / "config.json").read_text())["search"]["dedup"] == "masks"
+
+
+def test_dedup_by_masks_resumes_to_the_same_run(tmp_path: Path) -> None:
+    cfg = SearchConfig(**{**CLONE_PRONE, "generations": 3}, dedup="masks")
+    ref = run_search(ToyFitness(), cfg, tmp_path / "ref", progress=False)
+    short = SearchConfig(**{**cfg.to_dict(), "generations": 1})
+    run_search(ToyFitness(), short, tmp_path / "cut", progress=False)  # stopped after generation 0 ...
+    res = run_search(ToyFitness(), cfg, tmp_path / "cut", resume=True, progress=False)  # ... then extended
+    assert res.population == ref.population and res.hall_of_fame == ref.hall_of_fame
+    assert [r["key"] for r in _cheap(tmp_path / "cut")] == [r["key"] for r in _cheap(tmp_path / "ref")]
+
+
+def test_dedup_config() -> None:
+    assert "dedup" not in SearchConfig().to_dict()  # runs saved before the option resume unchanged
+    assert SearchConfig.from_dict(SearchConfig(dedup="masks").to_dict()).dedup == "masks"
+    with pytest.raises(UserError, match="dedup"):
+        SearchConfig(dedup="behaviour")
+
+
+def test_a_space_with_few_masks_still_fills_its_population(tmp_path: Path) -> None:
+    """Products of powers of W, X and G up to size 5 give fewer distinct masks than this population
+    needs: it is completed with a new formula that prunes like a member (evaluated) instead of
+    stopping the run."""
+    cfg = SearchConfig(population=8, generations=2, seed=0, seed_named=False, ops=("sqr", "sqrt", "mul"),
+                       max_depth=4, max_size=5, dedup="masks")
+    res = run_search(ToyFitness(), cfg, tmp_path, progress=False)
+    first = [r for r in _cheap(tmp_path) if r["generation"] == 0]
+    assert len({r["key"] for r in first}) == len(first) == 8
+    assert len({_fp(r["expression"]) for r in first}) < 8 and res.stats["mask_duplicates"] > 0
