@@ -272,11 +272,14 @@ class _Search:
         return None if fp is None else fp + key[len(canonical):]
 
     def _seen_behaviours(self) -> None:
-        """``behaviours`` := the fingerprints of every candidate evaluated in a completed generation."""
+        """``behaviours`` := the fingerprints of every candidate evaluated in a completed generation and valid
+        there. An invalid one does not stand for its masks: formulas equal in exact arithmetic can differ in
+        float range on real layers (div(G * W, sqr(sqr(X) * (X * X))) overflows where G * W does not)."""
         self.behaviours = set()
         if self.cfg.dedup != "masks":
             return
-        expressions = {k: entry.expression for (k, _), entry in self.cache.entries.items() if k in self.cache.seen}
+        expressions = {k: entry.expression for (k, fid), entry in self.cache.entries.items()
+                       if k in self.cache.seen and fid == self.fids[0] and math.isfinite(entry.fitness)}
         for k in sorted(expressions):
             b = self._behaviour(parse(expressions[k]), k)
             if b is not None:

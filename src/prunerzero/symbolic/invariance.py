@@ -118,8 +118,14 @@ def is_invariant(metric: "Metric", level: str) -> bool:
     return not LEVELS[level] or not broken_gauges(metric, LEVELS[level])
 
 
-# Random layers a fingerprint is taken on: two, so that two formulas must agree on independent data.
-FINGERPRINT_LAYERS = 2
+def _wide_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w, g (out, in), x (in,) spread over orders of magnitude, as real layers are (outlier weights and
+    channels, gradients from 1e-6 to 1e-2): where tanh saturates, log's eps or exp's clamp matter, a
+    formula stops ranking like its small-value form (tanh(sqr(W) * X) like W * sqrt(X))."""
+    w = torch.randn(_OUT, _IN, generator=gen) * 0.05 * torch.exp(torch.randn(_OUT, _IN, generator=gen) * 1.5)
+    x = 10.0 ** (torch.rand(_IN, generator=gen) * 5 - 3)  # (in,) 1e-3 .. 1e2
+    g = 10.0 ** (torch.rand(_OUT, _IN, generator=gen) * 4 - 6)  # (out, in) 1e-6 .. 1e-2
+    return w, x, g
 
 
 def mask_fingerprint(metric: "Metric") -> str | None:
@@ -128,14 +134,16 @@ def mask_fingerprint(metric: "Metric") -> str | None:
     Formulas with the same fingerprint prune alike: monotone transforms of one another within every
     row (W * sqrt(X), sqr(W) * X, rown(sqr(W) * X)), or differing only by a factor constant per row
     (div divides by a Frobenius norm, a scalar, so div(W, anything) ranks like W). Their fitness
-    differs only by float rounding, so the search evaluates one of each. Exact equality: formulas
-    that differ in a single mask entry are different formulas.
+    differs only by float rounding, so the search evaluates one of each. Two layers: one at SmolLM2's
+    scales (as ``broken_gauges``), one spread over orders of magnitude, so that a formula that ranks
+    alike only where its values are small (tanh, log's eps) is a formula of its own. Exact equality:
+    formulas that differ in a single mask entry are different formulas.
     """
     gen = torch.Generator().manual_seed(12345)  # fixed: the fingerprint is a pure function of the formula
     digest = hashlib.blake2b(digest_size=12)
     try:
-        for _ in range(FINGERPRINT_LAYERS):
-            digest.update(_masks(metric, *_random_layer(gen)).numpy().tobytes())
+        for layer in (_random_layer(gen), _wide_layer(gen)):
+            digest.update(_masks(metric, *layer).numpy().tobytes())
     except InvalidMetricError:
         return None
     return digest.hexdigest()
