@@ -78,6 +78,22 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...]) -> str:
+    """How many different masks (symbolic.invariance.mask_fingerprint) the valid candidates of each
+    rung had: the exploration a run bought, which its count of formulas overstates when many prune alike."""
+    from prunerzero.symbolic import Metric, parse
+    from prunerzero.symbolic.invariance import mask_fingerprint
+
+    fingerprints: dict[str, str | None] = {}
+    counts = []
+    for fid in (fids[0], fids[-1]):
+        valid = {e["expression"] for e in evaluations if e["fidelity"] == fid and e["fitness"] is not None}
+        for expression in valid - set(fingerprints):
+            fingerprints[expression] = mask_fingerprint(Metric(parse(expression)))
+        counts.append(f"{len({fingerprints[x] for x in valid})} of {len(valid)}")
+    return " / ".join(counts)
+
+
 def write(args: argparse.Namespace) -> str:
     names = [n for n in searches(args) if (RUNS / n / "checkpoint.json").exists()]
     lines = ["## Searches over seeds: what they find, and whether it holds on other text", ""]
@@ -87,9 +103,9 @@ def write(args: argparse.Namespace) -> str:
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
               f"Machine: {machine()}.", "",
-              "| search | settings | evaluated | invalid | replaced as duplicates (same masks) | wall h | "
-              "rung agreement (Spearman / Kendall) | winner | size |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| search | settings | evaluated | invalid | distinct masks (cheap / top rung) | replaced as duplicates "
+              "(same masks) | wall h | rung agreement (Spearman / Kendall) | winner | size |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     winners: dict[str, list[tuple[str, str]]] = {}  # formula -> [(search, label)]
     for name in names:
         run = RUNS / name
@@ -101,9 +117,9 @@ def write(args: argparse.Namespace) -> str:
         agreement = ck.get("rung_agreement") or {}
         from prunerzero.search.scores import FitnessCache, rung_agreement  # the run's own records
 
+        fids = tuple(json.loads((run / "config.json").read_text())["fidelities"])
         try:
             cache = FitnessCache(evaluations, ck["generation"])
-            fids = tuple(json.loads((run / "config.json").read_text())["fidelities"])
             agreement = rung_agreement(cache, fids)
         except Exception:  # noqa: BLE001 - a report, not a check
             pass
@@ -115,7 +131,7 @@ def write(args: argparse.Namespace) -> str:
         dups = f"{stats['duplicates_replaced']} ({stats['mask_duplicates']})" if job["search"].get("dedup") == "masks" \
             else str(stats["duplicates_replaced"])
         lines.append(f"| {name} | {','.join(job['settings'])} | {stats['evaluations']} | "
-                     f"{stats['invalid']} | {dups} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
+                     f"{stats['invalid']} | {_distinct_masks(evaluations, fids)} | {dups} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
         for row in _rows(run):
             if row.get("label", "").startswith("searched") and row.get("formula"):
                 winners.setdefault(row["formula"], [])

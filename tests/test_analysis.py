@@ -251,3 +251,27 @@ def test_planted_gauge_invariance_is_found_and_worded(tmp_path):
     by = {c.feature: c for c in result["correlations"]}
     assert by["gauge-invariant"].rho < -0.8 and by["gauge-invariant"].rho_p < 0.01
     assert any(p.startswith("Being gauge-invariant correlates with lower") for p in result["principles"])
+
+
+def test_invariance_is_read_with_the_runs_terminals(tmp_path):
+    """A run with scale-free terminals (--terminals layer): W, X and G are divided by their layer means,
+    so a change of units cannot move any mask and every formula is units-invariant; with raw terminals
+    GBLM's sum is not."""
+    from prunerzero.analysis.stats import candidates, run_spec
+    from prunerzero.search import load_run
+
+    rng = random.Random(1)
+    rows = [(i % 2, expr, math.exp(2.0 + rng.gauss(0, 0.1)))
+            for i, expr in enumerate(["W * sqrt(X) + W * G", "W + X", "W * G + sqr(X)", "W * sqrt(X)", "G * W"])]
+    _write_run(tmp_path / "run", rows)
+    raw = load_run(tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["fitness"] = {"terminal_scale": "layer"}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    layer = load_run(tmp_path / "run")
+    assert run_spec(raw).scale == "raw" and run_spec(layer).scale == "layer"
+    units = {spec: {c.expression: c.features["units-invariant"]
+                    for c in candidates(run["evaluations"], "1024tok", ["add", "mul", "sqrt", "sqr"], run_spec(run))[0]}
+             for spec, run in (("raw", raw), ("layer", layer))}
+    assert units["raw"]["W * sqrt(X) + W * G"] == 0.0 and units["raw"]["W * sqrt(X)"] == 1.0
+    assert set(units["layer"].values()) == {1.0}

@@ -26,7 +26,7 @@ from typing import Any
 from .. import io
 from ..errors import UserError
 from .stats import (ALPHA, INVARIANCE_NAMES, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir,
-                    fidelity_order, fmt_num, fmt_p, ops_in_language, rank_correlation)
+                    fidelity_order, fmt_num, fmt_p, ops_in_language, rank_correlation, run_spec)
 
 CROSS_MD = "cross_runs.md"
 CROSS_FIGURE = "cross_runs_correlations.png"
@@ -115,7 +115,7 @@ def load_samples(run_dirs: list[Path | str]) -> list[RunSample]:
             raise UserError(f"{p}/evaluations.jsonl holds no evaluations yet")
         cheap = fidelity_order(run)[0]
         ops = ops_in_language(run, records)
-        cands, invalid = candidates(records, cheap, ops)
+        cands, invalid = candidates(records, cheap, ops, run_spec(run))
         if not cands:
             raise UserError(f"{p} has no valid candidate at its cheapest fidelity {cheap}: nothing to pool")
         samples.append(RunSample(p, label, cheap, cands, rank_percentiles([c.fitness for c in cands]), invalid,

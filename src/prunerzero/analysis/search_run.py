@@ -19,7 +19,7 @@ from typing import Any
 from .. import io
 from ..errors import UserError
 from .stats import (ALPHA, INVARIANCE_NAMES, TERMINAL_NAMES, Candidate, Correlation, candidates, check_run_dir,
-                    fidelity_order, fmt_num, fmt_p, log_target, ops_in_language, rank_correlation)
+                    fidelity_order, fmt_num, fmt_p, log_target, ops_in_language, rank_correlation, run_spec)
 
 ANALYSIS_MD = "analysis.md"
 
@@ -177,7 +177,7 @@ def analyze_run(run_dir: Path | str, out_dir: Path | str | None = None) -> dict[
     fids = fidelity_order(run)
     cheap = fids[0]
     ops = ops_in_language(run, records)
-    cands, n_invalid = candidates(records, cheap, ops)
+    cands, n_invalid = candidates(records, cheap, ops, run_spec(run))
     word = "perplexity" if cands and min(c.fitness for c in cands) >= 1 else "fitness"
     corrs, constant = feature_correlations(cands)
     k, deciles = decile_frequencies(cands, [*TERMINAL_NAMES, *ops])

@@ -6,9 +6,12 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, path_kind, short
+
+if TYPE_CHECKING:
+    from ..symbolic import TerminalSpec
 
 MIN_RANK_N = 5  # below this a rank correlation (and its p-value) says next to nothing
 ALPHA = 0.05
@@ -62,9 +65,19 @@ def fidelity_order(run: dict[str, Any]) -> list[str]:
     return order + rest
 
 
-def metric_features(expression: str, ops: list[str]) -> dict[str, float] | None:
+def run_spec(run: dict[str, Any]) -> "TerminalSpec":
+    """The meaning of W, X, G in a run (its fitness's ``terminal_scale``; raw when absent or unreadable)."""
+    from ..symbolic import TerminalSpec
+
+    fitness = (run.get("config") or {}).get("fitness")
+    scale = fitness.get("terminal_scale", "raw") if isinstance(fitness, dict) else "raw"
+    return TerminalSpec(scale=scale if scale in ("raw", "layer") else "raw")  # config.json may be hand-edited
+
+
+def metric_features(expression: str, ops: list[str], spec: "TerminalSpec | None" = None) -> dict[str, float] | None:
     """0/1 use of each terminal and primitive, depth and size of a logged expression, and 0/1 whether
-    its masks survive a change of units / of gauge (``symbolic.invariance``, default terminals).
+    its masks survive a change of units / of gauge (``symbolic.invariance``, with the run's terminals
+    ``spec``: scale-free terminals make every formula units-invariant).
 
     0/1 rather than counts: "does the metric use G" is the question the paper's principles ask,
     and presence is robust to the bloat (repeated skp/abs) that GP trees accumulate."""
@@ -79,14 +92,16 @@ def metric_features(expression: str, ops: list[str]) -> dict[str, float] | None:
     feats = {t: float(t in used_t) for t in TERMINAL_NAMES}
     feats.update({op: float(used_ops.get(op, 0) > 0) for op in ops})
     feats["depth"], feats["size"] = float(depth(expr)), float(size(expr))
-    broken = broken_gauges(Metric(expr))
+    broken = broken_gauges(Metric(expr, spec) if spec is not None else Metric(expr))
     feats["units-invariant"], feats["gauge-invariant"] = float("units" not in broken), float(not broken)
     return feats
 
 
-def candidates(records: list[dict[str, Any]], fidelity: str, ops: list[str]) -> tuple[list[Candidate], int]:
+def candidates(records: list[dict[str, Any]], fidelity: str, ops: list[str],
+               spec: "TerminalSpec | None" = None) -> tuple[list[Candidate], int]:
     """One row per distinct key valid at ``fidelity`` (first record wins, as in the engine's
-    cache); returns (rows, number of distinct keys that were invalid there)."""
+    cache), its features read with the run's terminals ``spec``; returns (rows, number of
+    distinct keys that were invalid there)."""
     rows: dict[str, Candidate] = {}
     invalid: set[str] = set()
     for r in records:
@@ -96,7 +111,7 @@ def candidates(records: list[dict[str, Any]], fidelity: str, ops: list[str]) -> 
         if f is None or not math.isfinite(f):
             invalid.add(r["key"])
             continue
-        feats = metric_features(r["expression"], ops)
+        feats = metric_features(r["expression"], ops, spec)
         if feats is not None:
             rows[r["key"]] = Candidate(r["key"], r["expression"], int(r["generation"]), float(f), feats)
     return list(rows.values()), len(invalid)
