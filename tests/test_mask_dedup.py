@@ -10,7 +10,8 @@ from prunerzero.errors import UserError
 from prunerzero.search import SearchConfig, load_run, run_search
 from prunerzero.search.toy import ToyFitness
 from prunerzero.symbolic import InvalidMetricError, load_metric
-from prunerzero.symbolic.invariance import mask_fingerprint
+from prunerzero.search.known_masks import KnownMasks
+from prunerzero.symbolic.invariance import mask_fingerprint, mask_signature
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,6 +35,24 @@ def test_formulas_that_prune_alike_share_a_fingerprint() -> None:
     # equal in exact arithmetic, so alike, even where one overflows on real layers (the engine lets an
     # invalid candidate's masks be tried again: test below)
     assert _fp("rown(div(G * W, sqr(sqr(X) * (X * X))))") == _fp("G * W")
+
+
+def test_known_masks_match_within_rounding_and_per_gene() -> None:
+    """Formulas whose masks differ in a few entries only by float rounding are alike; GBLM's sum (3.7% of
+    the entries differ from Wanda's) and RIA (10%) are not; the same masks with another gene are new."""
+    known = KnownMasks()
+    for formula in ("W * sqrt(X)", "G * W"):
+        known.add(mask_signature(load_metric(formula)))
+
+    def alike(formula: str, gene: str = "") -> bool:
+        return known.alike(mask_signature(load_metric(formula)), gene)
+
+    # exp(rown(.)) squeezes every score towards 1 (2 entries flip); mms shifts |W| by its minimum (8 flip)
+    assert _fp("exp(rown(div(G * W, sqr(G))))") != _fp("G * W") and alike("exp(rown(div(G * W, sqr(G))))")
+    assert _fp("mms(W) * sqrt(X)") != _fp("wanda") and alike("mms(W) * sqrt(X)")
+    assert not alike("gblm") and not alike("ria") and not alike("W * X") and not alike("W")
+    assert not alike("W * sqrt(X)", gene=" @owl_lambda=0.08")
+    assert len(known) == 2 and not KnownMasks().alike(mask_signature(load_metric("wanda")))
 
 
 def test_a_formula_invalid_on_the_probe_has_no_fingerprint() -> None:

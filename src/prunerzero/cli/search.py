@@ -114,8 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "(their overall size, and the per-channel / per-row rescalings that keep the "
                                      "model's function; the default), units (overall size only), none (any formula)"},
                  dedup={"help": "what counts as a duplicate candidate: masks (the same 50%% and 2:4 masks on fixed "
-                                "random layers, e.g. W * sqrt(X) and sqr(W) * X: evaluated once; the default) or "
-                                "formula (the same formula only)"},
+                                "random layers up to 0.2%% of entries, e.g. W * sqrt(X) and sqr(W) * X: evaluated "
+                                "once; the default) or formula (the same formula only)"},
                  ops={"help": "primitives of random trees and point mutation, a comma list (default: Pruner-Zero's "
                               "sqr,neg,abs,log,exp,sqrt,tanh,pow,skp,mms,zsn,add,sub,mul,div, plus rown,coln unless "
                               "--invariance none)"})

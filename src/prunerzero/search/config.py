@@ -74,10 +74,11 @@ class SearchConfig:
                              "the model's function), none", choices=("none", "units", "gauge"))
 
     # What counts as a duplicate: "formula" (the same canonical formula) or "masks" (the same 50% and
-    # 2:4 masks on fixed random layers, symbolic.invariance.mask_fingerprint): formulas that prune
+    # 2:4 masks on fixed random layers up to rounding, search.known_masks): formulas that prune
     # alike are evaluated once. "formula" = runs made before it existed.
     dedup: str = option("formula", "what counts as a duplicate candidate: formula (the same formula) or masks (the "
-                        "same masks on fixed random layers: monotone transforms of one formula are evaluated once)",
+                        "same masks on fixed random layers, up to rounding: monotone transforms of one formula are "
+                        "evaluated once)",
                         choices=("formula", "masks"))
 
     def __post_init__(self) -> None:

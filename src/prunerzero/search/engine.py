@@ -6,8 +6,8 @@ mutation), simplify every new tree (``symbolic.simplify``) and replace any whose
 key is already in the population or was evaluated before (bounded retries: new random
 operators, then fresh random trees); with ``config.invariance`` a tree whose masks change under
 that level's rescalings (``symbolic.invariance``) is replaced the same way, before any evaluation;
-with ``config.dedup == "masks"`` so is a tree whose masks on fixed random layers equal those of a
-member of this generation or of any candidate evaluated before (``mask_fingerprint``): it would
+with ``config.dedup == "masks"`` so is a tree whose masks on fixed random layers (nearly) equal those
+of a member of this generation or of a valid candidate evaluated before (``known_masks``): it would
 prune like it, so its fitness would differ only by float rounding.
 Score every member at the cheapest fidelity (cache first), then successive halving: for each
 next fidelity, the best ``ceil(rescore_fraction * n)`` of the n valid members not yet scored
@@ -60,11 +60,12 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..symbolic import Metric, Node, TerminalSpec, canonical_key, format_expr, parse, simplify, size
 from ..symbolic import named_metric, to_json
-from ..symbolic.invariance import is_invariant, mask_fingerprint
+from ..symbolic.invariance import is_invariant, mask_signature
 from . import checkpoint as ck
 from . import scores
 from .config import SEED_METRICS, SearchConfig
 from .executors import EvalRequest, EvalResult, Executor, SerialExecutor
+from .known_masks import KnownMasks
 from .operators import Language, Limits, crossover, mutate, ramped_half_and_half, tournament
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,10 @@ class _Search:
         self.limits = Limits(cfg.max_depth, cfg.max_size)
         self.attempts = MAX_ATTEMPTS if cfg.invariance == "none" else INVARIANT_ATTEMPTS
         self._invariant: dict[str, bool] = {}  # canonical key -> passes cfg.invariance
-        self._fingerprints: dict[str, str | None] = {}  # canonical key -> mask_fingerprint (dedup "masks")
-        # Fingerprints (+ gene) of every candidate evaluated in a completed generation and of this
-        # generation's members: a pure function of cache.seen and the members, so a resume rebuilds it.
-        self.behaviours: set[str] = set()
+        self._signatures: dict[str, Any] = {}  # canonical key -> mask_signature (dedup "masks"), a tensor or None
+        # Masks of every valid candidate evaluated in a completed generation and of this generation's
+        # members: a pure function of the cache and the members, so a resume rebuilds it.
+        self.known = KnownMasks()
         self.rng = random.Random(cfg.seed)
         done = saved["generation"] if saved else -1
         self.cache = scores.FitnessCache(records, done)
@@ -167,7 +168,7 @@ class _Search:
             for g in range(self.start, cfg.generations):
                 self.gen = g
                 before = dict(self.stats)
-                self._seen_behaviours()
+                self._seen_masks()
                 pop, created = self._initial() if g == 0 else self._breed()
                 self._score(pop, self.fids[0])
                 self._rescore(pop)
@@ -261,45 +262,48 @@ class _Search:
             self._invariant[key] = is_invariant(Metric(e, self.spec), self.cfg.invariance)
         return self._invariant[key]
 
-    def _behaviour(self, e: Node, key: str) -> str | None:
-        """The mask fingerprint (+ gene) of a member when dedup is "masks"; None when off or invalid on the probe."""
+    def _signature(self, e: Node, key: str) -> tuple[Any, str]:
+        """(mask_signature or None, gene suffix of the key) of a member; (None, "") when dedup is "formula"."""
         if self.cfg.dedup != "masks":
-            return None
+            return None, ""
         canonical = key.split(GENE_MARK, 1)[0]
-        if canonical not in self._fingerprints:
-            self._fingerprints[canonical] = mask_fingerprint(Metric(e, self.spec))
-        fp = self._fingerprints[canonical]
-        return None if fp is None else fp + key[len(canonical):]
+        if canonical not in self._signatures:
+            self._signatures[canonical] = mask_signature(Metric(e, self.spec))
+        return self._signatures[canonical], key[len(canonical):]
 
-    def _seen_behaviours(self) -> None:
-        """``behaviours`` := the fingerprints of every candidate evaluated in a completed generation and valid
-        there. An invalid one does not stand for its masks: formulas equal in exact arithmetic can differ in
+    def _seen_masks(self) -> None:
+        """``known`` := the masks of every candidate evaluated in a completed generation and valid there.
+        An invalid one does not stand for its masks: formulas equal in exact arithmetic can differ in
         float range on real layers (div(G * W, sqr(sqr(X) * (X * X))) overflows where G * W does not)."""
-        self.behaviours = set()
+        self.known.clear()
         if self.cfg.dedup != "masks":
             return
         expressions = {k: entry.expression for (k, fid), entry in self.cache.entries.items()
                        if k in self.cache.seen and fid == self.fids[0] and math.isfinite(entry.fitness)}
         for k in sorted(expressions):
-            b = self._behaviour(parse(expressions[k]), k)
-            if b is not None:
-                self.behaviours.add(b)
+            signature, gene = self._signature(parse(expressions[k]), k)
+            if signature is not None:
+                self.known.add(signature, gene)
 
     def _new(self, e: Node, k: str, taken: set[str]) -> bool:
         """Whether member (e, k) is new: its key not in ``taken`` nor evaluated before, nor (dedup "masks")
         its masks; counts a duplicate when not. A new member's key and masks are then taken."""
-        b = self._behaviour(e, k)
         if k in taken or k in self.cache.seen:
             self.stats["duplicates_replaced"] += 1
             return False
-        if b is not None and b in self.behaviours:
+        signature, gene = self._signature(e, k)
+        if signature is not None and self.known.alike(signature, gene):
             self.stats["duplicates_replaced"] += 1
             self.stats["mask_duplicates"] += 1
             return False
-        taken.add(k)
-        if b is not None:
-            self.behaviours.add(b)
+        self._take(e, k, taken)
         return True
+
+    def _take(self, e: Node, k: str, taken: set[str]) -> None:
+        taken.add(k)
+        signature, gene = self._signature(e, k)
+        if signature is not None:
+            self.known.add(signature, gene)
 
     def _initial(self) -> tuple[list[Member], int]:
         cfg, pop, taken = self.cfg, [], set()
@@ -310,10 +314,7 @@ class _Search:
                 k = _with_gene(key, self._random_gene())
                 if self._allowed(e, key) and k not in taken:
                     pop.append((e, k))
-                    taken.add(k)
-                    b = self._behaviour(e, k)
-                    if b is not None:
-                        self.behaviours.add(b)
+                    self._take(e, k, taken)
         seeds, index = len(pop), 0
         while len(pop) < cfg.population:
             # The first invariant member, with nothing to vary, comes from random trees alone (gauge: about
@@ -344,7 +345,7 @@ class _Search:
                 if fallback is None:
                     raise self._too_small()
                 pop.append(fallback)  # evaluated, though it prunes like a member: better than no run
-                taken.add(fallback[1])
+                self._take(*fallback, taken)
         return pop, len(pop) - seeds
 
     def _selection_keys(self) -> list[tuple[float, int, float]]:
@@ -361,7 +362,7 @@ class _Search:
         fit = self._selection_keys()
         order = sorted(range(len(fit)), key=lambda i: (fit[i], i))
         new = [self.pop[i] for i in order[: cfg.elitism] if math.isfinite(fit[i][2])]
-        taken = {k for _, k in new}  # (the elites' masks are in behaviours: they were evaluated)
+        taken = {k for _, k in new}  # (the elites' masks are known: they were evaluated)
         elites = len(new)
         while len(new) < cfg.population:
             new.append(self._offspring(fit, taken))

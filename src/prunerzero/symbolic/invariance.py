@@ -128,22 +128,28 @@ def _wide_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch
     return w, x, g
 
 
-def mask_fingerprint(metric: "Metric") -> str | None:
-    """A digest of ``metric``'s 50% row-wise and 2:4 masks on fixed random layers; None if it is invalid there.
+def mask_signature(metric: "Metric") -> torch.Tensor | None:
+    """(FINGERPRINT_ENTRIES,) bool: ``metric``'s 50% row-wise and 2:4 masks on two fixed random layers, one
+    at SmolLM2's scales (as ``broken_gauges``), one spread over orders of magnitude, so that a formula
+    that ranks alike only where its values are small (tanh, log's eps) differs there; None if the
+    formula is invalid on them.
 
-    Formulas with the same fingerprint prune alike: monotone transforms of one another within every
-    row (W * sqrt(X), sqr(W) * X, rown(sqr(W) * X)), or differing only by a factor constant per row
-    (div divides by a Frobenius norm, a scalar, so div(W, anything) ranks like W). Their fitness
-    differs only by float rounding, so the search evaluates one of each. Two layers: one at SmolLM2's
-    scales (as ``broken_gauges``), one spread over orders of magnitude, so that a formula that ranks
-    alike only where its values are small (tanh, log's eps) is a formula of its own. Exact equality:
-    formulas that differ in a single mask entry are different formulas.
+    Formulas with (nearly) the same signature prune alike: monotone transforms of one another within
+    every row (W * sqrt(X), sqr(W) * X, rown(sqr(W) * X)), or differing only by a factor constant per
+    row (div divides by a Frobenius norm, a scalar, so div(W, anything) ranks like W). Their fitness
+    differs only by float rounding (see ``search.known_masks`` for how the search uses it).
     """
-    gen = torch.Generator().manual_seed(12345)  # fixed: the fingerprint is a pure function of the formula
-    digest = hashlib.blake2b(digest_size=12)
+    gen = torch.Generator().manual_seed(12345)  # fixed: the signature is a pure function of the formula
     try:
-        for layer in (_random_layer(gen), _wide_layer(gen)):
-            digest.update(_masks(metric, *layer).numpy().tobytes())
+        return torch.cat([_masks(metric, *layer).reshape(-1) for layer in (_random_layer(gen), _wide_layer(gen))])
     except InvalidMetricError:
         return None
-    return digest.hexdigest()
+
+
+FINGERPRINT_ENTRIES = 2 * 2 * _OUT * _IN  # two layers, two masks each
+
+
+def mask_fingerprint(metric: "Metric") -> str | None:
+    """A digest of ``mask_signature``: equal exactly when every mask entry is equal; None if invalid."""
+    signature = mask_signature(metric)
+    return None if signature is None else hashlib.blake2b(signature.numpy().tobytes(), digest_size=12).hexdigest()
