@@ -132,3 +132,29 @@ def test_an_invalid_candidate_does_not_block_its_masks(tmp_path: Path) -> None:
     invalid = {_fp(r["expression"]) for r in cheap if r["fitness"] is None}
     assert "W * sqrt(X)" in {r["expression"] for r in cheap if r["fitness"] is None}
     assert [r["expression"] for r in cheap if r["fitness"] is not None and _fp(r["expression"]) in invalid]
+
+
+class Crash(BaseException):
+    """Stands in for kill -9 (not an Exception: the engine must not take it for an invalid candidate)."""
+
+
+class CrashingFitness(ToyFitness):
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def evaluate(self, metric, fidelity):  # type: ignore[override]
+        if self.calls >= self.after:
+            raise Crash()
+        return super().evaluate(metric, fidelity)
+
+
+def test_dedup_by_masks_survives_a_crash_mid_generation(tmp_path: Path) -> None:
+    cfg = SearchConfig(**CLONE_PRONE, dedup="masks")
+    ref = run_search(ToyFitness(), cfg, tmp_path / "ref", progress=False)
+    k = sum(1 for r in load_run(tmp_path / "ref")["evaluations"] if r["generation"] < 2) + 3
+    with pytest.raises(Crash):
+        run_search(CrashingFitness(after=k), cfg, tmp_path / "crash", progress=False)
+    res = run_search(ToyFitness(), cfg, tmp_path / "crash", resume=True, progress=False)
+    assert res.population == ref.population and res.hall_of_fame == ref.hall_of_fame and res.stats == ref.stats
+    assert [r["key"] for r in _cheap(tmp_path / "crash")] == [r["key"] for r in _cheap(tmp_path / "ref")]
