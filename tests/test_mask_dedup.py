@@ -158,3 +158,21 @@ def test_dedup_by_masks_survives_a_crash_mid_generation(tmp_path: Path) -> None:
     res = run_search(ToyFitness(), cfg, tmp_path / "crash", resume=True, progress=False)
     assert res.population == ref.population and res.hall_of_fame == ref.hall_of_fame and res.stats == ref.stats
     assert [r["key"] for r in _cheap(tmp_path / "crash")] == [r["key"] for r in _cheap(tmp_path / "ref")]
+
+
+def test_a_slot_that_finds_no_new_mask_takes_a_free_seen_member(tmp_path: Path) -> None:
+    """A small gauge search (make demo's population) exhausts slots: the last resort is a member seen
+    before (served from the cache), not a new formula that prunes like one (an evaluation for nothing)."""
+    cfg = SearchConfig(population=10, generations=3, seed=0, invariance="gauge", dedup="masks",
+                       ops=("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "add",
+                            "sub", "mul", "div", "rown", "coln"))
+    res = run_search(ToyFitness(), cfg, tmp_path, progress=False)
+    assert res.stats["cache_hits"] > 0  # the free last resort was used
+    known = KnownMasks()
+    for gen in range(3):
+        rows = [(r, mask_signature(load_metric(r["expression"]))) for r in _cheap(tmp_path) if r["generation"] == gen]
+        if gen > 0:  # generation 0 may fill a slot with a known mask; later ones have seen members to reuse
+            assert not [r["expression"] for r, sig in rows if sig is not None and known.alike(sig)]
+        for r, sig in rows:
+            if r["fitness"] is not None and sig is not None:
+                known.add(sig)

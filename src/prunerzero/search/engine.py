@@ -370,8 +370,10 @@ class _Search:
 
     def _offspring(self, fit: list[tuple[float, int, float]], taken: set[str]) -> Member:
         """A new member whose key is neither in ``taken`` nor seen before (bounded tries; as a
-        last resort a seen-before key re-enters, served from the cache)."""
-        fallback: Member | None = None
+        last resort a seen-before key re-enters, served from the cache, or failing that a new
+        formula whose masks are known, which costs an evaluation)."""
+        fallback: Member | None = None  # seen before: free
+        alike: Member | None = None  # new formula, known masks (dedup "masks" only)
         for attempt in range(self.attempts):
             if attempt < self.attempts // 2:
                 e, lam = self._vary(fit)
@@ -385,11 +387,14 @@ class _Search:
             k = _with_gene(key, lam)
             if self._new(e, k, taken):
                 return e, k
-            if k not in taken and fallback is None:
+            if k in self.cache.seen and k not in taken and fallback is None:
                 fallback = (e, k)
+            elif k not in self.cache.seen and k not in taken and alike is None:
+                alike = (e, k)
+        fallback = fallback or alike
         if fallback is None:
             raise self._too_small()
-        taken.add(fallback[1])
+        self._take(*fallback, taken)
         return fallback
 
     def _vary(self, fit: list[tuple[float, int, float]]) -> tuple[Node, float | None]:
