@@ -8,7 +8,7 @@ import pytest
 
 from prunerzero.errors import UserError
 from prunerzero.search import SearchConfig, load_run, run_search
-from prunerzero.search.toy import ToyFitness
+from prunerzero.search.toy import Crash, CrashingFitness, ToyFitness
 from prunerzero.symbolic import InvalidMetricError, load_metric
 from prunerzero.search.known_masks import KnownMasks
 from prunerzero.symbolic.invariance import mask_fingerprint, mask_signature
@@ -132,21 +132,6 @@ def test_an_invalid_candidate_does_not_block_its_masks(tmp_path: Path) -> None:
     invalid = {_fp(r["expression"]) for r in cheap if r["fitness"] is None}
     assert "W * sqrt(X)" in {r["expression"] for r in cheap if r["fitness"] is None}
     assert [r["expression"] for r in cheap if r["fitness"] is not None and _fp(r["expression"]) in invalid]
-
-
-class Crash(BaseException):
-    """Stands in for kill -9 (not an Exception: the engine must not take it for an invalid candidate)."""
-
-
-class CrashingFitness(ToyFitness):
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after = after
-
-    def evaluate(self, metric, fidelity):  # type: ignore[override]
-        if self.calls >= self.after:
-            raise Crash()
-        return super().evaluate(metric, fidelity)
 
 
 def test_dedup_by_masks_survives_a_crash_mid_generation(tmp_path: Path) -> None:

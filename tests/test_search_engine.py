@@ -15,7 +15,7 @@ from prunerzero.search import SearchConfig, load_run, run_search
 from prunerzero.search import checkpoint as ck
 from prunerzero.search.operators import (Language, Limits, crossover, mutate, mutate_hoist, mutate_point,
                                          mutate_subtree, ramped_half_and_half, random_tree)
-from prunerzero.search.toy import ToyFitness
+from prunerzero.search.toy import Crash, CrashingFitness, ToyFitness
 from prunerzero.symbolic import (PRUNER_ZERO_OPS, InvalidMetricError, depth, load_metric, named_metric, parse, size,
                                  terminals_used)
 
@@ -31,21 +31,6 @@ def _one_torch_thread():
 
 
 SMALL = SearchConfig(population=12, generations=4, seed=3, hall_of_fame_size=5)
-
-
-class Crash(BaseException):
-    """Stands in for kill -9: not an Exception, so the engine does not treat it as invalid."""
-
-
-class CrashingFitness(ToyFitness):
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after = after
-
-    def evaluate(self, metric, fidelity):  # type: ignore[override]
-        if self.calls >= self.after:
-            raise Crash()
-        return super().evaluate(metric, fidelity)
 
 
 class PickyFitness(ToyFitness):

@@ -48,3 +48,21 @@ class ToyFitness:
 
     def describe(self) -> dict[str, Any]:
         return dict(self.settings)
+
+
+class Crash(BaseException):
+    """Stands in for kill -9 in resume tests: not an Exception, so the engine does not take it for an
+    invalid candidate."""
+
+
+class CrashingFitness(ToyFitness):
+    """ToyFitness that raises Crash once it has evaluated ``after`` candidates."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def evaluate(self, metric: Metric, fidelity: str) -> float:
+        if self.calls >= self.after:
+            raise Crash()
+        return super().evaluate(metric, fidelity)
