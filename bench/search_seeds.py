@@ -78,18 +78,22 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...]) -> str:
-    """How many different masks (symbolic.invariance.mask_fingerprint) the valid candidates of each
-    rung had: the exploration a run bought, which its count of formulas overstates when many prune alike."""
+def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...], config: dict) -> str:
+    """How many different masks (symbolic.invariance.mask_fingerprint, with the run's terminals) the valid
+    candidates of each rung had: the exploration a run bought, which its count of formulas overstates
+    when many prune alike. Exact: masks that differ only by rounding count twice (the search's dedup
+    allows 0.2% of entries)."""
+    from prunerzero.analysis.stats import run_spec
     from prunerzero.symbolic import Metric, parse
     from prunerzero.symbolic.invariance import mask_fingerprint
 
+    spec = run_spec({"config": config})
     fingerprints: dict[str, str | None] = {}
     counts = []
     for fid in (fids[0], fids[-1]):
         valid = {e["expression"] for e in evaluations if e["fidelity"] == fid and e["fitness"] is not None}
         for expression in valid - set(fingerprints):
-            fingerprints[expression] = mask_fingerprint(Metric(parse(expression)))
+            fingerprints[expression] = mask_fingerprint(Metric(parse(expression), spec))
         counts.append(f"{len({fingerprints[x] for x in valid})} of {len(valid)}")
     return " / ".join(counts)
 
@@ -117,7 +121,8 @@ def write(args: argparse.Namespace) -> str:
         agreement = ck.get("rung_agreement") or {}
         from prunerzero.search.scores import FitnessCache, rung_agreement  # the run's own records
 
-        fids = tuple(json.loads((run / "config.json").read_text())["fidelities"])
+        config = json.loads((run / "config.json").read_text())
+        fids = tuple(config["fidelities"])
         try:
             cache = FitnessCache(evaluations, ck["generation"])
             agreement = rung_agreement(cache, fids)
@@ -131,7 +136,7 @@ def write(args: argparse.Namespace) -> str:
         dups = f"{stats['duplicates_replaced']} ({stats['mask_duplicates']})" if job["search"].get("dedup") == "masks" \
             else str(stats["duplicates_replaced"])
         lines.append(f"| {name} | {','.join(job['settings'])} | {stats['evaluations']} | "
-                     f"{stats['invalid']} | {_distinct_masks(evaluations, fids)} | {dups} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
+                     f"{stats['invalid']} | {_distinct_masks(evaluations, fids, config)} | {dups} | {wall:.1f} | {agree} | `{best['expression']}` | {best.get('size', '')} |")
         for row in _rows(run):
             if row.get("label", "").startswith("searched") and row.get("formula"):
                 winners.setdefault(row["formula"], [])
