@@ -182,8 +182,11 @@ def write(args: argparse.Namespace) -> str:
         for setting in ("0.5", "2:4"):
             hand = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
                     if k in HAND_MADE and setting in v]
+            # Only entries measured on every calibration draw the hand-made ones were: a winner still being
+            # measured (1-2 draws) must not be named best on a smaller, noisier sample.
+            draws = max((len(v[setting]) for k, v in entries.items() if k in HAND_MADE and setting in v), default=0)
             found = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
-                     if k in winners and setting in v]
+                     if k in winners and len(v.get(setting, {})) >= draws]
             if hand and found and dense:
                 (hk, hv), (fk, fv) = min(hand, key=lambda t: t[1]), min(found, key=lambda t: t[1])
                 paired = sorted(set(entries[fk][setting]) & set(entries[hk][setting]))
