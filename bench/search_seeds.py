@@ -42,9 +42,10 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     for s in args.masks_seeds:  # the same, formulas that prune alike evaluated once (the CLI's default)
         out[f"gauge-masks-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
                                        "--dedup", "masks", "--ops", ",".join(GAUGE_OPS)]
-    if args.per_setting:
-        out["only50-seed0"] = ["--seed", "0", "--settings", "0.5"]
-        out["only24-seed0"] = ["--seed", "0", "--settings", "2:4"]
+    for s in args.per_setting_seeds:  # the gauge-masks search for one setting at a time: half a joint candidate's cost
+        for name, setting in (("only24", "2:4"), ("only50", "0.5")):
+            out[f"{name}-seed{s}"] = ["--seed", str(s), "--settings", setting, "--invariance", "gauge",
+                                      "--dedup", "masks", "--ops", ",".join(GAUGE_OPS)]
     return out
 
 
@@ -197,6 +198,7 @@ def write(args: argparse.Namespace) -> str:
                              f"(paired by calibration draw: {per_seed}).")
     gauge = f" --gauge-seeds {','.join(map(str, args.gauge_seeds))}" if args.gauge_seeds else ""
     gauge += f" --masks-seeds {','.join(map(str, args.masks_seeds))}" if args.masks_seeds else ""
+    gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
     lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {','.join(map(str, args.seeds))}{gauge}` "
               "(each search resumable; rerun to continue), then the same with `--write`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
@@ -204,7 +206,8 @@ def write(args: argparse.Namespace) -> str:
               "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`, "
               "with `--invariance none` for joint-seedS"
               + (f", `--invariance gauge --dedup formula --ops {','.join(GAUGE_OPS)}` for gauge-seedS, the same with "
-                 "`--dedup masks` for gauge-masks-seedS." if gauge else ".")]
+                 "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
+                 "only50-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section("search-seeds", text)
     return text
@@ -220,7 +223,9 @@ def main() -> None:
                     help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
     ap.add_argument("--masks-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
                     help="also these seeds of the gauge search with --dedup masks (names gauge-masks-seedS)")
-    ap.add_argument("--per-setting", action="store_true", help="also one search per setting (seed 0)")
+    ap.add_argument("--per-setting-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                    help="also these seeds of the gauge-masks search run once per setting (names only24-seedS, "
+                         "only50-seedS)")
     ap.add_argument("--write", action="store_true")
     args, args.extra = ap.parse_known_args()
     if args.write:
