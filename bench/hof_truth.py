@@ -113,7 +113,8 @@ def write(args: argparse.Namespace) -> str:
     rows = done_rows()
     order = entries(args.run, args.top)
     hof = {r["expression"]: r for r in json.loads((args.run / "hall_of_fame.json").read_text())}
-    lines = ["## Does the hall of fame's #1 hold up? Its top entries on held-out and reporting text", "",
+    title = "" if args.section == "hof-truth" else f" ({args.run.name})"
+    lines = [f"## Does the hall of fame's #1 hold up? Its top entries on held-out and reporting text{title}", "",
              f"The top {args.top} distinct entries of `{args.run.relative_to(ROOT) if args.run.is_absolute() else args.run}`'s hall of fame "
              "(ranked by the search's top rung, one calibration draw) and two hand-made references, each pruned by the "
              f"full pipeline (32x512 general-mix calibration, seeds {', '.join(map(str, args.seeds))}) and measured on "
@@ -168,9 +169,12 @@ def write(args: argparse.Namespace) -> str:
                      f"{best_val[0]} `{best_val[1]}`: validation {best_val[2]['validation']:.2f}, WikiText-2 "
                      f"{best_val[2]['wikitext2']:.2f}, QASPER {best_val[2]['qasper']:.2f}.")
     shown = args.run.relative_to(ROOT) if args.run.is_absolute() and args.run.is_relative_to(ROOT) else args.run
-    lines += ["", f"Command: `.venv/bin/python bench/hof_truth.py --run {shown} --top {args.top}` then `--write`."]
+    options = f"--run {shown} --top {args.top}"
+    options += "" if args.settings == ["0.5", "2:4"] else f" --settings {','.join(args.settings)}"
+    options += "" if args.section == "hof-truth" else f" --section {args.section}"
+    lines += ["", f"Command: `.venv/bin/python bench/hof_truth.py {options}` then the same with `--write`."]
     text = "\n".join(lines)
-    replace_section("hof-truth", text)
+    replace_section(args.section, text)
     return text
 
 
@@ -181,6 +185,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     ap.add_argument("--settings", type=lambda t: t.split(","), default=["0.5", "2:4"])
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--section", default="hof-truth",
+                    help="the docs/BENCHMARKS.md section to write (another run's: e.g. hof-truth-only24)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     if args.write:
