@@ -173,8 +173,10 @@ def write(args: argparse.Namespace) -> str:
             if twin is not None:
                 found_by[twin] += [(n, f"{lab} `{key}`") for n, lab in winners[key]]
                 del entries[key]
-        order = sorted(entries, key=lambda k: math.prod(_mean_sd(list(v.values()))[0]
-                                                         for v in entries[k].values()) ** (1 / len(entries[k])))
+        # Entries measured at both settings first (a per-setting search's winners have one), each group
+        # by the geometric mean over its settings.
+        order = sorted(entries, key=lambda k: (-len(entries[k]), math.prod(_mean_sd(list(v.values()))[0]
+                                                                          for v in entries[k].values()) ** (1 / len(entries[k]))))
         for key in order:
             found = ", ".join(f"{n} {lab}" for n, lab in found_by.get(key, [])) or "hand-made" \
                 if key not in ("sparsegpt",) else "weight update"
