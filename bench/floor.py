@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--grad-samples", type=int, default=4)
     ap.add_argument("--write", action="store_true", help="write the `floor` section of docs/BENCHMARKS.md")
     args = ap.parse_args()
+    unknown = sorted(set(args.dtypes.split(",")) - {"float32", "bfloat16"})
+    if unknown:  # before the model loads: one line, not a KeyError minutes later
+        ap.error(f"--dtypes: unknown {', '.join(unknown)} (choose from float32, bfloat16)")
 
     import torch
 
