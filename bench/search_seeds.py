@@ -32,20 +32,26 @@ GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "m
              "add", "sub", "mul", "div")
 
 
+def _seed_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; '' -> [] (none of that kind)."""
+    return [int(x) for x in text.split(",") if x]
+
+
 def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     """run name -> its own options (seed, settings)."""
     # The joint searches are the unconstrained search they were started as (the CLI's default is now gauge).
     out = {f"joint-seed{s}": ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "none"] for s in args.seeds}
+    def gauge(seed: int, settings: str, dedup: str) -> list[str]:
+        return ["--seed", str(seed), "--settings", settings, "--invariance", "gauge", "--dedup", dedup,
+                "--ops", ",".join(GAUGE_OPS)]
+
     for s in args.gauge_seeds:  # only gauge-invariant formulas, with per-row / per-column normalisers to build sums
-        out[f"gauge-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
-                                 "--dedup", "formula", "--ops", ",".join(GAUGE_OPS)]
+        out[f"gauge-seed{s}"] = gauge(s, "0.5,2:4", "formula")
     for s in args.masks_seeds:  # the same, formulas that prune alike evaluated once (the CLI's default)
-        out[f"gauge-masks-seed{s}"] = ["--seed", str(s), "--settings", "0.5,2:4", "--invariance", "gauge",
-                                       "--dedup", "masks", "--ops", ",".join(GAUGE_OPS)]
+        out[f"gauge-masks-seed{s}"] = gauge(s, "0.5,2:4", "masks")
     for s in args.per_setting_seeds:  # the gauge-masks search for one setting at a time: half a joint candidate's cost
-        for name, setting in (("only24", "2:4"), ("only50", "0.5")):
-            out[f"{name}-seed{s}"] = ["--seed", str(s), "--settings", setting, "--invariance", "gauge",
-                                      "--dedup", "masks", "--ops", ",".join(GAUGE_OPS)]
+        out[f"only24-seed{s}"] = gauge(s, "2:4", "masks")
+        out[f"only50-seed{s}"] = gauge(s, "0.5", "masks")
     return out
 
 
@@ -183,11 +189,11 @@ def write(args: argparse.Namespace) -> str:
             shown = f"`{key}`" if key in winners else key
             lines.append(f"| {shown} | {found} | {cell(entries[key].get('0.5'))} | {cell(entries[key].get('2:4'))} |")
         for setting in ("0.5", "2:4"):
-            hand = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
-                    if k in HAND_MADE and setting in v]
+            by_seed = {k: v[setting] for k, v in entries.items() if k in HAND_MADE and setting in v}
+            hand = [(k, _mean_sd(list(values.values()))[0]) for k, values in by_seed.items()]
             # Only entries measured on every calibration draw the hand-made ones were: a winner still being
             # measured (1-2 draws) must not be named best on a smaller, noisier sample.
-            draws = max((len(v[setting]) for k, v in entries.items() if k in HAND_MADE and setting in v), default=0)
+            draws = max(map(len, by_seed.values()), default=0)
             found = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
                      if k in winners and len(v.get(setting, {})) >= draws]
             if hand and found and dense:
@@ -217,15 +223,15 @@ def write(args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[0, 1, 2],
+    ap.add_argument("--seeds", type=_seed_list, default=[0, 1, 2],
                     help="seeds of the unconstrained joint search (names joint-seedS); '' for none")
     ap.add_argument("--population", type=int, default=40)
     ap.add_argument("--generations", type=int, default=17)
-    ap.add_argument("--gauge-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+    ap.add_argument("--gauge-seeds", type=_seed_list, default=[],
                     help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
-    ap.add_argument("--masks-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+    ap.add_argument("--masks-seeds", type=_seed_list, default=[],
                     help="also these seeds of the gauge search with --dedup masks (names gauge-masks-seedS)")
-    ap.add_argument("--per-setting-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+    ap.add_argument("--per-setting-seeds", type=_seed_list, default=[],
                     help="also these seeds of the gauge-masks search run once per setting (names only24-seedS, "
                          "only50-seedS)")
     ap.add_argument("--write", action="store_true")
