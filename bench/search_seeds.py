@@ -7,6 +7,11 @@ every entry with each of --calib-seeds and measures WikiText-2 test and QASPER; 
 numbers are shared through the leaderboard cache, so they are measured once. `--write` writes
 the `search-seeds` section of docs/BENCHMARKS.md from the run folders, without searching.
 
+The run folders' small files (settings, evaluation log, checkpoint, hall of fame, leaderboard; not
+the statistics, which a resume computes again exactly) are mirrored every minute into
+bench/results/seeds/<name>/, which is kept in git: a machine that does not keep runs/ between
+sittings restores the folder from there and resumes, and `--write` reads it when runs/ is gone.
+
     .venv/bin/python bench/search_seeds.py                 # run (or resume) every search
     .venv/bin/python bench/search_seeds.py --write         # the section
 """
@@ -16,6 +21,7 @@ import argparse
 import json
 import math
 import statistics
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import BIN, ROOT, WIKI, machine, replace_section  # noqa: E402
 
 RUNS = ROOT / "runs" / "seeds"
+ARCHIVE = ROOT / "bench" / "results" / "seeds"
+# What a search needs to resume and a report needs to be written: everything but the statistics
+# (stats*.safetensors, hundreds of MB, derived exactly from the model and the calibration windows).
+# The checkpoint is copied before the log: the copied log then holds at least every record the copied
+# checkpoint counts (a log ahead of its checkpoint is what a kill leaves, and resume expects it).
+KEPT = ("job.json", "config.json", "checkpoint.json", "hall_of_fame.json", "evaluations.jsonl", "leaderboard.jsonl",
+        "best_metric.txt", "best_tree.json", "best_metric.json", "best_genes.json", "timing.json")
 COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--eval-dtype", "bfloat16",
           "--calib-seeds", "0,1,2", "--report-tokens", "8192", "--leaderboard-top", "2",
           "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
@@ -55,10 +68,49 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
+def run_dir(name: str) -> Path:
+    """The run's folder: runs/seeds/<name> where this machine has it, else its archived copy."""
+    return RUNS / name if (RUNS / name / "job.json").exists() else ARCHIVE / name
+
+
+def mirror(src: Path, dst: Path) -> None:
+    """Copy the run's kept files from src to dst, each atomically (a reader sees the old or the new file)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (src / name).is_file():
+            tmp = dst / f".{name}.tmp"
+            shutil.copyfile(src / name, tmp)
+            tmp.replace(dst / name)
+
+
+def run_search(cmd: list[str], out: Path, archive: Path, every: float = 60.0) -> None:
+    """Run one search, mirroring its folder into the archive every `every` seconds and at the end."""
+    proc = subprocess.Popen(cmd)
+    try:
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=every)
+            except subprocess.TimeoutExpired:
+                pass
+            if (out / "job.json").exists():
+                mirror(out, archive)
+    finally:
+        if proc.poll() is None:  # interrupted here: stop the search, keep what it wrote
+            proc.terminate()
+            proc.wait()
+        if (out / "job.json").exists():
+            mirror(out, archive)
+    if proc.returncode:
+        raise SystemExit(f"search {out.name} stopped with exit status {proc.returncode}")
+
+
 def run_all(args: argparse.Namespace) -> None:
     report = f"{WIKI.resolve()},qasper"
     for name, own in searches(args).items():
         out = RUNS / name
+        if not (out / "job.json").exists() and (ARCHIVE / name / "job.json").exists():
+            print(f"restoring {out} from {ARCHIVE / name} (resuming)", flush=True)
+            mirror(ARCHIVE / name, out)
         if (out / "job.json").exists():
             cmd = [str(BIN / "prunerzero"), "--quiet", "search", "--resume", str(out)]
         else:
@@ -66,7 +118,7 @@ def run_all(args: argparse.Namespace) -> None:
                    "--generations", str(args.generations), "--report-data", report, "--out", str(out),
                    *args.extra]
         print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        run_search(cmd, out, ARCHIVE / name)
 
 
 def _rows(run: Path) -> list[dict]:
@@ -106,9 +158,9 @@ def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...], config: dict
 
 
 def write(args: argparse.Namespace) -> str:
-    names = [n for n in searches(args) if (RUNS / n / "checkpoint.json").exists()]
+    names = [n for n in searches(args) if (run_dir(n) / "checkpoint.json").exists()]
     lines = ["## Searches over seeds: what they find, and whether it holds on other text", ""]
-    first_job = json.loads((RUNS / names[0] / "job.json").read_text())
+    first_job = json.loads((run_dir(names[0]) / "job.json").read_text())
     ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
     lines += [f"SmolLM2-135M; each search: population {first_job['search']['population']}, "
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
@@ -119,7 +171,7 @@ def write(args: argparse.Namespace) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     winners: dict[str, list[tuple[str, str]]] = {}  # formula -> [(search, label)]
     for name in names:
-        run = RUNS / name
+        run = run_dir(name)
         job = json.loads((run / "job.json").read_text())
         ck = json.loads((run / "checkpoint.json").read_text())
         evaluations = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines() if x.strip()]
@@ -150,7 +202,7 @@ def write(args: argparse.Namespace) -> str:
                 if (name, row["label"]) not in winners[row["formula"]]:
                     winners[row["formula"]].append((name, row["label"]))
     # One table per reporting text: every searched winner and every baseline, mean ± sd over calibration seeds.
-    all_rows = [r for n in names for r in _rows(RUNS / n)]
+    all_rows = [r for n in names for r in _rows(run_dir(n))]
     for report in sorted({r["report"] for r in all_rows if r.get("report")}):
         label = "WikiText-2 test" if "wiki" in report else report
         rows = [r for r in all_rows if r.get("report") == report]
