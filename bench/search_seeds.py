@@ -41,6 +41,7 @@ COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--e
           "--calib-seeds", "0,1,2", "--report-tokens", "8192", "--leaderboard-top", "2",
           "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
 HAND_MADE = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
+TWO_MODELS = ("smollm2-135m", "gemma3-270m")  # Llama and Gemma-3: a metric must suit both families
 GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
              "add", "sub", "mul", "div")
 
@@ -65,6 +66,8 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     for s in args.per_setting_seeds:  # the gauge-masks search for one setting at a time: half a joint candidate's cost
         out[f"only24-seed{s}"] = gauge(s, "2:4", "masks")
         out[f"only50-seed{s}"] = gauge(s, "0.5", "masks")
+    for s in args.two_model_seeds:  # the gauge-masks search scored on two model families at once (geometric mean)
+        out[f"two-models-seed{s}"] = gauge(s, "0.5,2:4", "masks") + ["--model", ",".join(TWO_MODELS)]
     return out
 
 
@@ -204,7 +207,8 @@ def write(args: argparse.Namespace) -> str:
     # One table per reporting text: every searched winner and every baseline, mean ± sd over calibration seeds.
     all_rows = [r for n in names for r in _rows(run_dir(n))]
     for report in sorted({r["report"] for r in all_rows if r.get("report")}):
-        label = "WikiText-2 test" if "wiki" in report else report
+        source, _, model = report.partition(" @ ")  # a multi-model search reports each model's texts apart
+        label = ("WikiText-2 test" if "wiki" in source else source) + (f" on {model}" if model else "")
         rows = [r for r in all_rows if r.get("report") == report]
         dense = next((r["ppl"] for r in rows if r["label"] == "dense"), None)
         entries: dict[str, dict[str, dict[int, float]]] = {}
@@ -259,6 +263,7 @@ def write(args: argparse.Namespace) -> str:
     gauge = f" --gauge-seeds {','.join(map(str, args.gauge_seeds))}" if args.gauge_seeds else ""
     gauge += f" --masks-seeds {','.join(map(str, args.masks_seeds))}" if args.masks_seeds else ""
     gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
+    gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
     lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {','.join(map(str, args.seeds))}{gauge}` "
               "(each search resumable; rerun to continue), then the same with `--write`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
@@ -267,7 +272,7 @@ def write(args: argparse.Namespace) -> str:
               "with `--invariance none` for joint-seedS"
               + (f", `--invariance gauge --dedup formula --ops {','.join(GAUGE_OPS)}` for gauge-seedS, the same with "
                  "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
-                 "only50-seedS." if gauge else ".")]
+                 f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section("search-seeds", text)
     return text
@@ -286,6 +291,9 @@ def main() -> None:
     ap.add_argument("--per-setting-seeds", type=_seed_list, default=[],
                     help="also these seeds of the gauge-masks search run once per setting (names only24-seedS, "
                          "only50-seedS)")
+    ap.add_argument("--two-model-seeds", type=_seed_list, default=[],
+                    help="also these seeds of the gauge-masks search with the fitness over SmolLM2 and Gemma-3-270M "
+                         "(names two-models-seedS)")
     ap.add_argument("--write", action="store_true")
     args, args.extra = ap.parse_known_args()
     if args.write:
