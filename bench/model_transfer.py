@@ -44,8 +44,11 @@ SEARCHED = {
 # Measured first within each seed: the comparison that decides the verdict, then the rest.
 ORDER = ("wanda", "ria", "sqrt(sqr(W * sqrt(X)) * coln(W * G))", "sparsegpt", "gblm", "pruner-zero",
          "coln(rown(sqrt(W * G))) * (W * sqrt(X))", "tanh(coln(coln(zsn(G * W))) + mms(rown(W * sqrt(X))))",
-         "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "mms(X * W) * (tanh(G * W) + sqr(mms(W)))", "magnitude")
+         "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "mms(X * W) * (tanh(G * W) + sqr(mms(W)))", "magnitude",
+         "wanda + admm")
 SEED_FREE = {"magnitude"}  # no calibration: one draw is every draw
+# Weight updates after a mask (issue 15's best on SmolLM2): does beating SparseGPT carry to the other family?
+UPDATES = {"wanda + admm": ("wanda", "admm")}
 
 
 def done_rows(repair: bool = False) -> list[dict]:
@@ -72,9 +75,12 @@ def measure(args: argparse.Namespace) -> None:
         return
 
     def config(entry: str, seed: int) -> PruneConfig:
+        common = dict(model=args.model, calib_data="general", nsamples=32, seqlen=512, seed=seed)
+        if entry in UPDATES:
+            method, update = UPDATES[entry]
+            return PruneConfig(**common, method=method, reconstruct=update)
         named = entry in HAND_MADE or entry == "sparsegpt"
-        return PruneConfig(model=args.model, calib_data="general", nsamples=32, seqlen=512, seed=seed,
-                           method=entry if named else "wanda", metric=None if named else entry)
+        return PruneConfig(**common, method=entry if named else "wanda", metric=None if named else entry)
 
     base = config("wanda", 0)
     lm, windowing = base.open_model()
@@ -138,7 +144,7 @@ def write(args: argparse.Namespace) -> str:
                 table[entry] = vals
         for entry in sorted(table, key=lambda e: statistics.fmean(r["ppl"]["wikitext2"] for r in table[e])):
             vals = table[entry]
-            found = SEARCHED.get(entry, "weight update" if entry == "sparsegpt" else "hand-made")
+            found = SEARCHED.get(entry, "weight update" if entry == "sparsegpt" or entry in UPDATES else "hand-made")
             shown = f"`{entry}`" if entry in SEARCHED else entry
             secs = statistics.median(r["prune_seconds"] for r in vals)
             lines.append(f"| {shown} | {found} | {_ms([r['ppl']['wikitext2'] for r in vals])} | "
@@ -168,6 +174,15 @@ def write(args: argparse.Namespace) -> str:
             verdicts.append(f"- {setting}, {text} (seeds {','.join(map(str, seeds))}): best searched `{fk}` gap to "
                             f"dense {gap(found[fk]):.2f} vs best hand-made {hk} {gap(hand[hk]):.2f}: "
                             f"{100 * (1 - gap(found[fk]) / gap(hand[hk])):+.1f}% smaller ({per}){rec}.")
+            for update in (u for u in UPDATES if u in table and "sparsegpt" in table):
+                ups = {r["seed"]: r["ppl"][text] for r in table[update]}
+                sgpt = {r["seed"]: r["ppl"][text] for r in table["sparsegpt"]}
+                both = sorted(set(ups) & set(sgpt))
+                if both:
+                    ug = statistics.fmean(ups[s] for s in both) - dense[text]
+                    sg = statistics.fmean(sgpt[s] for s in both) - dense[text]
+                    verdicts.append(f"- {setting}, {text} (seeds {','.join(map(str, both))}): {update} gap to dense "
+                                    f"{ug:.2f} vs SparseGPT's {sg:.2f}: {100 * (1 - ug / sg):+.1f}% smaller.")
     lines += ["Gap to dense, best searched against best hand-made (both over the same calibration draws):", "",
               *verdicts, "",
               f"Command: `.venv/bin/python bench/model_transfer.py --model {args.model}` (resumes from "
