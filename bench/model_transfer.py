@@ -124,6 +124,48 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {sd:.2f} (n={len(values)})"
 
 
+def robustness(rows: list[dict], settings: list[str]) -> list[str]:
+    """Across every model with rows: each cell (model, text, setting) divides a metric's gap to dense by
+    the smallest hand-made gap of that cell (an oracle pick of the hand-made metric), then the geometric
+    mean and the worst cell per metric. Lines of a table, or none when fewer than two models have rows."""
+    import math
+
+    models = sorted({r["model"] for r in rows})
+    if len(models) < 2:
+        return []
+    mean: dict[tuple, float] = {}  # (entry, model, text, setting) -> mean ppl over the draws
+    for model in models:
+        dense = next(r["ppl"] for r in rows if r["model"] == model and r["entry"] == "dense")
+        for entry in ORDER:
+            for setting in settings:
+                vals = [r["ppl"] for r in rows if r["model"] == model and r["entry"] == entry and r["setting"] == setting]
+                for text in TEXTS:
+                    if vals:
+                        mean[(entry, model, text, setting)] = statistics.fmean(v[text] for v in vals) - dense[text]
+    cells = [(m, t, s) for m in models for t in TEXTS for s in settings]
+    hand = [e for e in HAND_MADE if e not in SEED_FREE]
+    lines = ["### Across models: gap to dense over the best hand-made metric's, cell by cell", "",
+             f"Cells: {len(models)} models x {len(TEXTS)} texts x {len(settings)} settings. A ratio below 1 beats the "
+             "best hand-made metric of that cell (an oracle pick: which one is best changes from cell to cell).", "",
+             "| metric | geometric mean | worst cell |", "|---|---|---|"]
+    scored = []
+    for entry in ORDER:
+        if entry in SEED_FREE or entry in UPDATES or entry == "sparsegpt":
+            continue
+        ratios = {}
+        for cell in cells:
+            best = [mean[(h, *cell)] for h in hand if (h, *cell) in mean]
+            if (entry, *cell) in mean and len(best) == len(hand):
+                ratios[cell] = mean[(entry, *cell)] / min(best)
+        if len(ratios) == len(cells):
+            worst = max(ratios, key=ratios.get)
+            scored.append((math.exp(statistics.fmean(math.log(v) for v in ratios.values())), entry, ratios[worst], worst))
+    for geo, entry, worst, (m, t, s) in sorted(scored):
+        shown = f"`{entry}`" if entry in SEARCHED else entry
+        lines.append(f"| {shown} | {geo:.3f} | {worst:.3f} ({m}, {t}, {s}) |")
+    return lines + [""]
+
+
 def write(args: argparse.Namespace) -> str:
     rows = [r for r in done_rows() if r["model"] == args.model]
     dense = next(r["ppl"] for r in rows if r["entry"] == "dense")
@@ -184,7 +226,7 @@ def write(args: argparse.Namespace) -> str:
                     verdicts.append(f"- {setting}, {text} (seeds {','.join(map(str, both))}): {update} gap to dense "
                                     f"{ug:.2f} vs SparseGPT's {sg:.2f}: {100 * (1 - ug / sg):+.1f}% smaller.")
     lines += ["Gap to dense, best searched against best hand-made (both over the same calibration draws):", "",
-              *verdicts, "",
+              *verdicts, "", *robustness(done_rows(), args.settings),
               f"Command: `.venv/bin/python bench/model_transfer.py --model {args.model}` (resumes from "
               "bench/results/model-transfer.jsonl), then the same with `--write`."]
     text = "\n".join(lines)
