@@ -305,10 +305,13 @@ def test_unknown_method_without_a_close_match_lists_choices():
 
 @pytest.mark.parametrize("width", [GRAM_MIN_WIDTH - 1, GRAM_MIN_WIDTH, 576, 1000, 1536])
 def test_gram_from_upper_blocks_equals_the_full_product(width):
-    """H built from the blocks on and above the diagonal (the rest mirrored) is x^T x to the bit,
-    and exactly symmetric, so SparseGPT's masks and updates do not move."""
+    """H built from the blocks on and above the diagonal (the rest mirrored) is x^T x up to float32
+    rounding, and exactly symmetric. Not to the bit: whether a block's product sums the tokens in the
+    same order as the full product's depends on the BLAS kernel the CPU gets (equal on one Xeon, 3e-7
+    apart on another)."""
     gen = torch.Generator().manual_seed(width)
     x = torch.randn(2048, width, generator=gen) * torch.rand(width, generator=gen)
-    got = gram(x)
-    assert torch.equal(got, x.t() @ x)
+    got, full = gram(x), x.t() @ x
+    assert (got - full).abs().max() <= 1e-5 * full.abs().max()
     assert torch.equal(got, got.t())
+    assert torch.equal(got, gram(x))  # deterministic: the same statistics every run

@@ -82,8 +82,9 @@ def sum_of_squares(x: torch.Tensor) -> torch.Tensor:
 
 # Column block of the Gram matrix's products: X^T X is symmetric, so only the blocks on and above
 # the diagonal are multiplied and the rest mirrored. With 2-4 blocks that is 21-28% less time for
-# SmolLM2's 576- and 1536-wide inputs on CPU (a quarter of SparseGPT's statistics), and every block
-# equals the full product's to the bit on CPU (tested): the reduction over tokens is the same.
+# SmolLM2's 576- and 1536-wide inputs on CPU (a quarter of SparseGPT's statistics). Each block equals
+# the full product's up to float32 rounding (tested), to the bit where the BLAS kernel sums the tokens
+# in the same order for both shapes (one Xeon did, another did not); the mirror keeps H exactly symmetric.
 GRAM_BLOCK = 384
 GRAM_MIN_WIDTH = 256  # narrower inputs (tiny test models) take one product: blocks would only add calls
 
