@@ -212,7 +212,7 @@ def write(args: argparse.Namespace) -> str:
                             for s in seeds)
             first = "sqrt(sqr(W * sqrt(X)) * coln(W * G))"
             rec = "" if fk == first or first not in found else \
-                f"; the recommended `{first}`: {100 * (1 - gap(found[first]) / gap(hand[hk])):+.1f}%"
+                f"; SmolLM2's best searched 2:4 mask `{first}`: {100 * (1 - gap(found[first]) / gap(hand[hk])):+.1f}%"
             verdicts.append(f"- {setting}, {text} (seeds {','.join(map(str, seeds))}): best searched `{fk}` gap to "
                             f"dense {gap(found[fk]):.2f} vs best hand-made {hk} {gap(hand[hk]):.2f}: "
                             f"{100 * (1 - gap(found[fk]) / gap(hand[hk])):+.1f}% smaller ({per}){rec}.")
