@@ -46,6 +46,14 @@ def test_a_split_gguf_with_the_wrong_checksum_leaves_no_file(tmp_path, monkeypat
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 
+def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    _, target = _fake_split(tmp_path, monkeypatch, sha=None)
+    target.parent.parent.mkdir(parents=True)
+    target.parent.write_text("a file where the cache's gguf folder should be")
+    with pytest.raises(UserError, match="cannot assemble fake-split's GGUF file"):
+        embedded_gguf_path("fake-split")
+
+
 def test_a_missing_wheel_names_the_install_command(monkeypatch):
     monkeypatch.setitem(EMBEDDED_MODELS, "fake-missing",
                         EmbeddedModel((("no-such-wheel-prunerzero", "x.gguf"),), "1.2.3"))

