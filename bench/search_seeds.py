@@ -36,7 +36,7 @@ ARCHIVE = ROOT / "bench" / "results" / "seeds"
 # The checkpoint is copied before the log: the copied log then holds at least every record the copied
 # checkpoint counts (a log ahead of its checkpoint is what a kill leaves, and resume expects it).
 KEPT = ("job.json", "config.json", "checkpoint.json", "hall_of_fame.json", "evaluations.jsonl", "leaderboard.jsonl",
-        "best_metric.txt", "best_tree.json", "best_metric.json", "best_genes.json", "timing.json")
+        "best_metric.txt", "best_tree.json", "best_metric.json", "best_genes.json", "timing.json", "timing-1.json")
 COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--eval-dtype", "bfloat16",
           "--calib-seeds", "0,1,2", "--report-tokens", "8192", "--leaderboard-top", "2",
           "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
