@@ -162,7 +162,11 @@ def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...], config: dict
 
 def write(args: argparse.Namespace) -> str:
     names = [n for n in searches(args) if (run_dir(n) / "checkpoint.json").exists()]
-    lines = ["## Searches over seeds: what they find, and whether it holds on other text", ""]
+    if not names:
+        raise SystemExit("none of these searches has finished a generation yet (no checkpoint.json in runs/seeds "
+                         "or bench/results/seeds): nothing to write")
+    title = "" if args.section == "search-seeds" else f" ({args.section})"
+    lines = [f"## Searches over seeds: what they find, and whether it holds on other text{title}", ""]
     first_job = json.loads((run_dir(names[0]) / "job.json").read_text())
     ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
     lines += [f"SmolLM2-135M; each search: population {first_job['search']['population']}, "
@@ -265,7 +269,8 @@ def write(args: argparse.Namespace) -> str:
     gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
     gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
     lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {','.join(map(str, args.seeds))}{gauge}` "
-              "(each search resumable; rerun to continue), then the same with `--write`. Searches: `prunerzero search "
+              "(each search resumable; rerun to continue), then the same with `--write"
+              + ("" if args.section == "search-seeds" else f" --section {args.section}") + "`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
               f"--population {args.population} --generations {args.generations} --report-data "
               "../shared/data/wikitext-2-raw/wiki.test.raw,qasper " + " ".join(args.extra) + " --out runs/seeds/<name>`, "
@@ -274,7 +279,7 @@ def write(args: argparse.Namespace) -> str:
                  "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
                  f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS." if gauge else ".")]
     text = "\n".join(lines)
-    replace_section("search-seeds", text)
+    replace_section(args.section, text)
     return text
 
 
@@ -294,6 +299,10 @@ def main() -> None:
     ap.add_argument("--two-model-seeds", type=_seed_list, default=[],
                     help="also these seeds of the gauge-masks search with the fitness over SmolLM2 and Gemma-3-270M "
                          "(names two-models-seedS)")
+    ap.add_argument("--section", default="search-seeds",
+                    help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
+                         "before (search-seeds was written from run folders this machine no longer has), e.g. "
+                         "search-two-models")
     ap.add_argument("--write", action="store_true")
     args, args.extra = ap.parse_known_args()
     if args.write:
