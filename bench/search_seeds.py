@@ -22,6 +22,7 @@ import json
 import math
 import statistics
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,13 @@ def mirror(src: Path, dst: Path) -> None:
 
 
 def run_search(cmd: list[str], out: Path, archive: Path, every: float = 60.0) -> None:
-    """Run one search, mirroring its folder into the archive every `every` seconds and at the end."""
+    """Run one search, mirroring its folder into the archive every `every` seconds and at the end.
+    `kill -TERM` on this script stops the search and mirrors what it wrote (SIGINT is ignored when the
+    script runs in the background of a non-interactive shell, as nohup ... & does)."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     proc = subprocess.Popen(cmd)
     try:
         while proc.poll() is None:
