@@ -20,13 +20,14 @@ keep runs/ resumes from it); a run started again measures only what is missing.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import ROOT, WIKI, machine, replace_section  # noqa: E402
+from run_bench import ROOT, WIKI, machine, replace_section, seed_list  # noqa: E402
 
 from prunerzero import io  # noqa: E402
 
@@ -96,21 +97,19 @@ def measure(args: argparse.Namespace) -> None:
         io.append_jsonl(ROWS, row)
         print("dense", {k: round(v, 2) for k, v in row["ppl"].items()}, flush=True)
     snapshot = DenseSnapshot(lm.model)
-    calib: dict[int, tuple] = {}
+    windows: dict[int, object] = {}  # calibration seed -> (nsamples, seqlen) ids
+    grads: dict[int, object] = {}  # calibration seed -> G, computed the first time a metric needs it
     for entry, setting, seed in todo:
         snapshot.restore()
         cfg = config(entry, seed)
         method = build_method(cfg)
-        if seed not in calib:
-            ids = cfg.calibration_windows(calib_tokens, windowing)
-            calib[seed] = (ids, None)
-        ids, grads = calib[seed]
-        if "G" in method.needs and grads is None:
-            grads, _ = cfg.dense_gradients(lm, ids, progress=False)  # the disk cache when there
-            calib[seed] = (ids, grads)
+        if seed not in windows:
+            windows[seed] = cfg.calibration_windows(calib_tokens, windowing)
+        if "G" in method.needs and seed not in grads:
+            grads[seed], _ = cfg.dense_gradients(lm, windows[seed], progress=False)  # the disk cache when there
         start = time.perf_counter()
-        prune_model(lm.model, method, parse_setting(setting), ids, grads=grads if "G" in method.needs else None,
-                    progress=False)
+        prune_model(lm.model, method, parse_setting(setting), windows[seed],
+                    grads=grads[seed] if "G" in method.needs else None, progress=False)
         seconds = time.perf_counter() - start
         row = {"model": args.model, "entry": entry, "setting": setting, "seed": seed, "ppl": ppl(),
                "prune_seconds": round(seconds, 1), "tokens": args.tokens}
@@ -128,12 +127,10 @@ def robustness(rows: list[dict], settings: list[str]) -> list[str]:
     """Across every model with rows: each cell (model, text, setting) divides a metric's gap to dense by
     the smallest hand-made gap of that cell (an oracle pick of the hand-made metric), then the geometric
     mean and the worst cell per metric. Lines of a table, or none when fewer than two models have rows."""
-    import math
-
     models = sorted({r["model"] for r in rows})
     if len(models) < 2:
         return []
-    mean: dict[tuple, float] = {}  # (entry, model, text, setting) -> mean ppl over the draws
+    gaps: dict[tuple, float] = {}  # (entry, model, text, setting) -> mean ppl over the draws minus dense
     for model in models:
         dense = next(r["ppl"] for r in rows if r["model"] == model and r["entry"] == "dense")
         for entry in ORDER:
@@ -141,7 +138,7 @@ def robustness(rows: list[dict], settings: list[str]) -> list[str]:
                 vals = [r["ppl"] for r in rows if r["model"] == model and r["entry"] == entry and r["setting"] == setting]
                 for text in TEXTS:
                     if vals:
-                        mean[(entry, model, text, setting)] = statistics.fmean(v[text] for v in vals) - dense[text]
+                        gaps[(entry, model, text, setting)] = statistics.fmean(v[text] for v in vals) - dense[text]
     cells = [(m, t, s) for m in models for t in TEXTS for s in settings]
     hand = [e for e in HAND_MADE if e not in SEED_FREE]
     lines = ["### Across models: gap to dense over the best hand-made metric's, cell by cell", "",
@@ -154,9 +151,9 @@ def robustness(rows: list[dict], settings: list[str]) -> list[str]:
             continue
         ratios = {}
         for cell in cells:
-            best = [mean[(h, *cell)] for h in hand if (h, *cell) in mean]
-            if (entry, *cell) in mean and len(best) == len(hand):
-                ratios[cell] = mean[(entry, *cell)] / min(best)
+            best = [gaps[(h, *cell)] for h in hand if (h, *cell) in gaps]
+            if (entry, *cell) in gaps and len(best) == len(hand):
+                ratios[cell] = gaps[(entry, *cell)] / min(best)
         if len(ratios) == len(cells):
             worst = max(ratios, key=ratios.get)
             scored.append((math.exp(statistics.fmean(math.log(v) for v in ratios.values())), entry, ratios[worst], worst))
@@ -237,7 +234,7 @@ def write(args: argparse.Namespace) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="gemma3-270m")
-    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     ap.add_argument("--settings", type=lambda t: t.split(","), default=["0.5", "2:4"])
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--write", action="store_true")

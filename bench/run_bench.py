@@ -34,6 +34,11 @@ def command_line(extra: list[str]) -> str:
     return ".venv/bin/prunerzero prune " + " ".join(shown)
 
 
+def seed_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; '' -> [] (none): the bench scripts' --seeds options."""
+    return [int(x) for x in text.split(",") if x]
+
+
 def replace_section(name: str, body: str) -> None:
     """Rewrite one `<!-- name -->` section of docs/BENCHMARKS.md, keeping the others."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nMade by `make bench` (bench/run_bench.py).\n"

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import BIN, ROOT, WIKI, machine, replace_section  # noqa: E402
+from run_bench import BIN, ROOT, WIKI, machine, replace_section, seed_list  # noqa: E402
 
 RUNS = ROOT / "runs" / "seeds"
 ARCHIVE = ROOT / "bench" / "results" / "seeds"
@@ -45,11 +45,6 @@ HAND_MADE = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 TWO_MODELS = ("smollm2-135m", "gemma3-270m")  # Llama and Gemma-3: a metric must suit both families
 GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
              "add", "sub", "mul", "div")
-
-
-def _seed_list(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]; '' -> [] (none of that kind)."""
-    return [int(x) for x in text.split(",") if x]
 
 
 def searches(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -292,18 +287,18 @@ def write(args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=_seed_list, default=[0, 1, 2],
+    ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2],
                     help="seeds of the unconstrained joint search (names joint-seedS); '' for none")
     ap.add_argument("--population", type=int, default=40)
     ap.add_argument("--generations", type=int, default=17)
-    ap.add_argument("--gauge-seeds", type=_seed_list, default=[],
+    ap.add_argument("--gauge-seeds", type=seed_list, default=[],
                     help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
-    ap.add_argument("--masks-seeds", type=_seed_list, default=[],
+    ap.add_argument("--masks-seeds", type=seed_list, default=[],
                     help="also these seeds of the gauge search with --dedup masks (names gauge-masks-seedS)")
-    ap.add_argument("--per-setting-seeds", type=_seed_list, default=[],
+    ap.add_argument("--per-setting-seeds", type=seed_list, default=[],
                     help="also these seeds of the gauge-masks search run once per setting (names only24-seedS, "
                          "only50-seedS)")
-    ap.add_argument("--two-model-seeds", type=_seed_list, default=[],
+    ap.add_argument("--two-model-seeds", type=seed_list, default=[],
                     help="also these seeds of the gauge-masks search with the fitness over SmolLM2 and Gemma-3-270M "
                          "(names two-models-seedS)")
     ap.add_argument("--section", default="search-seeds",
