@@ -57,7 +57,22 @@ def machine() -> str:
 
     import torch
 
-    return f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}"
+    return (f"{os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{platform.processor() or platform.machine()}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its matrix extensions: timings from different sittings ran on
+    different CPUs (an AMD EPYC, an Intel Xeon with AMX), and the ratios to a forward differ."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cpu unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "cpu unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {' '.join(extras)}" if extras else model
 
 
 def bench_prune(methods: list[str], patterns: list[tuple[str, str]], title: str, section: str) -> None:

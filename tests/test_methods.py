@@ -18,7 +18,8 @@ from prunerzero.calib.stats import (
 from prunerzero.errors import UserError
 from prunerzero.masks import make_mask, parse_target
 from prunerzero.methods import METHODS, get_method
-from prunerzero.methods.obs import obs_prune
+from prunerzero.methods import obs
+from prunerzero.methods.obs import FactorMemo, inverse_hessian_factor, obs_prune
 from prunerzero.methods.wanda import wanda_score
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -123,6 +124,12 @@ def test_linears_fed_the_same_tensor_share_one_accumulator():
         torch.testing.assert_close(s.x_mean_sq, inp.pow(2).mean(0))
         torch.testing.assert_close(s.hessian, inp.t() @ inp / inp.shape[0])
     assert col.stats("missing").x_mean_sq is None
+    # siblings get the very same X and H (SparseGPT factorises a shared H once), each its own stats
+    # object (G is attached per linear), and an update after finalize is not hidden by the memo
+    q, k = col.stats("q"), col.stats("k")
+    assert q.hessian is k.hessian and q.x_mean_sq is k.x_mean_sq and q is not k
+    acc["q"].update(torch.ones(2, 4))
+    assert col.stats("q").hessian is not q.hessian and acc["q"].tokens == 32
     # hooks are gone after the context
     assert not model.q._forward_hooks and not model.o._forward_hooks
 
@@ -279,6 +286,54 @@ def test_obs_handles_dead_inputs():
     out = obs_prune(w, h, parse_target(0.5))
     assert torch.isfinite(out).all()
     assert int((out == 0).sum()) == w.numel() // 2
+
+
+def _reference_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """SparseGPT's chain in float64: chol(H + damp I) -> its inverse -> upper chol of that."""
+    h = h.double()
+    damped = h + percdamp * h.diag().mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+
+
+@pytest.mark.parametrize("width", [6, 96, 300])
+def test_inverse_hessian_factor_is_the_upper_factor_of_the_damped_inverse(width):
+    """One float32 Cholesky of the reversed H gives SparseGPT's factor to float32 rounding, even
+    with outlier channels (LLM activations have them) that stretch H's spectrum."""
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(4 * width, width, generator=gen) * torch.rand(width, generator=gen)
+    x[:, :2] *= 50.0  # outlier channels: diag(H) spans about 10^4
+    h = x.t() @ x / x.shape[0]
+    got = inverse_hessian_factor(h, 0.01)
+    assert got.dtype == torch.float32 and torch.equal(got, got.triu()) and bool((got.diag() > 0).all())
+    ref = _reference_factor(h, 0.01)
+    assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-4
+
+
+def test_inverse_hessian_factor_retries_in_float64_before_damping_harder(monkeypatch):
+    """float32 rounding alone must not change the damping: a failed float32 factorisation is
+    retried in float64 at the same damping."""
+    real = torch.linalg.cholesky
+
+    def no_float32(a, *args, **kwargs):
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("pretend float32 is not positive definite")
+        return real(a, *args, **kwargs)
+
+    w, x = _random_layer(out=4, inp=24, tokens=96, seed=8)
+    h = x.t() @ x / x.shape[0]
+    monkeypatch.setattr(obs.torch.linalg, "cholesky", no_float32)
+    got = inverse_hessian_factor(h, 0.01)
+    torch.testing.assert_close(got.double(), _reference_factor(h, 0.01), rtol=1e-5, atol=1e-6)
+
+
+def test_factor_memo_factorises_a_shared_hessian_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(obs, "inverse_hessian_factor", lambda h, p: calls.append(h) or torch.eye(len(h)))
+    memo = FactorMemo(0.01)
+    h = torch.eye(3)
+    assert memo(h) is memo(h)  # q, then k and v with the same H object
+    memo(h.clone())  # equal values, another tensor (another layer): computed again
+    assert len(calls) == 2
 
 
 # ----------------------------------------------------------------- registry

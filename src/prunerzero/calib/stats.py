@@ -115,8 +115,12 @@ class InputAccumulator:
         self.tokens = 0
         self.sum_sq: torch.Tensor | None = None  # (in,)
         self.gram: torch.Tensor | None = None  # (in, in)
+        # (X, H) as finalize last returned them: linears sharing this accumulator (q/k/v) get the
+        # very same tensors, so a method can tell they share H (SparseGPT factorises it once).
+        self._final: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
 
     def update(self, x: torch.Tensor) -> None:
+        self._final = None
         x = x.reshape(-1, x.shape[-1])  # (tokens, in); sums are float32 whatever the model's dtype
         self.tokens += x.shape[0]
         if self.want_x:
@@ -127,11 +131,12 @@ class InputAccumulator:
             self.gram = part if self.gram is None else self.gram.add_(part)
 
     def finalize(self) -> LinearStats:
-        n = max(self.tokens, 1)
-        return LinearStats(
-            x_mean_sq=None if self.sum_sq is None else self.sum_sq / n,
-            hessian=None if self.gram is None else self.gram / n,
-        )
+        """A new LinearStats per call (callers attach G to it), holding X and H shared between calls."""
+        if self._final is None:
+            n = max(self.tokens, 1)
+            self._final = (None if self.sum_sq is None else self.sum_sq / n,
+                           None if self.gram is None else self.gram / n)
+        return LinearStats(x_mean_sq=self._final[0], hessian=self._final[1])
 
 
 class StatsCollector:

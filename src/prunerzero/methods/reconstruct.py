@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..masks import SparsityTarget, make_mask
 from .base import Method
 from .admm import admm_update
-from .obs import obs_prune
+from .obs import FactorMemo, obs_prune
 
 MODES = ("fixed", "block")
 KINDS = ("none", "obs", "admm")
@@ -94,9 +94,12 @@ def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float 
         raise UserError(f"--reconstruct needs a method that scores weights; {method.name} does not "
                         "(sparsegpt already reconstructs)")
 
+    factor = FactorMemo(percdamp)  # q/k/v and gate/up share one H: factorised once
+
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
+        hinv = factor(stats.hessian) if kind == "obs" else None
         return reconstruct_prune(weight, stats, target, score, mode, percdamp=percdamp, blocksize=blocksize,
-                                 kind=kind, admm_iters=admm_iters, cg_iters=cg_iters)
+                                 hinv=hinv, kind=kind, admm_iters=admm_iters, cg_iters=cg_iters)
 
     details = {"kind": kind, "mode": mode, "percdamp": percdamp}
     details.update({"blocksize": blocksize} if kind == "obs" else {"admm_iters": admm_iters, "cg_iters": cg_iters})

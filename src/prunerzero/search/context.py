@@ -24,11 +24,17 @@ from .job import STATS_FILE, SearchJob, fitness_split
 
 def _save_stats(path: Path, stats: dict[str, LinearStats]) -> None:
     tensors = {}
+    seen: set[int] = set()  # storages already written
     for name, s in stats.items():
         for key in ("x_mean_sq", "hessian", "grad_l1", "grad_l2"):
             value = getattr(s, key)
             if value is not None:
-                tensors[f"{name}.{key}"] = value.contiguous()
+                value = value.contiguous()
+                # q/k/v (gate/up) share one X and H tensor (calib.stats); safetensors refuses shared
+                # storage, so a sibling's copy is written on its own (it is read back as one anyway).
+                ptr = value.untyped_storage().data_ptr()
+                tensors[f"{name}.{key}"] = value.clone() if ptr in seen else value
+                seen.add(ptr)
     io.write_bytes(path, save(tensors))
 
 
