@@ -310,7 +310,10 @@ def main() -> None:
     if args.write:
         print(write(args))
     else:
-        run_all(args)
+        try:
+            run_all(args)
+        except KeyboardInterrupt:  # kill -TERM (or Ctrl-C): run_search has stopped the search and mirrored it
+            raise SystemExit(f"stopped; what the search wrote is in {ARCHIVE} (rerun the same command to resume)")
 
 
 if __name__ == "__main__":
