@@ -62,10 +62,25 @@ def test_sparsegpt_is_obs_with_its_own_saliency_and_its_mask_replays_exactly():
     for pattern in ("unstructured", "2:4"):
         target = parse_target(0.5, pattern)
         sparsegpt = get_method("sparsegpt").prune(weight.clone(), stats, target)
-        assert torch.equal(sparsegpt, obs_prune(weight, stats.hessian, target))
+        assert torch.equal(sparsegpt, obs_prune(weight, stats.hessian, target, block_group="row"))
         # The same OBS code given SparseGPT's final mask up front reproduces SparseGPT's weights.
         replay = obs_prune(weight, stats.hessian, target, fixed_mask=sparsegpt == 0)
         torch.testing.assert_close(replay, sparsegpt, rtol=0, atol=1e-5)
+
+
+def test_sparsegpt_honours_the_comparison_group():
+    """--group row (the default) prunes each output row's share of every block; --group layer compares
+    the whole block across rows, as the reference code does; N:M is the same either way."""
+    weight, stats, _ = _layer(4, out=12, inp=96)
+    weight[:3] *= 20.0  # three rows of large weights: a block-wide comparison spares them, per row cannot
+    method = get_method("sparsegpt")
+    per_row = method.prune(weight.clone(), stats, parse_target(0.5, "unstructured", "row"))
+    block = method.prune(weight.clone(), stats, parse_target(0.5, "unstructured", "layer"))
+    assert ((per_row == 0).sum(1) == 48).all()  # every row loses exactly half
+    assert (block[:3] == 0).sum() < 3 * 48 and (block == 0).sum() == (per_row == 0).sum()
+    assert torch.equal(block, obs_prune(weight, stats.hessian, parse_target(0.5), block_group="block"))
+    nm = [method.prune(weight.clone(), stats, parse_target(0.5, "2:4", g)) for g in ("row", "layer")]
+    assert torch.equal(nm[0], nm[1])
 
 
 @pytest.mark.parametrize("group", ["row", "layer"])
