@@ -30,7 +30,7 @@ from .job import SearchJob
 
 LEADERBOARD_LOG = "leaderboard.jsonl"
 LEADERBOARD_MD = "leaderboard.md"
-CACHE_VERSION = 2  # bump when a change of the pipeline changes leaderboard numbers (2: SparseGPT per row, float32 factor)
+CACHE_VERSION = 2  # bump when a pipeline change changes leaderboard numbers (2: SparseGPT per row, f32 factor)
 
 
 def _check_row(row: dict, where: str) -> None:
