@@ -328,12 +328,17 @@ def test_inverse_hessian_factor_retries_in_float64_before_damping_harder(monkeyp
 
 def test_factor_memo_factorises_a_shared_hessian_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(obs, "inverse_hessian_factor", lambda h, p: calls.append(h) or torch.eye(len(h)))
+    monkeypatch.setattr(obs, "inverse_hessian_factor", lambda h, p: calls.append(len(h)) or torch.eye(len(h)))
     memo = FactorMemo(0.01)
     h = torch.eye(3)
     assert memo(h) is memo(h)  # q, then k and v with the same H object
-    memo(h.clone())  # equal values, another tensor (another layer): computed again
+    other = h.clone()
+    memo(other)  # equal values, another tensor (another layer): computed again
     assert len(calls) == 2
+    del other  # the layer's statistics are freed: the memo lets go of the factor too
+    assert memo._factor is None and memo._hessian is None
+    memo(h)
+    assert len(calls) == 3
 
 
 # ----------------------------------------------------------------- registry
