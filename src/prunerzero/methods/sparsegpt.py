@@ -3,9 +3,10 @@
 Unstructured masks honour the comparison group (``--group``): ``row`` (the default, as for every
 metric) prunes each output row's share of every column block; ``layer`` compares the whole column
 block across rows, as the reference code does. Per row is the default because it was better on all
-three model families measured at 50% (docs/BENCHMARKS.md, "sparsegpt-group"): WikiText-2 perplexity
--1.3% on SmolLM2-135M, -2.3% on Gemma-3-270M and -22% on Qwen2.5-Coder-0.5B, where the block-wide
-selection was worse than every mask-only metric. N:M masks are the same either way.
+three model families measured at 50% (docs/BENCHMARKS.md, "sparsegpt-group" and the note after
+"model-transfer"): WikiText-2 perplexity -1.7% on SmolLM2-135M and -3.3% on Gemma-3-270M (means of
+three draws) and -23% on Qwen2.5-Coder-0.5B (one draw), where the block-wide selection was worse
+than every mask-only metric. N:M masks are the same either way.
 """
 from __future__ import annotations
 
