@@ -92,6 +92,12 @@ class FactorMemo:
             self._hessian, self._factor = None, None
 
 
+def block_group_for(target: SparsityTarget) -> str:
+    """``obs_prune``'s block_group for a target's comparison group: "row" compares within each output
+    row of a block; "layer" across the block's rows, the nearest a blocked sweep comes to the layer."""
+    return "row" if target.group == "row" else "block"
+
+
 def _block_counts(rows: int, cols: int, blocksize: int, sparsity: float, per_row: bool) -> torch.Tensor:
     """How many weights each column block prunes, (blocks,), or each (row, block), (rows, blocks).
 

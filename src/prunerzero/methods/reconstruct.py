@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..masks import SparsityTarget, make_mask
 from .base import Method
 from .admm import admm_update
-from .obs import FactorMemo, obs_prune
+from .obs import FactorMemo, block_group_for, obs_prune
 
 MODES = ("fixed", "block")
 KINDS = ("none", "obs", "admm")
@@ -79,7 +79,7 @@ def reconstruct_prune(
         return score(block, stats.columns(cols))  # (out, b)
 
     return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, saliency=saliency,
-                     block_group="row" if target.group == "row" else "block", hinv=hinv)
+                     block_group=block_group_for(target), hinv=hinv)
 
 
 def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float = 0.01, blocksize: int = 128,

@@ -15,7 +15,7 @@ import torch
 from ..calib.stats import LinearStats
 from ..masks import SparsityTarget
 from .base import METHODS, Method
-from .obs import FactorMemo, obs_prune
+from .obs import FactorMemo, block_group_for, obs_prune
 
 
 @METHODS.register("sparsegpt")
@@ -25,6 +25,6 @@ def make_sparsegpt(percdamp: float = 0.01, blocksize: int = 128) -> Method:
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
         hinv = factor(stats.hessian)  # on the statistics' device; obs_prune moves it to the weight's
         return obs_prune(weight, None, target, percdamp=percdamp, blocksize=blocksize, hinv=hinv,
-                         block_group="row" if target.group == "row" else "block")
+                         block_group=block_group_for(target))
 
     return Method("sparsegpt", frozenset({"H"}), prune, {"percdamp": percdamp, "blocksize": blocksize})
