@@ -1,7 +1,7 @@
 """The `levers` table on the default calibration: every named metric and the searched ones, mask
 only / + OBS / + ADMM, next to SparseGPT, at 50% and 2:4, mean over calibration seeds, with prune
 seconds. One `prunerzero prune` process per row (32x512 calibration on the general mix, 8192
-WikiText-2 test tokens); rows are appended to runs/levers/rows.jsonl as measured (resumable).
+WikiText-2 test tokens); rows are appended to bench/results/levers.jsonl as measured (resumable, committed with the table).
 
     .venv/bin/python bench/levers_seeds.py --searched "formula;formula" [--seeds 0,1,2]
     .venv/bin/python bench/levers_seeds.py --named wanda,gblm --levers "mask only,+ admm"   # a subset first
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import BIN, ROOT, WIKI, machine, replace_section  # noqa: E402
 
-RUN = ROOT / "runs" / "levers"
+ROWS = ROOT / "bench" / "results" / "levers.jsonl"
 COMMON = ["--model", "smollm2-135m", "--calib-data", "general", "--nsamples", "32", "--seqlen", "512",
           "--eval-data", str(WIKI.resolve()), "--eval-tokens", "8192"]
 NAMED = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
@@ -29,14 +29,13 @@ LEVERS = {"mask only": [], "+ obs": ["--reconstruct", "obs"], "+ admm": ["--reco
 
 
 def rows_done() -> list[dict]:
-    path = RUN / "rows.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in ROWS.read_text().splitlines()] if ROWS.exists() else []
 
 
 def measure(searched: list[str], seeds: list[int], named: list[str], levers: list[str]) -> None:
     """Every (seed, pattern, entry, lever) row not yet in rows.jsonl; ``named`` and ``levers`` choose a
     subset (a later run with more of them adds the missing rows)."""
-    RUN.mkdir(parents=True, exist_ok=True)
+    ROWS.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["label"], r["pattern"], r["lever"], r["seed"]) for r in rows_done()}
     entries = [(n, ["--method", n]) for n in named] + [(f, ["--metric", f]) for f in searched]
     plan = [("sparsegpt", ["--method", "sparsegpt"], "-", [])] + [
@@ -53,7 +52,7 @@ def measure(searched: list[str], seeds: list[int], named: list[str], levers: lis
                     r = json.loads((Path(tmp) / "results.json").read_text())
                 row = {"label": label, "pattern": pattern, "lever": lever, "seed": seed, "ppl": r["pruned"]["ppl"],
                        "prune_seconds": r["seconds"]["prune"]}
-                with open(RUN / "rows.jsonl", "a") as fh:
+                with open(ROWS, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(row, flush=True)
 
@@ -106,10 +105,13 @@ def write(dense: float | None) -> str:
         if dense:
             lines += ["", _against_sparsegpt(cells, pattern, dense)]
         lines.append("")
-    lines.append("Command: `.venv/bin/python bench/levers_seeds.py --named wanda,gblm --levers \"mask only,+ admm\"` "
-                 "(this table's rows; without the two options: every named metric and lever), then "
-                 f"`--write --dense {dense}`." if dense else "Command: `.venv/bin/python bench/levers_seeds.py`, "
-                 "then `--write`.")
+    named = [lb for lb in labels if lb in NAMED]
+    searched = [lb for lb in labels if lb != "sparsegpt" and lb not in NAMED]
+    levers = [lev for lev in LEVERS if any(r["lever"] == lev for r in rows)]
+    run = (f"`.venv/bin/python bench/levers_seeds.py --named \"{','.join(named)}\" --levers \"{','.join(levers)}\""
+           + (f" --searched \"{';'.join(searched)}\"" if searched else "") + "`")
+    lines.append(f"Command: {run} (this table's rows; without `--named` / `--levers`: every named metric and lever), "
+                 f"then `--write" + (f" --dense {dense}`." if dense else "`."))
     text = "\n".join(lines)
     replace_section("levers-seeds", text)
     return text
