@@ -16,6 +16,7 @@ keep runs/ resumes from it); a run started again measures only what is missing.
 
     .venv/bin/python bench/model_transfer.py [--model gemma3-270m] [--seeds 0,1,2]   # measure (resumes)
     .venv/bin/python bench/model_transfer.py --write                               # the section
+    .venv/bin/python bench/model_transfer.py --seeds 0 --only "formula;ria"       # some entries only
     .venv/bin/python bench/model_transfer.py --model qwen2.5-coder-0.5b            # a third family (optional wheels,
                                                                                     # README); its own section
 """
@@ -78,7 +79,7 @@ def measure(args: argparse.Namespace) -> None:
     have = {(r["entry"], r["setting"], r["seed"]) for r in rows if r["model"] == args.model}
     todo = [(entry, setting, seed) for seed in args.seeds for entry in ORDER for setting in args.settings
             if (entry, setting, seed) not in have and not (entry in SEED_FREE and seed != args.seeds[0])
-            and not (entry == REFERENCE_SPARSEGPT and ":" in setting)]
+            and not (entry == REFERENCE_SPARSEGPT and ":" in setting) and (not args.only or entry in args.only)]
     dense_done = any(r["model"] == args.model and r["entry"] == "dense" for r in rows)
     if not todo and dense_done:
         return
@@ -254,8 +255,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     ap.add_argument("--settings", type=lambda t: t.split(","), default=["0.5", "2:4"])
     ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--only", type=lambda t: [e.strip() for e in t.split(";") if e.strip()], default=[],
+                    help="measure only these entries (;-separated, as ORDER names them): e.g. a new searched "
+                         "metric on a model whose other rows are measured")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    unknown = [e for e in args.only if e not in ORDER]
+    if unknown:
+        sys.exit(f"model_transfer: not an entry of ORDER: {'; '.join(unknown)}")
     if args.write:
         print(write(args))
     else:

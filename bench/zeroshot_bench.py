@@ -8,15 +8,16 @@ first N of each (all of them where a task has fewer), `--limit all` every one.
 
 Each column is its own `prunerzero prune ... --zero-shot ... --eval-data none --save` process
 (dense: `prunerzero eval`), so its memory is its own.  Every result is appended to
-<work>/results.jsonl the moment it is measured; a killed benchmark started again with the same
-options measures only what is missing (a result is reused when model, column, setting, tasks,
-limit and calibration options all match).
+bench/results/zeroshot.jsonl (committed with the section; `--results` moves it) the moment it is
+measured; a killed benchmark started again with the same options measures only what is missing (a
+result is reused when model, column, setting, tasks, limit, calibration options and REVISION all
+match).  Logs and per-column outputs go to `--work`.
 
 Run from the repository root:
   .venv/bin/python bench/zeroshot_bench.py --methods wanda,sparsegpt,pruner-zero \
       --metrics "found=sqr(mms(W)) * sqrt(X + sqrt(G))" --settings 0.5,2:4
 Smoke test:  .venv/bin/python bench/zeroshot_bench.py --limit 2 --tasks rte --methods magnitude \
-      --settings 0.5 --work /tmp/zs --no-doc
+      --settings 0.5 --work /tmp/zs --results /tmp/zs/results.jsonl --no-doc
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ from zeroshot_table import Z, mean_with_se, real_differences, setting_table  # n
 from prunerzero.eval.zeroshot import TASKS  # noqa: E402  (light: names only, lm-eval is imported later)
 
 CALIB_OPTIONS = ("calib_data", "nsamples", "seqlen", "seed", "bos")  # passed to prune only when given
-RESULTS = "results.jsonl"
+RESULTS = ROOT / "bench" / "results" / "zeroshot.jsonl"
+# Part of every result's identity; bumped when a method's masks change, so older results are not
+# reused (2: SparseGPT's unstructured selection per output row).
+REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Request:
 
     def identity(self, col: Column) -> dict[str, Any]:
         """What a stored result must match to be reused (the label is display only)."""
-        return {"model": self.model, "kind": col.kind, "spec": col.spec, "setting": col.setting,
+        return {"revision": REVISION, "model": self.model, "kind": col.kind, "spec": col.spec, "setting": col.setting,
                 "tasks": list(self.tasks), "limit": self.limit, "calib": self.calib if col.kind != "dense" else {}}
 
 
@@ -207,7 +211,7 @@ def describe_sizes(dense: dict[str, Any], tasks: tuple[str, ...], limit: int | N
 
 
 def section(cols: list[Column], results: dict[Column, dict[str, Any]], req: Request, settings: list[str],
-            wall: float, note: str) -> str:
+            wall: float, note: str, results_file: Path = RESULTS) -> str:
     dense = results[cols[0]]
     calib = next((r["calibration"] for c, r in results.items() if c.kind != "dense" and r.get("calibration")), None)
     calib_text = (f"calibration for the metrics that use X or G: {calib['nsamples']}x{calib['seqlen']} "
@@ -236,9 +240,15 @@ def section(cols: list[Column], results: dict[Column, dict[str, Any]], req: Requ
     command = ".venv/bin/python bench/zeroshot_bench.py " + shlex.join(sys.argv[1:])
     total = sum(r["seconds"] for r in results.values())
     lines.append(f"wall s: load + prune + eval of each column in its own process; {total / 60:.1f} min in all "
-                 f"({wall / 60:.1f} min in this invocation, the rest reused from {RESULTS}). Command: "
+                 f"({wall / 60:.1f} min in this invocation, the rest reused from {_shown(results_file)}). Command: "
                  f"`{command.strip()}`. {note}".rstrip())
     return "\n".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """A path as the section shows it: relative to the repository when it lies inside."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT.resolve())) if path.is_relative_to(ROOT.resolve()) else str(path)
 
 
 def parse_limit(text: str) -> int | None:
@@ -261,7 +271,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="passed to prune (default: prune's own)")
     parser.add_argument("--bos", help="passed to prune (default: prune's own)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "zeroshot-bench"),
-                        help="results.jsonl, logs and per-column outputs (resumable); default runs/zeroshot-bench")
+                        help="logs and per-column outputs; default runs/zeroshot-bench")
+    parser.add_argument("--results", default=str(RESULTS),
+                        help="the results file, appended as columns finish (resumable); default %(default)s")
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write docs/BENCHMARKS.md")
     parser.add_argument("--note", default="", help="a sentence appended to the section (e.g. what shared the cores)")
     args = parser.parse_args()
@@ -277,7 +289,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     dry_run(cols, req)
 
-    stored = read_results(work / RESULTS)
+    results_file = Path(args.results)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    stored = read_results(results_file)
     results: dict[Column, dict[str, Any]] = {}
     start = time.perf_counter()
     for col in cols:
@@ -286,14 +300,14 @@ def main() -> None:
         if found is None:
             print(f"measuring {col.label} ...", flush=True)
             found = measure(col, req, work)
-            append_result(work / RESULTS, found)
+            append_result(results_file, found)
         else:
-            print(f"reusing {col.label} from {work / RESULTS}", flush=True)
+            print(f"reusing {col.label} from {results_file}", flush=True)
         results[col] = found
         mean = mean_with_se(found["zero_shot"], list(tasks))
         print(f"  {col.label}: mean acc {'-' if mean is None else f'{100 * mean[0]:.1f} ± {100 * mean[1]:.1f}'} "
               f"({found['seconds']:.0f} s)", flush=True)
-    text = section(cols, results, req, settings, time.perf_counter() - start, args.note)
+    text = section(cols, results, req, settings, time.perf_counter() - start, args.note, results_file)
     if not args.no_doc:
         replace_section("zeroshot", text)
     print(text)
