@@ -111,7 +111,7 @@ def write(dense: float | None) -> str:
     run = (f"`.venv/bin/python bench/levers_seeds.py --named \"{','.join(named)}\" --levers \"{','.join(levers)}\""
            + (f" --searched \"{';'.join(searched)}\"" if searched else "") + "`")
     lines.append(f"Command: {run} (this table's rows; without `--named` / `--levers`: every named metric and lever), "
-                 f"then `--write" + (f" --dense {dense}`." if dense else "`."))
+                 "then `--write" + (f" --dense {dense}`." if dense else "`."))
     text = "\n".join(lines)
     replace_section("levers-seeds", text)
     return text
