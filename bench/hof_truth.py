@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import ROOT, WIKI, machine, replace_section  # noqa: E402
+from run_bench import ROOT, WIKI, machine, replace_section, shown_path  # noqa: E402
 
 from prunerzero import io  # noqa: E402
 
@@ -115,7 +115,7 @@ def write(args: argparse.Namespace) -> str:
     hof = {r["expression"]: r for r in json.loads((args.run / "hall_of_fame.json").read_text())}
     title = "" if args.section == "hof-truth" else f" ({args.run.name})"
     lines = [f"## Does the hall of fame's #1 hold up? Its top entries on held-out and reporting text{title}", "",
-             f"The top {args.top} distinct entries of `{args.run.relative_to(ROOT) if args.run.is_absolute() else args.run}`'s hall of fame "
+             f"The top {args.top} distinct entries of `{shown_path(args.run)}`'s hall of fame "
              "(ranked by the search's top rung, one calibration draw) and two hand-made references, each pruned by the "
              f"full pipeline (32x512 general-mix calibration, seeds {', '.join(map(str, args.seeds))}) and measured on "
              f"{args.tokens} tokens (seqlen 512, float32) of the general mix's held-out validation split, WikiText-2 test "
@@ -168,8 +168,7 @@ def write(args: argparse.Namespace) -> str:
                      f"{first[2]['wikitext2']:.2f}, QASPER {first[2]['qasper']:.2f}. A validation stage would pick "
                      f"{best_val[0]} `{best_val[1]}`: validation {best_val[2]['validation']:.2f}, WikiText-2 "
                      f"{best_val[2]['wikitext2']:.2f}, QASPER {best_val[2]['qasper']:.2f}.")
-    shown = args.run.relative_to(ROOT) if args.run.is_absolute() and args.run.is_relative_to(ROOT) else args.run
-    options = f"--run {shown} --top {args.top}"
+    options = f"--run {shown_path(args.run)} --top {args.top}"
     options += "" if args.settings == ["0.5", "2:4"] else f" --settings {','.join(args.settings)}"
     options += "" if args.section == "hof-truth" else f" --section {args.section}"
     lines += ["", f"Command: `.venv/bin/python bench/hof_truth.py {options}` then the same with `--write`."]

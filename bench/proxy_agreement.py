@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import ROOT, WIKI, machine, replace_section  # noqa: E402
+from run_bench import ROOT, WIKI, machine, replace_section, shown_path  # noqa: E402
 
 BASELINES = ("wanda", "gblm", "ria", "pruner-zero")
 
@@ -126,7 +126,7 @@ def main() -> None:
     best = {k: rows[min(range(len(rows)), key=lambda i: cols[k][i])]["label"] for k in cols}
     settings = ", ".join(job.settings)
     lines = ["## Does the search's proxy rank metrics like the full pipeline?", "",
-             f"Run `{run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}` (SmolLM2-135M, settings {settings}, "
+             f"Run `{shown_path(run)}` (SmolLM2-135M, settings {settings}, "
              f"{job.nsamples}x{job.seqlen} {job.calib_data} calibration). For the named baselines and the run's top "
              f"{min(args.top, len(hof))} metrics, the geometric mean over the settings of: the search's proxy "
              f"(all linears pruned at once from the dense statistics, {top_fid} of the search split, forwards in "

@@ -34,6 +34,11 @@ def command_line(extra: list[str]) -> str:
     return ".venv/bin/prunerzero prune " + " ".join(shown)
 
 
+def shown_path(path: Path) -> Path:
+    """A path as a section shows it: relative to the repository when it lies inside, else as given."""
+    return path.relative_to(ROOT) if path.is_absolute() and path.is_relative_to(ROOT) else path
+
+
 def seed_list(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2]; '' -> [] (none): the bench scripts' --seeds options."""
     return [int(x) for x in text.split(",") if x]

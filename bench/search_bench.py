@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import BIN, ROOT, WIKI, machine, replace_section  # noqa: E402
+from run_bench import BIN, ROOT, WIKI, machine, replace_section, shown_path  # noqa: E402
 
 RUN = ROOT / "runs" / "bench-search"
 ARGS = ["--model", "smollm2-135m", "--settings", "0.5,2:4", "--population", "12", "--generations", "5",
@@ -109,7 +109,7 @@ def main() -> None:
               (run / "leaderboard.md").read_text().split("\n", 2)[2].strip(), "",
               f"Command: `.venv/bin/python bench/search_bench.py {' '.join(sys.argv[1:])}".rstrip() + "` (runs "
               "`prunerzero search " + " ".join(ARGS + extra) + " --report-data ../shared/data/wikitext-2-raw/wiki.test.raw "
-              f"--out {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}`)."]
+              f"--out {shown_path(run)}`)."]
     replace_section(own.section, "\n".join(lines))
     print("\n".join(lines))
 

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_bench, zeroshot_table: from any cwd
 
-from run_bench import ROOT, machine, replace_section  # noqa: E402
+from run_bench import ROOT, machine, replace_section, shown_path  # noqa: E402
 from zeroshot_table import Z, mean_with_se, real_differences, setting_table  # noqa: E402
 
 from prunerzero.eval.zeroshot import TASKS  # noqa: E402  (light: names only, lm-eval is imported later)
@@ -240,15 +240,9 @@ def section(cols: list[Column], results: dict[Column, dict[str, Any]], req: Requ
     command = ".venv/bin/python bench/zeroshot_bench.py " + shlex.join(sys.argv[1:])
     total = sum(r["seconds"] for r in results.values())
     lines.append(f"wall s: load + prune + eval of each column in its own process; {total / 60:.1f} min in all "
-                 f"({wall / 60:.1f} min in this invocation, the rest reused from {_shown(results_file)}). Command: "
+                 f"({wall / 60:.1f} min in this invocation, the rest reused from {shown_path(results_file)}). Command: "
                  f"`{command.strip()}`. {note}".rstrip())
     return "\n".join(lines)
-
-
-def _shown(path: Path) -> str:
-    """A path as the section shows it: relative to the repository when it lies inside."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT.resolve())) if path.is_relative_to(ROOT.resolve()) else str(path)
 
 
 def parse_limit(text: str) -> int | None:
