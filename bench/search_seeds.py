@@ -171,12 +171,13 @@ def write(args: argparse.Namespace) -> str:
     lines = [f"## Searches over seeds: what they find, and whether it holds on other text{title}", ""]
     first_job = json.loads((run_dir(names[0]) / "job.json").read_text())
     ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
-    lines += [f"SmolLM2-135M; each search: population {first_job['search']['population']}, "
+    models = sorted({json.loads((run_dir(n) / "job.json").read_text())["model"] for n in names})
+    lines += [f"Model(s) scored by the fitness: {'; '.join(f'`{m}`' for m in models)}. Each search: population {first_job['search']['population']}, "
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
               f"Machine: {machine()}.", "",
               "| search | settings | evaluated | invalid | distinct masks (cheap / top rung) | replaced as duplicates "
-              "(same masks) | wall h | rung agreement (Spearman / Kendall) | winner | size |",
+              "(same masks) | wall h (first to last evaluation, pauses included) | rung agreement (Spearman / Kendall) | winner | size |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     winners: dict[str, list[tuple[str, str]]] = {}  # formula -> [(search, label)]
     for name in names:
@@ -270,7 +271,8 @@ def write(args: argparse.Namespace) -> str:
     gauge += f" --masks-seeds {','.join(map(str, args.masks_seeds))}" if args.masks_seeds else ""
     gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
     gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
-    lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {','.join(map(str, args.seeds))}{gauge}` "
+    seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
+    lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {seeds}{gauge}` "
               "(each search resumable; rerun to continue), then the same with `--write"
               + ("" if args.section == "search-seeds" else f" --section {args.section}") + "`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
