@@ -169,9 +169,10 @@ def write(args: argparse.Namespace) -> str:
                          "or bench/results/seeds): nothing to write")
     title = "" if args.section == "search-seeds" else f" ({args.section})"
     lines = [f"## Searches over seeds: what they find, and whether it holds on other text{title}", ""]
-    first_job = json.loads((run_dir(names[0]) / "job.json").read_text())
+    jobs = {n: json.loads((run_dir(n) / "job.json").read_text()) for n in names}  # each run's settings, read once
+    first_job = jobs[names[0]]
     ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
-    models = sorted({json.loads((run_dir(n) / "job.json").read_text())["model"] for n in names})
+    models = sorted({job["model"] for job in jobs.values()})
     lines += [f"Model(s) scored by the fitness: {'; '.join(f'`{m}`' for m in models)}. Each search: population {first_job['search']['population']}, "
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
@@ -182,7 +183,7 @@ def write(args: argparse.Namespace) -> str:
     winners: dict[str, list[tuple[str, str]]] = {}  # formula -> [(search, label)]
     for name in names:
         run = run_dir(name)
-        job = json.loads((run / "job.json").read_text())
+        job = jobs[name]
         ck = json.loads((run / "checkpoint.json").read_text())
         evaluations = [json.loads(x) for x in (run / "evaluations.jsonl").read_text().splitlines() if x.strip()]
         times = [e["time"] for e in evaluations]
