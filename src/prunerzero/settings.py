@@ -350,8 +350,10 @@ class LeverSettings(Settings):
     reconstruct: str = option("none", "after the mask, update the surviving weights: obs (SparseGPT's OBS update) "
                               "or admm (the weights with the least layer output error for exactly that mask)",
                               choices=("none", "obs", "admm"))
-    reconstruct_mode: str = option("fixed", "fixed: the metric's whole mask first; block: the mask chosen per column "
-                                   "block as the update runs", choices=("fixed", "block"))
+    reconstruct_mode: str = option("fixed", "fixed: the metric's whole mask first; block (obs): the mask chosen per "
+                                   "column block as the update runs; gradual (admm): the mask chosen again from the "
+                                   "updated weights as the sparsity grows to the target",
+                                   choices=("fixed", "block", "gradual"))
     allocation: str = option("uniform", "layer-wise sparsity: uniform, or owl (outlier-weighted, unstructured only)",
                              choices=("uniform", "owl"))
     owl_m: float = option(5.0, "OWL's outlier threshold M (scores above M x mean)")

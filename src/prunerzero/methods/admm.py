@@ -15,8 +15,15 @@ answer is good, not optimal for the mask; this solves the problem itself:
 H is normalised by its mean diagonal and damped by ``percdamp`` as OBS damps it, so both solve the
 same problem. Float32 math except the factorisations (float64). ``iters=0`` and ``cg_iters=0``
 return the plainly masked weight.
+
+``remask`` makes the mask move with the weights (Boza's gradual pruning): at iteration k it is
+chosen again from the current iterate V + U, at a sparsity that grows to the target, so weights
+the update makes small can still be removed and those it makes large kept. The last mask it
+returns is the one CG polishes.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -40,9 +47,11 @@ def output_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor)
 
 @torch.no_grad()
 def admm_update(weight: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor, *, iters: int = 20,
-                rho: float = 0.1, rho_growth: float = 1.3, cg_iters: int = 10, percdamp: float = 0.01) -> torch.Tensor:
+                rho: float = 0.1, rho_growth: float = 1.3, cg_iters: int = 10, percdamp: float = 0.01,
+                remask: Callable[[torch.Tensor, int], torch.Tensor | None] | None = None) -> torch.Tensor:
     """weight (out, in), hessian (in, in), mask (out, in) True = removed -> updated weight (out, in)
-    with exact zeros where removed."""
+    with exact zeros where removed. ``remask(iterate (out, in), k)`` -> the mask from iteration k on,
+    or None to keep the last one (``mask`` is then the mask before the first iteration)."""
     keep = (~mask).to(weight.dtype)  # (out, in)
     w = weight.float()
     z = w * keep
@@ -57,6 +66,9 @@ def admm_update(weight: torch.Tensor, hessian: torch.Tensor, mask: torch.Tensor,
         chol = torch.linalg.cholesky(h + r * eye)  # (in, in) lower
         rhs = (wh + r * (z - u)).double()  # (out, in)
         v = torch.cholesky_solve(rhs.t(), chol).t().float()  # (H + rI) symmetric: V = rhs (H + rI)^-1
+        moved = remask(v + u, k) if remask is not None else None
+        if moved is not None:
+            keep = (~moved).to(w.dtype)
         z = (v + u) * keep
         u = u + v - z
     return _masked_cg(z, wh, h.float(), keep, cg_iters)

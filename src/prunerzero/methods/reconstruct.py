@@ -1,7 +1,14 @@
 """Weight reconstruction after any metric's mask: `--reconstruct obs` or `--reconstruct admm`.
 
 ``admm`` (``methods.admm``): the metric's whole mask, then the weights that minimise the layer's
-output error for exactly that mask (ADMM, then conjugate gradients), from the same Hessian.
+output error for exactly that mask (ADMM, then conjugate gradients), from the same Hessian. Modes:
+
+- ``fixed``: the metric's mask on the dense weights, as the metric alone would prune.
+- ``gradual``: the mask moves with the update (Boza 2024's gradual pruning, with any metric in
+  place of Wanda's): over the first three quarters of the ADMM iterations the metric scores the
+  current iterate (its W; X and G stay the dense model's) and the sparsity grows on a cubic
+  schedule to the target; N:M takes the target's N:M mask of the iterate and removes the
+  lowest-scored share of it. The last iterations and CG keep the final mask.
 
 The remaining weights of each linear are updated to minimise ||W X - W' X|| with the blocked OBS
 update of ``methods.obs`` (SparseGPT's code, the same function ``--method sparsegpt`` runs), using
@@ -29,7 +36,8 @@ from .base import Method
 from .admm import admm_update
 from .obs import FactorMemo, block_group_for, obs_prune
 
-MODES = ("fixed", "block")
+MODES = ("fixed", "block", "gradual")
+MODES_OF = {"obs": ("fixed", "block"), "admm": ("fixed", "gradual"), "none": MODES}
 KINDS = ("none", "obs", "admm")
 ADMM_ITERS, CG_ITERS = 10, 20  # defaults: within 0.5% of the mask's optimum on SmolLM2's layers (BENCHMARKS)
 
@@ -40,11 +48,34 @@ def check_reconstruct(kind: str, mode: str, admm_iters: int = ADMM_ITERS, cg_ite
         raise UserError(f"--reconstruct must be one of {', '.join(KINDS)}, not {kind!r}")
     if mode not in MODES:
         raise UserError(f"--reconstruct-mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if kind == "admm" and mode != "fixed":
-        raise UserError("--reconstruct admm updates the weights for the metric's whole mask: "
-                        "use --reconstruct-mode fixed")
+    if mode not in MODES_OF[kind]:
+        raise UserError(f"--reconstruct {kind} takes --reconstruct-mode {' or '.join(MODES_OF[kind])}, not {mode}")
     if not (isinstance(admm_iters, int) and isinstance(cg_iters, int)) or admm_iters < 0 or cg_iters < 0:
         raise UserError(f"--admm-iters and --cg-iters must be integers >= 0, not {admm_iters!r}, {cg_iters!r}")
+
+
+def gradual_mask(score: torch.Tensor, target: SparsityTarget, share: float) -> torch.Tensor:
+    """score (out, in) -> the mask `share` (0..1] of the way to `target` (True = remove): unstructured,
+    the target's comparison at share x its sparsity; N:M, the lowest-scored share of each row's N:M
+    removals (all of them at share 1), so every step's mask lies inside the N:M pattern's choices."""
+    if not target.structured:
+        return make_mask(score, target.with_sparsity(target.sparsity * share))
+    pattern = make_mask(score, target)  # (out, in)
+    if share >= 1.0:
+        return pattern
+    among = score.masked_fill(~pattern, float("inf"))  # kept by the pattern: never removed at this step
+    return make_mask(among, SparsityTarget(target.sparsity * share)) & pattern
+
+
+def cubic_share(k: int, ramp: int) -> float:
+    """Share of the target sparsity at ramp step k (0-based) of `ramp`: 1 - (1 - (k+1)/ramp)^3, fast
+    first and slow at the end (Zhu & Gupta's schedule, as Boza uses), exactly 1 at the last step."""
+    return 1.0 - (1.0 - min(k + 1, ramp) / ramp) ** 3
+
+
+def gradual_ramp(iters: int) -> int:
+    """ADMM iterations over which the mask moves: the first three quarters (Boza: 15 of 20)."""
+    return max(1, (3 * iters + 3) // 4)
 
 
 def reconstruct_prune(
@@ -65,9 +96,19 @@ def reconstruct_prune(
 
     `score` ranks weights (lowest removed); stats.hessian (in, in) is used unless `hinv`, the
     precomputed ``obs.inverse_hessian_factor``, is given (the search computes it once per run).
-    kind "admm": the best weights for the fixed mask (``methods.admm``; `hinv` unused).
+    kind "admm": the best weights for the metric's mask (``methods.admm``; `hinv` unused), the mask
+    chosen on the dense weights (mode "fixed") or moving with the update (mode "gradual").
     """
     if kind == "admm":
+        if mode == "gradual" and admm_iters > 0:
+            ramp = gradual_ramp(admm_iters)
+
+            def remask(iterate: torch.Tensor, k: int) -> torch.Tensor | None:  # iterate (out, in)
+                return gradual_mask(score(iterate, stats), target, cubic_share(k, ramp)) if k < ramp else None
+
+            nothing = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)  # before the first step
+            return admm_update(weight, stats.hessian, nothing, iters=admm_iters, cg_iters=cg_iters,
+                               percdamp=percdamp, remask=remask)
         mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
         return admm_update(weight, stats.hessian, mask, iters=admm_iters, cg_iters=cg_iters, percdamp=percdamp)
     if mode == "fixed":
@@ -84,7 +125,7 @@ def reconstruct_prune(
 
 def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float = 0.01, blocksize: int = 128,
                         kind: str = "obs", admm_iters: int = ADMM_ITERS, cg_iters: int = CG_ITERS) -> Method:
-    """`method`'s mask, then the update of the surviving weights (OBS, or ADMM for the fixed mask).
+    """`method`'s mask, then the update of the surviving weights (OBS, or ADMM for the metric's mask).
     `method` must rank weights (have a ``score``); its needs gain the Hessian H."""
     check_reconstruct(kind, mode, admm_iters, cg_iters)
     if mode not in MODES:

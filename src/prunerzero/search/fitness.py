@@ -60,7 +60,7 @@ class FitnessSettings:
     eval_seqlen: int = 512
     eval_dtype: str = "float32"  # bfloat16 = autocast forwards (~2.5x faster on AMX CPUs)
     reconstruct: str = "none"  # or "obs", "admm"
-    reconstruct_mode: str = "fixed"  # or "block"
+    reconstruct_mode: str = "fixed"  # or "block" (obs), "gradual" (admm)
     percdamp: float = 0.01
     blocksize: int = 128
     allocation: str = "uniform"  # or "owl"
@@ -217,7 +217,8 @@ class ProxyFitness:
                 return reconstruct_prune(weight, stats, t, score, cfg.reconstruct_mode, percdamp=cfg.percdamp,
                                          blocksize=cfg.blocksize, hinv=self._hinv_of(name))
             if cfg.reconstruct == "admm":
-                return reconstruct_prune(weight, stats.to(weight.device), t, score, kind="admm", percdamp=cfg.percdamp)
+                return reconstruct_prune(weight, stats.to(weight.device), t, score, cfg.reconstruct_mode, kind="admm",
+                                         percdamp=cfg.percdamp)
             return zero_masked(weight, make_mask(score(weight, stats), t))
 
         return prune

@@ -263,7 +263,8 @@ def _levers(job: SearchJob) -> str:
                      "sparsegpt reconstructs by itself)")
     elif job.reconstruct == "admm":
         parts.append("every metric's mask is followed by the ADMM weight update for that mask "
-                     "(sparsegpt reconstructs by itself)")
+                     + ("(the mask chosen again from the updated weights as the sparsity grows; " if job.reconstruct_mode == "gradual" else "(")
+                     + "sparsegpt reconstructs by itself)")
     if job.allocation == "owl":
         parts.append(f"unstructured settings use OWL layer-wise sparsity (M={job.owl_m:g}, lambda={job.owl_lambda:g})")
     return (" Levers: " + "; ".join(parts) + ".") if parts else ""
