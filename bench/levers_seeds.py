@@ -1,6 +1,6 @@
 """The `levers` table on the default calibration: every named metric and the searched ones, mask
-only / + OBS / + ADMM, next to SparseGPT, at 50% and 2:4, mean over calibration seeds, with prune
-seconds. One `prunerzero prune` process per row (32x512 calibration on the general mix, 8192
+only / + OBS / + ADMM (fixed mask, or the mask moving with the update: gradual), next to SparseGPT,
+at 50% and 2:4, mean over calibration seeds, with prune seconds. One `prunerzero prune` process per row (32x512 calibration on the general mix, 8192
 WikiText-2 test tokens); rows are appended to bench/results/levers.jsonl as measured (resumable, committed with the table).
 
     .venv/bin/python bench/levers_seeds.py --searched "formula;formula" [--seeds 0,1,2]
@@ -25,7 +25,8 @@ COMMON = ["--model", "smollm2-135m", "--calib-data", "general", "--nsamples", "3
           "--eval-data", str(WIKI.resolve()), "--eval-tokens", "8192"]
 NAMED = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 PATTERNS = {"50%": ["--sparsity", "0.5"], "2:4": ["--pattern", "2:4"]}
-LEVERS = {"mask only": [], "+ obs": ["--reconstruct", "obs"], "+ admm": ["--reconstruct", "admm"]}
+LEVERS = {"mask only": [], "+ obs": ["--reconstruct", "obs"], "+ admm": ["--reconstruct", "admm"],
+          "+ admm gradual": ["--reconstruct", "admm", "--reconstruct-mode", "gradual"]}
 
 
 def rows_done() -> list[dict]:
@@ -92,12 +93,15 @@ def write(dense: float | None) -> str:
         return f"{statistics.fmean(ppl):.2f} ± {sd:.2f} ({statistics.median(r['prune_seconds'] for r in rs):.0f} s)"
 
     lines = ["## Levers: mask only, + OBS, + ADMM, next to SparseGPT", "",
+             "*+ admm*: the metric's mask on the dense weights, then ADMM for that mask; *+ admm gradual*: the mask "
+             "chosen again by the metric from the updated weights as the sparsity grows to the target "
+             "(`--reconstruct-mode gradual`).", "",
              "SmolLM2-135M, 32x512 calibration on the general mix, perplexity on 8192 WikiText-2 test tokens"
              + (f" (dense {dense:.2f})" if dense else "") + f"; mean ± sd over calibration seeds "
              f"{', '.join(map(str, seeds))}, median prune seconds in parentheses. Machine: {machine()}.", ""]
     for pattern in PATTERNS:
-        lines += [f"### {pattern}", "", "| method | mask only | + obs | + admm |", "|---|---|---|---|",
-                  f"| **sparsegpt** | {cell(('sparsegpt', pattern, '-'))} | | |"]
+        lines += [f"### {pattern}", "", "| method | " + " | ".join(LEVERS) + " |", "|---" * (len(LEVERS) + 1) + "|",
+                  f"| **sparsegpt** | {cell(('sparsegpt', pattern, '-'))} |" + " |" * (len(LEVERS) - 1)]
         for label in labels:
             if label != "sparsegpt":
                 shown = label if label in NAMED else f"`{label}`"
