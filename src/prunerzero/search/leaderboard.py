@@ -262,9 +262,9 @@ def _levers(job: SearchJob) -> str:
         parts.append(f"every metric's mask is followed by the OBS weight update ({job.reconstruct_mode} mask; "
                      "sparsegpt reconstructs by itself)")
     elif job.reconstruct == "admm":
-        parts.append("every metric's mask is followed by the ADMM weight update for that mask "
-                     + ("(the mask chosen again from the updated weights as the sparsity grows; " if job.reconstruct_mode == "gradual" else "(")
-                     + "sparsegpt reconstructs by itself)")
+        moving = "the mask chosen again from the updated weights as the sparsity grows; "
+        parts.append("every metric's mask is followed by the ADMM weight update for that mask ("
+                     + (moving if job.reconstruct_mode == "gradual" else "") + "sparsegpt reconstructs by itself)")
     if job.allocation == "owl":
         parts.append(f"unstructured settings use OWL layer-wise sparsity (M={job.owl_m:g}, lambda={job.owl_lambda:g})")
     return (" Levers: " + "; ".join(parts) + ".") if parts else ""
