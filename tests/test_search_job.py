@@ -125,6 +125,39 @@ def test_fast_path_reconstruction_and_owl_change_the_pruned_weights(tiny_model_d
     assert max(per_linear.values()) - min(per_linear.values()) > 0.05 and zeros["plain"] / total == pytest.approx(0.6, abs=1e-3)
 
 
+def test_fast_path_admm_gradual_moves_the_mask_and_the_leaderboard_says_so(tiny_model_dir, wikitext_test):
+    """--reconstruct admm --reconstruct-mode gradual reaches the fitness: the candidate's mask is chosen
+    again from the updated weights (not the plain mask), with exactly the target's share removed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from prunerzero.masks import parse_target
+    from prunerzero.models import load_model, weight_matrix
+    from prunerzero.pipeline import collect_dense_stats
+    from prunerzero.search.fitness import FitnessSettings, ProxyFitness
+    from prunerzero.search.leaderboard import _levers
+    from prunerzero.symbolic import named_metric
+
+    lm = load_model(str(tiny_model_dir))
+    calib = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
+    stats = collect_dense_stats(lm.model, calib, frozenset({"X", "H"}), progress=False)
+    tokens = torch.randint(0, 1000, (1, 256), generator=torch.Generator().manual_seed(1))
+    pruned = {}
+    for mode in ("none", "fixed", "gradual"):
+        extra = {} if mode == "none" else {"reconstruct": "admm", "reconstruct_mode": mode}
+        fitness = ProxyFitness(lm.model, tokens, stats, FitnessSettings(fidelity_tokens=(64,), eval_seqlen=32, **extra))
+        fitness.apply(named_metric("magnitude"), parse_target(0.5))
+        pruned[mode] = {n: weight_matrix(m).detach().clone() for n, m in fitness.linears.items()}
+        fitness.restore()
+    masks = {mode: torch.cat([(w == 0).flatten() for w in ws.values()]) for mode, ws in pruned.items()}
+    assert torch.equal(masks["none"], masks["fixed"]) and not torch.equal(masks["none"], masks["gradual"])
+    assert int(masks["gradual"].sum()) == int(masks["none"].sum())
+    job = SimpleNamespace(reconstruct="admm", reconstruct_mode="gradual", allocation="uniform")
+    assert "chosen again from the updated weights" in _levers(job)
+    assert "chosen again" not in _levers(SimpleNamespace(**{**vars(job), "reconstruct_mode": "fixed"}))
+
+
 def test_search_evolves_owl_lambda_with_the_metric(tiny_model_dir, wikitext_test, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "genes"
