@@ -50,14 +50,16 @@ SEARCHED = {
 ORDER = ("wanda", "ria", "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "gblm", "sqrt(sqr(W * sqrt(X)) * coln(W * G))",
          "pruner-zero", "sparsegpt", "wanda + admm", "coln(rown(sqrt(W * G))) * (W * sqrt(X))",
          "tanh(coln(coln(zsn(G * W))) + mms(rown(W * sqrt(X))))", "mms(X * W) * (tanh(G * W) + sqr(mms(W)))",
-         "magnitude", "sparsegpt --group layer")
+         "magnitude", "sparsegpt --group layer", "wanda + admm gradual", "ria + admm gradual", "ria + admm")
 SEED_FREE = {"magnitude"}  # no calibration: one draw is every draw
 # SparseGPT as the reference code selects unstructured weights: across all rows of each column block.
 # `sparsegpt` itself compares within output rows since 2026-12-05 (methods/sparsegpt.py); rows measured
 # before that under the name `sparsegpt` at 50% were this variant and were relabelled. N:M: the same.
 REFERENCE_SPARSEGPT = "sparsegpt --group layer"
 # Weight updates after a mask (issue 15's best on SmolLM2): does beating SparseGPT carry to the other family?
-UPDATES = {"wanda + admm": ("wanda", "admm")}
+# "gradual": the mask chosen again from the updated weights as the sparsity grows (--reconstruct-mode gradual).
+UPDATES = {"wanda + admm": ("wanda", "admm", "fixed"), "wanda + admm gradual": ("wanda", "admm", "gradual"),
+           "ria + admm": ("ria", "admm", "fixed"), "ria + admm gradual": ("ria", "admm", "gradual")}
 
 
 def done_rows(repair: bool = False) -> list[dict]:
@@ -87,8 +89,8 @@ def measure(args: argparse.Namespace) -> None:
     def config(entry: str, seed: int) -> PruneConfig:
         common = dict(model=args.model, calib_data="general", nsamples=32, seqlen=512, seed=seed)
         if entry in UPDATES:
-            method, update = UPDATES[entry]
-            return PruneConfig(**common, method=method, reconstruct=update)
+            method, update, mode = UPDATES[entry]
+            return PruneConfig(**common, method=method, reconstruct=update, reconstruct_mode=mode)
         if entry == REFERENCE_SPARSEGPT:
             return PruneConfig(**common, method="sparsegpt", group="layer")
         named = entry in HAND_MADE or entry == "sparsegpt"
