@@ -64,6 +64,9 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
         out[f"only50-seed{s}"] = gauge(s, "0.5", "masks")
     for s in args.two_model_seeds:  # the gauge-masks search scored on two model families at once (geometric mean)
         out[f"two-models-seed{s}"] = gauge(s, "0.5,2:4", "masks") + ["--model", ",".join(TWO_MODELS)]
+    for s in args.obs_seeds:  # the gauge-masks search with SparseGPT's OBS update after every mask, in the
+        # fitness and in the leaderboard (every entry, baselines too): the mask that is best *after* the update
+        out[f"update-obs-seed{s}"] = gauge(s, "0.5,2:4", "masks") + ["--reconstruct", "obs"]
     return out
 
 
@@ -162,6 +165,28 @@ def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...], config: dict
     return " / ".join(counts)
 
 
+def _robustness(cells: list[tuple[str, dict[str, float]]], searched: set[str]) -> list[str]:
+    """Each entry's gap to dense divided by the best hand-made metric's gap *in the same cell* (text,
+    model, setting: an oracle choice, since which hand-made metric is best changes from cell to cell),
+    as a geometric mean over the cells and the worst cell. Only entries measured in every cell."""
+    cells = [(name, gaps) for name, gaps in cells if any(k in HAND_MADE for k in gaps)]
+    if len(cells) < 2:
+        return []
+    best = [min(v for k, v in gaps.items() if k in HAND_MADE) for _, gaps in cells]
+    everywhere = [k for k in cells[0][1] if k != "sparsegpt" and all(k in gaps for _, gaps in cells)]
+    table = []
+    for key in everywhere:
+        ratios = [gaps[key] / b for (_, gaps), b in zip(cells, best)]
+        worst = max(range(len(cells)), key=lambda i: ratios[i])
+        table.append((math.exp(statistics.fmean(map(math.log, ratios))), ratios[worst], cells[worst][0], key))
+    lines = ["", f"### Over all {len(cells)} cells: gap to dense / the best hand-made metric's gap in that cell",
+             "", "Below 1: better than the best hand-made metric of every cell (chosen per cell, with hindsight); "
+             "ratios of the means above.", "", "| metric | geometric mean | worst cell |", "|---|---|---|"]
+    for geo, worst, where, key in sorted(table):
+        lines.append(f"| {f'`{key}`' if key in searched else key} | {geo:.3f} | {worst:.3f} ({where}) |")
+    return lines
+
+
 def write(args: argparse.Namespace) -> str:
     names = [n for n in searches(args) if (run_dir(n) / "checkpoint.json").exists()]
     if not names:
@@ -173,10 +198,13 @@ def write(args: argparse.Namespace) -> str:
     first_job = jobs[names[0]]
     ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
     models = sorted({job["model"] for job in jobs.values()})
+    updates = sorted({job.get("reconstruct", "none") for job in jobs.values()} - {"none"})
     lines += [f"Model(s) scored by the fitness: {'; '.join(f'`{m}`' for m in models)}. Each search: population {first_job['search']['population']}, "
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
-              f"Machine: {machine()}.", "",
+              f"Machine: {machine()}."
+              + (f" Every mask, in the fitness and in the tables below (the hand-made metrics' too), is followed by "
+                 f"the `--reconstruct {'/'.join(updates)}` weight update." if updates else ""), "",
               "| search | settings | evaluated | invalid | distinct masks (cheap / top rung) | replaced as duplicates "
               "(same masks) | wall h (first to last evaluation, pauses included) | rung agreement (Spearman / Kendall) | winner | size |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -214,6 +242,7 @@ def write(args: argparse.Namespace) -> str:
                     winners[row["formula"]].append((name, row["label"]))
     # One table per reporting text: every searched winner and every baseline, mean ± sd over calibration seeds.
     all_rows = [r for n in names for r in _rows(run_dir(n))]
+    cells: list[tuple[str, dict[str, float]]] = []  # (text, model and setting; mean gap to dense of each entry)
     for report in sorted({r["report"] for r in all_rows if r.get("report")}):
         source, _, model = report.partition(" @ ")  # a multi-model search reports each model's texts apart
         label = ("WikiText-2 test" if "wiki" in source else source) + (f" on {model}" if model else "")
@@ -253,6 +282,9 @@ def write(args: argparse.Namespace) -> str:
             shown = f"`{key}`" if key in winners else key
             lines.append(f"| {shown} | {found} | {cell(entries[key].get('0.5'))} | {cell(entries[key].get('2:4'))} |")
         for setting in ("0.5", "2:4"):
+            if dense:
+                cells.append((f"{label}, {setting}", {k: _mean_sd(list(v[setting].values()))[0] - dense
+                                                       for k, v in entries.items() if setting in v}))
             by_seed = {k: v[setting] for k, v in entries.items() if k in HAND_MADE and setting in v}
             hand = [(k, _mean_sd(list(values.values()))[0]) for k, values in by_seed.items()]
             # Only entries measured on every calibration draw the hand-made ones were: a winner still being
@@ -268,10 +300,12 @@ def write(args: argparse.Namespace) -> str:
                 lines.append(f"\n{setting}: best searched `{fk}` gap to dense {fv - dense:.2f} vs best hand-made "
                              f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller "
                              f"(paired by calibration draw: {per_seed}).")
+    lines += _robustness(cells, set(winners))
     gauge = f" --gauge-seeds {','.join(map(str, args.gauge_seeds))}" if args.gauge_seeds else ""
     gauge += f" --masks-seeds {','.join(map(str, args.masks_seeds))}" if args.masks_seeds else ""
     gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
     gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
+    gauge += f" --obs-seeds {','.join(map(str, args.obs_seeds))}" if args.obs_seeds else ""
     seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
     lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {seeds}{gauge}` "
               "(each search resumable; rerun to continue), then the same with `--write"
@@ -282,7 +316,8 @@ def write(args: argparse.Namespace) -> str:
               "with `--invariance none` for joint-seedS"
               + (f", `--invariance gauge --dedup formula --ops {','.join(GAUGE_OPS)}` for gauge-seedS, the same with "
                  "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
-                 f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS." if gauge else ".")]
+                 f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS, with `--reconstruct obs` for "
+                 "update-obs-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section(args.section, text)
     return text
@@ -304,6 +339,9 @@ def main() -> None:
     ap.add_argument("--two-model-seeds", type=seed_list, default=[],
                     help="also these seeds of the gauge-masks search with the fitness over SmolLM2 and Gemma-3-270M "
                          "(names two-models-seedS)")
+    ap.add_argument("--obs-seeds", type=seed_list, default=[],
+                    help="also these seeds of the gauge-masks search with the OBS update after every mask, in the "
+                         "fitness and the leaderboard (names update-obs-seedS)")
     ap.add_argument("--section", default="search-seeds",
                     help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
                          "before (search-seeds was written from run folders this machine no longer has), e.g. "
