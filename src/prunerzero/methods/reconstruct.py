@@ -100,7 +100,7 @@ def reconstruct_prune(
     chosen on the dense weights (mode "fixed") or moving with the update (mode "gradual").
     """
     if kind == "admm":
-        if mode == "gradual" and admm_iters > 0:
+        if mode == "gradual" and admm_iters > 0:  # (no ADMM iteration: nothing to move with; the fixed mask)
             ramp = gradual_ramp(admm_iters)
 
             def remask(iterate: torch.Tensor, k: int) -> torch.Tensor | None:  # iterate (out, in)
