@@ -1,7 +1,8 @@
 """The `levers` table on the default calibration: every named metric and the searched ones, mask
 only / + OBS / + ADMM (fixed mask, or the mask moving with the update: gradual), next to SparseGPT,
-at 50% and 2:4, mean over calibration seeds, with prune seconds. One `prunerzero prune` process per row (32x512 calibration on the general mix, 8192
-WikiText-2 test tokens); rows are appended to bench/results/levers.jsonl as measured (resumable, committed with the table).
+at 50% and 2:4, mean over calibration seeds, with prune seconds. One `prunerzero prune` process per
+row (32x512 calibration on the general mix, 8192 WikiText-2 test tokens); rows are appended to
+bench/results/levers.jsonl as measured (resumable, committed with the table).
 
     .venv/bin/python bench/levers_seeds.py --searched "formula;formula" [--seeds 0,1,2]
     .venv/bin/python bench/levers_seeds.py --named wanda,gblm --levers "mask only,+ admm"   # a subset first

@@ -128,8 +128,6 @@ def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float 
     """`method`'s mask, then the update of the surviving weights (OBS, or ADMM for the metric's mask).
     `method` must rank weights (have a ``score``); its needs gain the Hessian H."""
     check_reconstruct(kind, mode, admm_iters, cg_iters)
-    if mode not in MODES:
-        raise UserError(f"unknown reconstruction mode {mode!r} (choose from {', '.join(MODES)})")
     score = method.score
     if score is None:
         raise UserError(f"--reconstruct needs a method that scores weights; {method.name} does not "
