@@ -43,6 +43,7 @@ COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--e
           "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
 HAND_MADE = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 TWO_MODELS = ("smollm2-135m", "gemma3-270m")  # Llama and Gemma-3: a metric must suit both families
+POPULATION, GENERATIONS = 40, 17  # each search's budget unless the command says otherwise
 GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
              "add", "sub", "mul", "div")
 
@@ -307,6 +308,9 @@ def write(args: argparse.Namespace) -> str:
     gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
     gauge += f" --obs-seeds {','.join(map(str, args.obs_seeds))}" if args.obs_seeds else ""
     seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
+    # A budget other than the default is part of the command: the run that starts the search needs it.
+    gauge += f" --population {args.population}" if args.population != POPULATION else ""
+    gauge += f" --generations {args.generations}" if args.generations != GENERATIONS else ""
     lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {seeds}{gauge}` "
               "(each search resumable; rerun to continue), then the same with `--write"
               + ("" if args.section == "search-seeds" else f" --section {args.section}") + "`. Searches: `prunerzero search "
@@ -327,8 +331,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2],
                     help="seeds of the unconstrained joint search (names joint-seedS); '' for none")
-    ap.add_argument("--population", type=int, default=40)
-    ap.add_argument("--generations", type=int, default=17)
+    ap.add_argument("--population", type=int, default=POPULATION)
+    ap.add_argument("--generations", type=int, default=GENERATIONS)
     ap.add_argument("--gauge-seeds", type=seed_list, default=[],
                     help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
     ap.add_argument("--masks-seeds", type=seed_list, default=[],
