@@ -309,9 +309,9 @@ def write(args: argparse.Namespace) -> str:
     gauge += f" --obs-seeds {','.join(map(str, args.obs_seeds))}" if args.obs_seeds else ""
     seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
     # A budget other than the default is part of the command: the run that starts the search needs it.
-    gauge += f" --population {args.population}" if args.population != POPULATION else ""
-    gauge += f" --generations {args.generations}" if args.generations != GENERATIONS else ""
-    lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {seeds}{gauge}` "
+    budget = f" --population {args.population}" if args.population != POPULATION else ""
+    budget += f" --generations {args.generations}" if args.generations != GENERATIONS else ""
+    lines += ["", f"Command: `.venv/bin/python bench/search_seeds.py --seeds {seeds}{gauge}{budget}` "
               "(each search resumable; rerun to continue), then the same with `--write"
               + ("" if args.section == "search-seeds" else f" --section {args.section}") + "`. Searches: `prunerzero search "
               + " ".join(COMMON) + " --seed S --settings 0.5,2:4 "
