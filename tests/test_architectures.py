@@ -167,6 +167,23 @@ def test_parallel_masks_do_not_depend_on_batch_split(calib_ids):
         assert torch.equal(masks[0][name], masks[1][name]), name
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_pass_masks_do_not_depend_on_batch_split(tiny_arch, calib_ids, method):
+    """One-pass pruning runs its batches in lockstep: one batch of 4, batches of 3 + 1 or four of
+    1 give the same masks, and weights equal up to float32 rounding of the summed statistics."""
+    results = {}
+    for batch_size in (4, 3, 1):
+        model = build_tiny_model(tiny_arch.name)
+        report = prune_model(model, get_method(method), parse_target(0.5), calib_ids, batch_size=batch_size,
+                             within_layer="sequential", progress=False)
+        assert report.within_layer == "sequential"
+        results[batch_size] = _decoder_weights(model)
+    for batch_size in (3, 1):
+        for name, w in results[batch_size].items():
+            assert torch.equal(w == 0, results[4][name] == 0), (batch_size, name)
+            torch.testing.assert_close(w, results[4][name], rtol=1e-4, atol=1e-5)
+
+
 def test_sequential_and_parallel_differ_only_after_the_first_pruned_linear(calib_ids):
     """In a layer's first linears (q/k/v read the same normed input) both orders see identical
     statistics, so Wanda's masks agree there; later linears see pruned inputs in sequential mode."""

@@ -22,13 +22,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calib.capture import capture_layer_inputs, run_layer
+from .calib.lockstep import BatchesDiverged, Lockstep
 from .calib.gated_mlp import chunked_gated_mlps
 from .calib.stats import GradientStats, LinearStats, StatsCollector, collect_input_stats
 from .errors import UserError
 from .masks import SparsityTarget
 from .methods.base import Method
 from .models import find_decoder_layers, find_linears, is_prunable, set_weight_matrix, weight_matrix
-from .placement import input_device, onloaded
+from .placement import input_device, module_device, onloaded
 from .symbolic.primitives import InvalidMetricError
 
 TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
@@ -82,29 +83,37 @@ def _layer_two_pass(layer, linears, method, target, hidden, calls, grads, prefix
 
 
 def _layer_one_pass(layer, linears, method, target, hidden, calls, grads, prefix, report, last: bool):
-    """One forward pass: each linear is pruned the moment its input arrives, so later linears in
-    the layer see the outputs of already-pruned ones (SparseGPT's "true sequential"), and the
-    pass's output is already the pruned output. Needs all samples in one batch; gated MLPs run
-    in token chunks so their (tokens, intermediate) activations are not all alive at once."""
-    assert len(hidden) == 1, "one-pass pruning needs every calibration sample in one batch"
+    """One forward pass: each linear is pruned the moment its input from every calibration batch
+    has arrived, so later linears in the layer see the outputs of already-pruned ones (SparseGPT's
+    "true sequential"), and the pass's output is already the pruned output. The batches run in
+    lockstep (calib/lockstep.py), each pausing at every linear; gated MLPs run in token chunks so
+    their (tokens, intermediate) activations are not all alive at once."""
     collector = StatsCollector(method.needs)
+    lockstep: Lockstep[torch.Tensor] = Lockstep()
     done: set[str] = set()
 
     def first_sight(name: str, module: nn.Module, x: torch.Tensor) -> None:
         if name in done:
             return
-        collector.observe(name, x)
+        collector.observe(name, x, batch=lockstep.batch)
+        lockstep.pause(name)  # back here once every batch has added its input and the linear is pruned
+
+    def prune(name: str) -> None:
         stats = _attach_grads(collector.stats(name), grads, f"{prefix}.{name}")
-        _prune_one(method, module, name, stats, target, prefix, report)
+        _prune_one(method, linears[name], name, stats, target, prefix, report)
         done.add(name)
 
     def pre_hook(name: str):
         return lambda module, args: first_sight(name, module, args[0])
 
+    device = module_device(layer)
+    tasks = [lambda h=h, call=call: call.run(layer, h, device) for h, call in zip(hidden, calls)]
     handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in linears.items()]
     try:
         with chunked_gated_mlps(layer, set(linears), first_sight):
-            hidden = run_layer(layer, hidden, calls)
+            hidden = lockstep.run(tasks, prune)
+    except BatchesDiverged as exc:
+        raise UserError(f"{prefix}: {exc}") from None
     finally:
         for h in handles:
             h.remove()
@@ -128,9 +137,10 @@ def prune_model(
 ) -> PruneReport:
     """Prune `model` in place. calib_ids (nsamples, seqlen) is needed when the method uses X or H.
 
-    within_layer: "sequential" (one forward per layer, linears pruned in call order),
-    "parallel" (the reference order, two forwards per layer), or "auto": sequential when all
-    calibration tokens fit in one batch of at most `one_pass_max_tokens`.
+    within_layer: "sequential" (one forward per layer, linears pruned in call order, the batches
+    of `batch_size` samples in lockstep), "parallel" (the reference order, two forwards per layer),
+    or "auto": sequential when the calibration set has at most `one_pass_max_tokens` tokens (in
+    one pass every batch's layer activations are alive at once; in two, one batch's).
     """
     target_for: TargetFor = target if callable(target) else (lambda _i, t=target: t)
     model.eval()  # dropout off: statistics must not depend on random masks
@@ -159,7 +169,7 @@ def prune_model(
         raise ValueError(f"within_layer must be auto, sequential or parallel, not {within_layer!r}")
     report.within_layer = within_layer
     one_pass = within_layer == "sequential"
-    captured = capture_layer_inputs(model, layers, calib_ids, calib_ids.shape[0] if one_pass else batch_size)
+    captured = capture_layer_inputs(model, layers, calib_ids, batch_size)
     report.seconds["capture"] = time.perf_counter() - start
     hidden = captured.hidden
     prune_layer = _layer_one_pass if one_pass else _layer_two_pass

@@ -1,7 +1,8 @@
 """Gated MLPs (Llama, Mistral, Qwen2/3, Gemma 1-3, OLMo-2, Granite) run in token chunks during
 one-pass pruning, so the layer's largest activations never exist for all calibration tokens at once.
 
-In one-pass pruning every calibration token goes through a layer in one batch (pipeline.py). The
+In one-pass pruning every calibration batch goes through a layer before its linears are pruned,
+the batches in lockstep, so all of their activations are alive at once (pipeline.py). The
 MLP is where that costs memory: `down(act(gate(x)) * up(x))` holds gate(x), act(gate(x)), up(x)
 and their product, each (tokens, intermediate): four 100 MB float32 tensors at 16k tokens on
 SmolLM2, while the papers' code, one sample at a time, holds 3 MB. Here gate and up are pruned
@@ -55,6 +56,9 @@ def _chunked_forward(mlp: nn.Module, names: dict[str, str], first_sight: FirstSi
             if inner is None:
                 inner = gate.new_empty(tokens, gate.shape[-1], dtype=torch.result_type(gate, up))
             torch.mul(gate, up, out=inner[start : start + chunk])  # straight into place: no copy
+        # The last chunk's temporaries go before down's first sight: one-pass pruning pauses every
+        # calibration batch there (calib/lockstep.py), and each paused frame would keep its own.
+        del gate, up, part
         first_sight(names["down_proj"], mlp.down_proj, inner)
         # down_proj in one call: its output, (tokens, hidden), is as large as any buffer it would be
         # assembled in, and a chunked call only added a copy (the same bits on CPU at SmolLM2's shapes).

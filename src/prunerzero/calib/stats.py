@@ -148,26 +148,29 @@ class StatsCollector:
     last input is kept: holding every owner's input kept each of them alive until the layer ended
     (about 200 MB per layer at 16k calibration tokens on SmolLM2). A sibling called after some other
     linear would get an accumulator of its own: the same numbers, computed twice.
+    `batch` names the calibration batch a call comes from when batches run a layer interleaved
+    (calib/lockstep.py): each keeps its own last input, so q/k/v still share one accumulator.
     """
 
     def __init__(self, needs: frozenset[str]) -> None:
         self.want_x, self.want_h = "X" in needs, "H" in needs
         self.accumulators: dict[str, InputAccumulator] = {}
         self._owner: dict[str, str] = {}
-        self._last: tuple[str, torch.Tensor] | None = None  # (owner, the tensor it last consumed)
+        self._last: dict[int, tuple[str, torch.Tensor]] = {}  # batch -> (owner, the tensor it last consumed)
 
     @property
     def active(self) -> bool:
         return self.want_x or self.want_h
 
-    def observe(self, name: str, x: torch.Tensor) -> None:
+    def observe(self, name: str, x: torch.Tensor, batch: int = 0) -> None:
         if name not in self._owner:
-            twin = self._last[0] if self._last is not None and self._last[1] is x else None
+            last = self._last.get(batch)
+            twin = last[0] if last is not None and last[1] is x else None
             self._owner[name] = twin or name
             self.accumulators[name] = self.accumulators[twin] if twin else InputAccumulator(self.want_x, self.want_h)
         if self._owner[name] == name:
             self.accumulators[name].update(x.detach())
-            self._last = (name, x)
+            self._last[batch] = (name, x)
 
     def stats(self, name: str) -> LinearStats:
         return self.accumulators[name].finalize() if name in self.accumulators else LinearStats()
