@@ -22,8 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calib.capture import capture_layer_inputs, run_layer
-from .calib.lockstep import BatchesDiverged, Lockstep
 from .calib.gated_mlp import chunked_gated_mlps
+from .calib.lockstep import BatchesDiverged, Lockstep
 from .calib.stats import GradientStats, LinearStats, StatsCollector, collect_input_stats
 from .errors import UserError
 from .masks import SparsityTarget
