@@ -113,7 +113,8 @@ def _layer_one_pass(layer, linears, method, target, hidden, calls, grads, prefix
         with chunked_gated_mlps(layer, set(linears), first_sight):
             hidden = lockstep.run(tasks, prune)
     except BatchesDiverged as exc:
-        raise UserError(f"{prefix}: {exc}") from None
+        raise UserError(f"{prefix}: {exc}: the layer routes tokens by their content; prune with "
+                        "--within-layer parallel") from None
     finally:
         for h in handles:
             h.remove()

@@ -68,9 +68,7 @@ class Lockstep(Generic[T]):
                 if kinds != {"paused"} or len(names) != 1:
                     seen = ", ".join(f"batch {i}: {v if k == 'paused' else 'finished'}"
                                      for i, (k, v) in enumerate(reports))
-                    raise BatchesDiverged(f"calibration batches reached different linears ({seen}): "
-                                          "the layer routes tokens by their content; prune with "
-                                          "--within-layer parallel")
+                    raise BatchesDiverged(f"calibration batches reached different linears ({seen})")
                 on_all_at(names.pop())
                 reports = resume_all()
         finally:
