@@ -68,6 +68,10 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     for s in args.obs_seeds:  # the gauge-masks search with SparseGPT's OBS update after every mask, in the
         # fitness and in the leaderboard (every entry, baselines too): the mask that is best *after* the update
         out[f"update-obs-seed{s}"] = gauge(s, "0.5,2:4", "masks") + ["--reconstruct", "obs"]
+    for s in args.units_seeds:  # the gauge-masks search in the wider units-invariant language, the smallest of
+        # the CLI's languages that holds RIA (the best hand-made 2:4 mask; seeded into generation 0, so a search
+        # can improve on it)
+        out[f"units-masks-seed{s}"] = [a if a != "gauge" else "units" for a in gauge(s, "0.5,2:4", "masks")]
     return out
 
 
@@ -307,6 +311,7 @@ def write(args: argparse.Namespace) -> str:
     gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
     gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
     gauge += f" --obs-seeds {','.join(map(str, args.obs_seeds))}" if args.obs_seeds else ""
+    gauge += f" --units-seeds {','.join(map(str, args.units_seeds))}" if args.units_seeds else ""
     seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
     # A budget other than the default is part of the command: the run that starts the search needs it.
     budget = f" --population {args.population}" if args.population != POPULATION else ""
@@ -321,7 +326,7 @@ def write(args: argparse.Namespace) -> str:
               + (f", `--invariance gauge --dedup formula --ops {','.join(GAUGE_OPS)}` for gauge-seedS, the same with "
                  "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
                  f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS, with `--reconstruct obs` for "
-                 "update-obs-seedS." if gauge else ".")]
+                 "update-obs-seedS, with `--invariance units` in place of gauge for units-masks-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section(args.section, text)
     return text
@@ -346,6 +351,9 @@ def main() -> None:
     ap.add_argument("--obs-seeds", type=seed_list, default=[],
                     help="also these seeds of the gauge-masks search with the OBS update after every mask, in the "
                          "fitness and the leaderboard (names update-obs-seedS)")
+    ap.add_argument("--units-seeds", type=seed_list, default=[],
+                    help="also these seeds of the gauge-masks search with --invariance units, the language that "
+                         "holds RIA (names units-masks-seedS)")
     ap.add_argument("--section", default="search-seeds",
                     help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
                          "before (search-seeds was written from run folders this machine no longer has), e.g. "
