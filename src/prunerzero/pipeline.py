@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calib.capture import capture_layer_inputs, run_layer
+from .calib.capture import capture_layer_inputs, layer_tasks, run_layer
 from .calib.gated_mlp import chunked_gated_mlps
 from .calib.lockstep import BatchesDiverged, Lockstep
 from .calib.stats import GradientStats, LinearStats, StatsCollector, collect_input_stats
@@ -29,7 +29,7 @@ from .errors import UserError
 from .masks import SparsityTarget
 from .methods.base import Method
 from .models import find_decoder_layers, find_linears, is_prunable, set_weight_matrix, weight_matrix
-from .placement import input_device, module_device, onloaded
+from .placement import input_device, onloaded
 from .symbolic.primitives import InvalidMetricError
 
 TargetFor = Callable[[int], SparsityTarget]  # decoder-layer index -> its target
@@ -106,8 +106,7 @@ def _layer_one_pass(layer, linears, method, target, hidden, calls, grads, prefix
     def pre_hook(name: str):
         return lambda module, args: first_sight(name, module, args[0])
 
-    device = module_device(layer)
-    tasks = [lambda h=h, call=call: call.run(layer, h, device) for h, call in zip(hidden, calls)]
+    tasks = layer_tasks(layer, hidden, calls)
     handles = [m.register_forward_pre_hook(pre_hook(n)) for n, m in linears.items()]
     try:
         with chunked_gated_mlps(layer, set(linears), first_sight):

@@ -15,6 +15,7 @@ stays there for the next layer to fetch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -103,7 +104,14 @@ def capture_layer_inputs(
 
 
 @torch.no_grad()
+def layer_tasks(layer: nn.Module, hidden: list[torch.Tensor],
+                calls: list[LayerCall]) -> list[Callable[[], torch.Tensor]]:
+    """One decoder layer's run per batch, not yet started: each (B, T, C) -> (B, T, C) on the layer's
+    device. One-pass pruning starts them in lockstep (calib/lockstep.py); run_layer one after another."""
+    device = module_device(layer)
+    return [lambda h=h, call=call: call.run(layer, h, device) for h, call in zip(hidden, calls)]
+
+
 def run_layer(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall]) -> list[torch.Tensor]:
     """One decoder layer over every batch: list of (B, T, C) -> list of (B, T, C) on the layer's device."""
-    device = module_device(layer)
-    return [call.run(layer, h, device) for h, call in zip(hidden, calls)]
+    return [task() for task in layer_tasks(layer, hidden, calls)]
