@@ -17,6 +17,7 @@ from prunerzero.errors import UserError
 from prunerzero.masks import (
     SparsityTarget,
     make_mask,
+    nm_lowest_by_column,
     nm_mask,
     parse_target,
     prune_lowest,
@@ -305,6 +306,21 @@ def test_random_64x128_matches_slow_reference(sparsity, pattern, group, quantise
         score = torch.round(score * 4) / 4
     got = make_mask(score, parse_target(float(sparsity), pattern, group))
     assert torch.equal(got, _reference_mask(score, sparsity, pattern, group))
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4), (3, 4)])
+@pytest.mark.parametrize("levels", [3, 1000])
+def test_nm_by_column_is_nm_mask_on_groups_laid_down_the_columns(n, m, levels):
+    """SparseGPT's sweep holds one group per column (m, G): the same mask as nm_mask on (rows, m)
+    groups: ties by position, and NaN handled by the very same comparisons."""
+    g = torch.Generator().manual_seed(n * 100 + m + levels)
+    score = torch.randint(0, levels, (12, 5 * m), generator=g).float()
+    score[0, 1] = score[2, m] = score[2, m + 2] = float("nan")
+    want = nm_mask(score, n, m)
+    got = nm_lowest_by_column(score.reshape(-1, m).t(), n)  # (m, G)
+    assert torch.equal(got.t().reshape(score.shape), want)
+    out = torch.empty(m, score.numel() // m, dtype=torch.bool)
+    assert nm_lowest_by_column(score.reshape(-1, m).t(), n, out=out) is out and torch.equal(out, got)
 
 
 @pytest.mark.parametrize("seed", range(20))

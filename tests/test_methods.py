@@ -375,3 +375,40 @@ def test_gram_from_upper_blocks_equals_the_full_product(width):
     assert (got - full).abs().max() <= 1e-5 * full.abs().max()
     assert torch.equal(got, got.t())
     assert torch.equal(got, gram(x))  # deterministic: the same statistics every run
+
+
+def _textbook_sparsegpt(w: torch.Tensor, h: torch.Tensor, n: int, m: int, blocksize: int) -> torch.Tensor:
+    """SparseGPT's N:M sweep as its paper's Algorithm 1 writes it: untransposed, one column at a time."""
+    w = w.clone()
+    hinv = inverse_hessian_factor(h, 0.01)
+    for i1 in range(0, w.shape[1], blocksize):
+        i2 = min(i1 + blocksize, w.shape[1])
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        mask1 = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if i % m == 0:
+                saliency = w1[:, i:i + m] ** 2 / torch.diag(hinv1)[i:i + m].unsqueeze(0) ** 2
+                for r in range(w1.shape[0]):  # the n lowest of the group, ties to the lower index
+                    order = sorted(range(m), key=lambda j: (float(saliency[r, j]), j))
+                    mask1[r, [i + j for j in order[:n]]] = True
+            err = w1[:, i] * mask1[:, i] / hinv1[i, i]
+            w1[:, i:] -= torch.outer(err, hinv1[i, i:])
+            err1[:, i] = err
+        w[:, i1:i2] = w1.masked_fill(mask1, 0.0)
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w
+
+
+@pytest.mark.parametrize("pattern, blocksize", [("2:4", 32), ("4:8", 24), ("2:4", 128)])
+def test_obs_nm_sweep_is_the_textbook_algorithm(pattern, blocksize):
+    """The transposed sweep with its broadcast group choice is SparseGPT's algorithm: the same mask and,
+    up to rounding, the same weights. Quantised weights put exact ties into the first groups' choice."""
+    w, x = _random_layer(out=24, inp=96, tokens=384, seed=8)
+    w = (w * 4).round() / 4
+    h = x.t() @ x / x.shape[0]
+    n, m = map(int, pattern.split(":"))
+    want = _textbook_sparsegpt(w, h, n, m, blocksize)
+    got = obs_prune(w, h, parse_target(n / m, pattern), blocksize=blocksize)
+    assert torch.equal(got == 0, want == 0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ groups take floor/ceil shares by cumulative rounding so the rows add up to that 
 """
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 from dataclasses import dataclass
@@ -144,11 +145,16 @@ def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "row") 
     raise UserError(f"unknown comparison group {group!r}")
 
 
+def check_nm_width(cols: int, n: int, m: int) -> None:
+    """An N:M pattern needs whole groups of M in every row."""
+    if cols % m:
+        raise UserError(f"N:M pattern {n}:{m} needs input width divisible by {m}, got {cols}")
+
+
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """score (out, in) -> mask pruning the n lowest of every m consecutive inputs, vectorised."""
     rows, cols = score.shape
-    if cols % m:
-        raise UserError(f"N:M pattern {n}:{m} needs input width divisible by {m}, got {cols}")
+    check_nm_width(cols, n, m)
     columns = score.reshape(rows * cols // m, m).unbind(-1)  # m views of shape (G,)
     # Rank of entry i inside its group, ties by position: count the entries j that come
     # before it (s_j < s_i, or s_j == s_i with j < i). m*m elementwise comparisons over
@@ -161,6 +167,26 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
                 rank += (s_j <= s_i) if j < i else (s_j < s_i)
         ranks.append(rank)
     return (torch.stack(ranks, dim=-1) < n).reshape(rows, cols)
+
+
+@functools.lru_cache(maxsize=16)
+def _precedes(m: int, device: torch.device) -> torch.Tensor:
+    """(m, m, 1) bool, [i, j] = entry j comes before entry i of its group (read only: it is shared)."""
+    return torch.ones(m, m, dtype=torch.bool, device=device).tril_(-1).unsqueeze(-1)
+
+
+def nm_lowest_by_column(score_t: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """score_t (m, G), one group of m per column -> mask (m, G) of each column's n lowest, ties by position.
+
+    ``nm_mask`` for groups laid out down the columns, as SparseGPT's transposed sweep holds them: the
+    same comparisons (an entry sorts behind a lower one, and behind an equal one before it), so the same
+    mask, NaN included. Built for one N:M group of a layer at a time, where a few broadcast ops over
+    (m, m, G) beat nm_mask's m*m small ones: the sweep calls it ~1250 times per layer of SmolLM2.
+    """
+    before = _precedes(score_t.shape[0], score_t.device)  # (m, m, 1)
+    s_i, s_j = score_t.unsqueeze(1), score_t.unsqueeze(0)  # (m, 1, G), (1, m, G)
+    ahead = torch.where(before, s_j <= s_i, s_j < s_i)  # (m, m, G): entry j sorts ahead of entry i
+    return torch.lt(ahead.sum(1), n, out=out)  # rank of each entry in its group < n: removed
 
 
 def zero_masked(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

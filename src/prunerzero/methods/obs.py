@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..masks import SparsityTarget, cumulative_counts, nm_mask, prune_lowest
+from ..masks import SparsityTarget, check_nm_width, cumulative_counts, nm_lowest_by_column, prune_lowest
 
 # (block weights (out, b), diag of the block's inverse-Hessian factor (b,), the block's columns in the
 # layer) -> saliency (out, b); lower = removed first. The column slice lets a metric read the
@@ -145,6 +145,9 @@ def obs_prune(
     hinv = hinv.to(w.device)
     per_row = block_group == "row"
     counts = _block_counts(rows, cols, blocksize, target.sparsity, per_row)  # (blocks,) or (rows, blocks)
+    choose_groups = fixed_mask is None and target.structured  # N:M chosen group by group in the sweep
+    if choose_groups:
+        check_nm_width(cols, target.n, target.m)
 
     for block_index, i1 in enumerate(range(0, cols, blocksize)):
         i2 = min(i1 + blocksize, cols)
@@ -154,39 +157,42 @@ def obs_prune(
         d = torch.diag(hinv1)  # (b,)
         span = slice(i1, i2)
 
-        if fixed_mask is not None:
-            mask1 = fixed_mask[:, i1:i2].to(w.device)
-        elif target.structured:
-            mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        elif per_row:
-            mask1 = prune_lowest(saliency(w1, d, span), counts[:, block_index])
-        else:
-            k = counts[block_index : block_index + 1]
-            mask1 = prune_lowest(saliency(w1, d, span).reshape(1, -1), k).reshape(rows, count)
-        # err of column i = its current value / d_i where pruned, 0 where kept: one multiply per column.
-        scale_t = (mask1 / d.unsqueeze(0)).t().contiguous()  # (b, out)
         # The sweep works on the block transposed, (b, out): each column is a contiguous row, which
         # makes the per-column steps (the only sequential part) about twice as fast.
+        if fixed_mask is not None:
+            mask1t = fixed_mask[:, i1:i2].to(w.device).t().contiguous()  # (b, out)
+        elif choose_groups:
+            mask1t = torch.zeros(count, rows, dtype=torch.bool, device=w.device)  # filled group by group
+        elif per_row:
+            mask1t = prune_lowest(saliency(w1, d, span), counts[:, block_index]).t().contiguous()
+        else:
+            k = counts[block_index : block_index + 1]
+            mask1t = prune_lowest(saliency(w1, d, span).reshape(1, -1), k).reshape(rows, count).t().contiguous()
+        d_col = d.unsqueeze(1)  # (b, 1)
+        # err of column i = its current value / d_i where pruned, 0 where kept: one multiply per column.
+        scale_t = mask1t / d_col  # (b, out)
         w1t = w1.t().contiguous()  # (b, out)
         err1t = torch.empty_like(w1t)  # (b, out)
+        # One view per column, made once: the sweep's steps are small enough that indexing shows.
+        w_rows, scale_rows, err_rows, hinv_rows = w1t.unbind(0), scale_t.unbind(0), err1t.unbind(0), hinv1.unbind(0)
 
         for i in range(count):
-            if fixed_mask is None and target.structured and i % target.m == 0:
+            if choose_groups and i % target.m == 0:
                 group = slice(i, i + target.m)
                 # Saliency of the whole current block (columns before i are final, the rest updated),
                 # so a metric's row/column normalisations see the block, not just M columns.
-                if saliency is obs_saliency:  # elementwise: the group's columns suffice
-                    scores = obs_saliency(w1t[group].t(), d[group])
+                if saliency is obs_saliency:  # elementwise: the group's columns suffice, (m, out)
+                    scores_t = w1t[group].pow(2) / d_col[group].pow(2)
                 else:
-                    scores = saliency(w1t.t(), d, span)[:, group]
-                mask1[:, group] = nm_mask(scores, target.n, target.m)
-                scale_t[group] = (mask1[:, group] / d[group].unsqueeze(0)).t()
-            err = torch.mul(w1t[i], scale_t[i], out=err1t[i])  # (out,)
+                    scores_t = saliency(w1t.t(), d, span)[:, group].t()
+                nm_lowest_by_column(scores_t, target.n, out=mask1t[group])
+                torch.div(mask1t[group], d_col[group], out=scale_t[group])
+            err = torch.mul(w_rows[i], scale_rows[i], out=err_rows[i])  # (out,)
             # Rank-1 update of column i and the rest of the block; column i becomes its pruned value
             # (w - w/d*d: 0 up to rounding where pruned, unchanged where kept).
-            w1t[i:].addr_(hinv1[i, i:], err, alpha=-1.0)
+            w1t[i:].addr_(hinv_rows[i][i:], err, alpha=-1.0)
 
-        w[:, i1:i2] = w1t.t().masked_fill(mask1, 0.0)  # exact zeros where pruned
+        w[:, i1:i2] = w1t.masked_fill_(mask1t, 0.0).t()  # exact zeros where pruned
         err1 = err1t.t()  # (out, b)
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of the columns after the block
     return w
