@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import platform
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from . import io
 from .allocation import Allocation, owl_allocation, plot_allocation
 from .config import PruneConfig
+from .precision import bf16_autocast
 from .errors import UserError, clip, short
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget
@@ -202,7 +202,7 @@ def prune(cfg: PruneConfig, progress: bool = True) -> dict[str, Any]:
         results["gradients"] = grad_info
 
     device_type = input_device(lm.model).type
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.calib_dtype == "bfloat16" else nullcontext()
+    autocast = bf16_autocast(device_type, enabled=cfg.calib_dtype == "bfloat16")
     layer_target: Any = target
     alloc: Allocation | None = None
     if cfg.allocation == "owl":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -44,6 +43,7 @@ from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import reconstruct_prune, with_reconstruction
 from ..models import weight_matrix
 from ..placement import input_device
+from ..precision import bf16_autocast
 from ..snapshot import DenseSnapshot, PruneOne
 from ..symbolic import InvalidMetricError, Metric, TerminalSpec
 from ..windows import NO_BOS, Windowing, eval_windows
@@ -151,8 +151,7 @@ class ProxyFitness:
 
     def _autocast(self):
         device_type = next(self.model.parameters()).device.type
-        bf16 = self.config.eval_dtype == "bfloat16"
-        return torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        return bf16_autocast(device_type, enabled=self.config.eval_dtype == "bfloat16")
 
     @torch.no_grad()
     def _dense_top_k(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ...errors import UserError
 from ...models import find_decoder_layers, prunable_linears
 from ...placement import input_device, module_device
+from ...precision import bf16_autocast
 from ..stats import GradientStats  # grad_l1, grad_l2 here: float32 on CPU
 
 # Called after every batch with the number of samples done (a progress hook; tests raise from it).
@@ -121,7 +122,10 @@ def _accumulate(
     saved_flags = [p.requires_grad for p in params]
     saved_grads = {name: m.weight.grad for name, m in modules.items()}
     was_training = model.training
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    if dtype == torch.bfloat16:
+        autocast = bf16_autocast(device.type)  # fast on CPUs without bf16 hardware too
+    else:
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def fold(name: str, module: nn.Module) -> Callable[[torch.Tensor], None]:
         l1, sumsq = acc[name]
