@@ -56,6 +56,7 @@ def main() -> None:
     from prunerzero.config import PruneConfig
     from prunerzero.masks import parse_setting
     from prunerzero.pipeline import prune_model
+    from prunerzero.precision import bf16_autocast
     from prunerzero.snapshot import DenseSnapshot
 
     cfg = PruneConfig(model="smollm2-135m", calib_data="general", nsamples=32, seqlen=512, seed=0)
@@ -63,7 +64,7 @@ def main() -> None:
     ids = cfg.calibration_windows(cfg.calibration_tokens(lm, windowing), windowing)  # (32, 512)
     model = lm.model
     snapshot = DenseSnapshot(model)
-    autocasts = {"float32": nullcontext, "bfloat16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+    autocasts = {"float32": nullcontext, "bfloat16": lambda: bf16_autocast("cpu")}  # as `prune --calib-dtype`
     dtypes = {d: autocasts[d] for d in args.dtypes.split(",")}
 
     @torch.no_grad()

@@ -51,7 +51,8 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
     terminal_scale: str = option("raw", "layer: scale-free W, X, G (each divided by its mean over the layer), so sums "
                                  "of terms balance the same way on every model; the winner is saved with it in "
                                  "best_metric.json", flag="--terminals", choices=("raw", "layer"))
-    eval_dtype: str = option("float32", "float32 or bfloat16 for fitness forwards")
+    eval_dtype: str = option("float32", "float32 or bfloat16 for fitness forwards (autocast: about 2.5x faster on "
+                             "CPUs with AMX)")
     report_data: str | None = option("wikitext2", "reporting texts for the leaderboard, comma-separated: wikitext2, "
                                      "qasper (NLP papers), a file")
     report_tokens: int | None = option(None, "first N tokens of the reporting set")

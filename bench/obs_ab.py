@@ -1,0 +1,96 @@
+"""SparseGPT with the OBS sweep of an earlier commit against the current one, timed alternately in one
+process, with a check that both give the same weights to the bit.
+
+Same model, calibration windows and statistics (SmolLM2, 32x512 of the general mix, seed 0); only
+``methods/obs.py`` differs: the earlier version is read from git (``--old``, default: the commit
+before the sweep's last change) and loaded as a module beside the current one. Each prune starts
+from the dense weights and is paired with a forward pass of its own (the decoder, batches of 8), as
+in bench/floor.py. Prints the pairs and the medians; nothing is written.
+
+    .venv/bin/python bench/obs_ab.py --repeats 3 [--old REV] [--settings 0.5,2:4]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_old_obs(rev: str):
+    """methods/obs.py as it was at `rev`, imported as prunerzero.methods._obs_at_rev (relative imports work)."""
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:src/prunerzero/methods/obs.py"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"obs_ab: cannot read methods/obs.py at {rev!r}: {exc.stderr.strip()}")
+    import prunerzero.methods as methods
+
+    spec = importlib.util.spec_from_loader("prunerzero.methods._obs_at_rev", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = methods.__name__
+    exec(compile(source, f"obs.py@{rev}", "exec"), module.__dict__)  # noqa: S102  our own file at an earlier commit
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="pairs per version and setting")
+    ap.add_argument("--old", default="bce08ed^", help="git revision of the earlier obs.py")
+    ap.add_argument("--settings", default="0.5,2:4")
+    args = ap.parse_args()
+
+    import torch
+
+    from prunerzero.api import build_method
+    from prunerzero.config import PruneConfig
+    from prunerzero.masks import parse_setting
+    from prunerzero.methods import sparsegpt
+    from prunerzero.pipeline import prune_model
+    from prunerzero.snapshot import DenseSnapshot
+
+    versions = {"old": load_old_obs(args.old).obs_prune, "new": sparsegpt.obs_prune}
+    cfg = PruneConfig(model="smollm2-135m", calib_data="general", nsamples=32, seqlen=512, seed=0)
+    lm, windowing = cfg.open_model()
+    ids = cfg.calibration_windows(cfg.calibration_tokens(lm, windowing), windowing)  # (32, 512)
+    model = lm.model
+    snapshot = DenseSnapshot(model)
+    method = build_method(PruneConfig(model="smollm2-135m", method="sparsegpt"))
+
+    @torch.no_grad()
+    def forward() -> float:
+        start = time.perf_counter()
+        for batch in ids.split(8):
+            model.model(input_ids=batch, use_cache=False)
+        return time.perf_counter() - start
+
+    forward()  # warm-up
+    for setting in args.settings.split(","):
+        pairs: dict[str, list[tuple[float, float]]] = {v: [] for v in versions}
+        weights: dict[str, dict[str, torch.Tensor]] = {}
+        for _ in range(args.repeats):
+            for version, obs_prune in versions.items():  # alternate: drift of the machine hits both
+                snapshot.restore()
+                sparsegpt.obs_prune = obs_prune
+                fwd = forward()
+                start = time.perf_counter()
+                prune_model(model, method, parse_setting(setting), ids, batch_size=8, progress=False)
+                pairs[version].append((time.perf_counter() - start, fwd))
+                weights.setdefault(version, {n: m.weight.detach().clone() for n, m in snapshot.linears.items()})
+                print(f"{setting} {version}: prune {pairs[version][-1][0]:.1f} s, forward {fwd:.1f} s", flush=True)
+        sparsegpt.obs_prune = versions["new"]
+        same = all(torch.equal(w, weights["new"][n]) for n, w in weights["old"].items())
+        for version, got in pairs.items():
+            print(f"sparsegpt {setting} {version}: median prune {statistics.median(p for p, _ in got):.1f} s, "
+                  f"median ratio to its forward {statistics.median(p / f for p, f in got):.2f}x", flush=True)
+        print(f"sparsegpt {setting}: pruned weights old == new to the bit: {same}", flush=True)
+    snapshot.restore()
+
+
+if __name__ == "__main__":
+    main()
