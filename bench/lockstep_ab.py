@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import calibration_forward  # noqa: E402
 
 
 def main() -> None:
@@ -21,8 +26,6 @@ def main() -> None:
     ap.add_argument("--methods", default="wanda,sparsegpt")
     ap.add_argument("--setting", default="0.5")
     args = ap.parse_args()
-
-    import torch
 
     from prunerzero.api import build_method
     from prunerzero.config import PruneConfig
@@ -36,12 +39,8 @@ def main() -> None:
     model = lm.model
     snapshot = DenseSnapshot(model)
 
-    @torch.no_grad()
     def forward() -> float:
-        start = time.perf_counter()
-        for batch in ids.split(8):
-            model.model(input_ids=batch, use_cache=False)
-        return time.perf_counter() - start
+        return calibration_forward(model, ids)
 
     forward()  # warm-up
     groupings = {"one batch of 32": ids.shape[0], "batches of 8 in lockstep": 8}

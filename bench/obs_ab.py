@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_bench import calibration_forward  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,12 +65,8 @@ def main() -> None:
     snapshot = DenseSnapshot(model)
     method = build_method(PruneConfig(model="smollm2-135m", method="sparsegpt"))
 
-    @torch.no_grad()
     def forward() -> float:
-        start = time.perf_counter()
-        for batch in ids.split(8):
-            model.model(input_ids=batch, use_cache=False)
-        return time.perf_counter() - start
+        return calibration_forward(model, ids)
 
     forward()  # warm-up
     for setting in args.settings.split(","):

@@ -80,6 +80,18 @@ def cpu_name() -> str:
     return f"{model}, {' '.join(extras)}" if extras else model
 
 
+def calibration_forward(model, ids, batch_size: int = 8) -> float:
+    """Seconds of one forward of the decoder (no logits) over the calibration windows ids (n, T), in
+    batches of `batch_size`: the floor a one-pass prune is measured against (floor, A/B scripts)."""
+    import torch
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in ids.split(batch_size):
+            model.model(input_ids=batch, use_cache=False)
+    return time.perf_counter() - start
+
+
 def bench_prune(methods: list[str], patterns: list[tuple[str, str]], title: str, section: str) -> None:
     rows = []
     dense = None
