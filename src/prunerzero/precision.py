@@ -31,7 +31,10 @@ _PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN runs bf16 matrix products on this CPU (it needs AVX512; AVX2-only CPUs do not)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN: leave autocast as torch has it
+        return True
 
 
 def _is_bf16(value: Any) -> bool:
