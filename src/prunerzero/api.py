@@ -17,7 +17,6 @@ import torch
 from . import io
 from .allocation import Allocation, owl_allocation, plot_allocation
 from .config import PruneConfig
-from .precision import bf16_autocast
 from .errors import UserError, clip, short
 from .eval.perplexity import perplexity
 from .masks import SparsityTarget
@@ -27,6 +26,7 @@ from .methods.reconstruct import with_reconstruction
 from .models import LoadedModel, cache_dir, max_context
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
 from .placement import devices_of, input_device
+from .precision import bf16_autocast
 from .data import check_source
 from .settings import EvalSettings, OffloadSettings, check_seqlen, check_zero_shot
 from .symbolic import InvalidMetricError

@@ -103,7 +103,6 @@ def capture_layer_inputs(
     return captured
 
 
-@torch.no_grad()
 def layer_tasks(layer: nn.Module, hidden: list[torch.Tensor],
                 calls: list[LayerCall]) -> list[Callable[[], torch.Tensor]]:
     """One decoder layer's run per batch, not yet started: each (B, T, C) -> (B, T, C) on the layer's
@@ -112,6 +111,7 @@ def layer_tasks(layer: nn.Module, hidden: list[torch.Tensor],
     return [lambda h=h, call=call: call.run(layer, h, device) for h, call in zip(hidden, calls)]
 
 
+@torch.no_grad()
 def run_layer(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall]) -> list[torch.Tensor]:
     """One decoder layer over every batch: list of (B, T, C) -> list of (B, T, C) on the layer's device."""
     return [task() for task in layer_tasks(layer, hidden, calls)]
