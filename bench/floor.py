@@ -32,7 +32,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import machine, replace_section  # noqa: E402
+from run_bench import calibration_forward, machine, replace_section  # noqa: E402
 
 TARGETS = {"wanda": 1.2, "sparsegpt": 2.0, "gradients": 3.5}
 
@@ -67,13 +67,9 @@ def main() -> None:
     autocasts = {"float32": nullcontext, "bfloat16": lambda: bf16_autocast("cpu")}  # as `prune --calib-dtype`
     dtypes = {d: autocasts[d] for d in args.dtypes.split(",")}
 
-    @torch.no_grad()
     def forward(autocast) -> float:
-        start = time.perf_counter()
         with autocast():
-            for batch in ids.split(cfg.batch_size):
-                model.model(input_ids=batch, use_cache=False)  # the decoder only: pruning needs no logits
-        return time.perf_counter() - start
+            return calibration_forward(model, ids, cfg.batch_size)
 
     # Gradients first: a run computes G right after loading the model (prune --method gblm, search),
     # and timed after a dozen prunes the backward ran 40% slower than in a fresh process (2026-12-06).
