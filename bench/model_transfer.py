@@ -46,6 +46,7 @@ SEARCHED = {
     "mms(X * W) * (tanh(G * W) + sqr(mms(W)))": "joint-seed0 #1 (not gauge-invariant)",
     "W * rown(X) * (coln(W) + rown(G * (coln(W) * (G * W))))": "units-masks-seed0 #2",
     "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))": "units-masks-seed1 #2",
+    "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))": "units-masks-seed2 #1 (no G)",
 }
 # Measured first within each seed: the comparison that decides the verdict (the metric docs/METRICS.md
 # recommends against the hand-made ones), then the rest.
@@ -54,7 +55,7 @@ ORDER = ("wanda", "ria", "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "gblm", "sqr
          "tanh(coln(coln(zsn(G * W))) + mms(rown(W * sqrt(X))))", "mms(X * W) * (tanh(G * W) + sqr(mms(W)))",
          "magnitude", "sparsegpt --group layer", "wanda + admm gradual", "ria + admm gradual", "ria + admm",
          "W * rown(X) * (coln(W) + rown(G * (coln(W) * (G * W))))",
-         "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))")
+         "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))", "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))")
 SEED_FREE = {"magnitude"}  # no calibration: one draw is every draw
 # SparseGPT as the reference code selects unstructured weights: across all rows of each column block.
 # `sparsegpt` itself compares within output rows since 2026-12-05 (methods/sparsegpt.py); rows measured
