@@ -143,7 +143,8 @@ def _ms(values: list[float]) -> str:
 
 def robustness(rows: list[dict], settings: list[str]) -> list[str]:
     """Across every model with rows: each cell (model, text, setting) divides a metric's gap to dense by
-    the smallest hand-made gap of that cell (an oracle pick of the hand-made metric), then the geometric
+    the smallest hand-made gap of that cell on the same calibration draws (an oracle pick of the hand-made
+    metric; a cell where some hand-made metric lacks one of those draws leaves the metric out), then the geometric
     mean and the worst cell per metric. Lines of a table, or none when fewer than two models have rows."""
     models = sorted({r["model"] for r in rows})
     if len(models) < 2:
