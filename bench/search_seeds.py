@@ -72,6 +72,10 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
         # the CLI's languages that holds RIA (the best hand-made 2:4 mask; seeded into generation 0, so a search
         # can improve on it)
         out[f"units-masks-seed{s}"] = [a if a != "gauge" else "units" for a in gauge(s, "0.5,2:4", "masks")]
+    for s in args.units_two_model_seeds:  # the units search scored on SmolLM2 and Gemma-3 at once: the language
+        # whose winner travelled best (docs/METRICS.md), with a fitness that sees two families
+        out[f"units-two-models-seed{s}"] = ([a if a != "gauge" else "units" for a in gauge(s, "0.5,2:4", "masks")]
+                                            + ["--model", ",".join(TWO_MODELS)])
     return out
 
 
@@ -312,6 +316,8 @@ def write(args: argparse.Namespace) -> str:
     gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
     gauge += f" --obs-seeds {','.join(map(str, args.obs_seeds))}" if args.obs_seeds else ""
     gauge += f" --units-seeds {','.join(map(str, args.units_seeds))}" if args.units_seeds else ""
+    gauge += (f" --units-two-model-seeds {','.join(map(str, args.units_two_model_seeds))}"
+              if args.units_two_model_seeds else "")
     seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
     # A budget other than the default is part of the command: the run that starts the search needs it.
     budget = f" --population {args.population}" if args.population != POPULATION else ""
@@ -326,7 +332,8 @@ def write(args: argparse.Namespace) -> str:
               + (f", `--invariance gauge --dedup formula --ops {','.join(GAUGE_OPS)}` for gauge-seedS, the same with "
                  "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
                  f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS, with `--reconstruct obs` for "
-                 "update-obs-seedS, with `--invariance units` in place of gauge for units-masks-seedS." if gauge else ".")]
+                 "update-obs-seedS, with `--invariance units` in place of gauge for units-masks-seedS and, with "
+                 f"`--model {','.join(TWO_MODELS)}` too, for units-two-models-seedS." if gauge else ".")]
     text = "\n".join(lines)
     replace_section(args.section, text)
     return text
@@ -354,6 +361,9 @@ def main() -> None:
     ap.add_argument("--units-seeds", type=seed_list, default=[],
                     help="also these seeds of the gauge-masks search with --invariance units, the language that "
                          "holds RIA (names units-masks-seedS)")
+    ap.add_argument("--units-two-model-seeds", type=seed_list, default=[],
+                    help="also these seeds of the units search with the fitness over SmolLM2 and Gemma-3-270M "
+                         "(names units-two-models-seedS; about 15 h each on 2 AVX2 cores, resumable)")
     ap.add_argument("--section", default="search-seeds",
                     help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
                          "before (search-seeds was written from run folders this machine no longer has), e.g. "
