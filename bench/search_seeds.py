@@ -56,6 +56,9 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
         return ["--seed", str(seed), "--settings", settings, "--invariance", "gauge", "--dedup", dedup,
                 "--ops", ",".join(GAUGE_OPS)]
 
+    def units(seed: int) -> list[str]:  # the gauge-masks options with the wider units-invariant language
+        return [a if a != "gauge" else "units" for a in gauge(seed, "0.5,2:4", "masks")]
+
     for s in args.gauge_seeds:  # only gauge-invariant formulas, with per-row / per-column normalisers to build sums
         out[f"gauge-seed{s}"] = gauge(s, "0.5,2:4", "formula")
     for s in args.masks_seeds:  # the same, formulas that prune alike evaluated once (the CLI's default)
@@ -71,11 +74,10 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     for s in args.units_seeds:  # the gauge-masks search in the wider units-invariant language, the smallest of
         # the CLI's languages that holds RIA (the best hand-made 2:4 mask; seeded into generation 0, so a search
         # can improve on it)
-        out[f"units-masks-seed{s}"] = [a if a != "gauge" else "units" for a in gauge(s, "0.5,2:4", "masks")]
+        out[f"units-masks-seed{s}"] = units(s)
     for s in args.units_two_model_seeds:  # the units search scored on SmolLM2 and Gemma-3 at once: the language
         # whose winner travelled best (docs/METRICS.md), with a fitness that sees two families
-        out[f"units-two-models-seed{s}"] = ([a if a != "gauge" else "units" for a in gauge(s, "0.5,2:4", "masks")]
-                                            + ["--model", ",".join(TWO_MODELS)])
+        out[f"units-two-models-seed{s}"] = units(s) + ["--model", ",".join(TWO_MODELS)]
     return out
 
 
