@@ -44,6 +44,9 @@ COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--e
 HAND_MADE = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 TWO_MODELS = ("smollm2-135m", "gemma3-270m")  # Llama and Gemma-3: a metric must suit both families
 POPULATION, GENERATIONS = 40, 17  # each search's budget unless the command says otherwise
+# The options naming the searches beyond the joint ones (their runs' names: see searches()).
+SEED_FLAGS = ("gauge_seeds", "masks_seeds", "per_setting_seeds", "two_model_seeds", "obs_seeds", "units_seeds",
+              "units_two_model_seeds")
 GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
              "add", "sub", "mul", "div")
 
@@ -312,14 +315,9 @@ def write(args: argparse.Namespace) -> str:
                              f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller "
                              f"(paired by calibration draw: {per_seed}).")
     lines += _robustness(cells, set(winners))
-    gauge = f" --gauge-seeds {','.join(map(str, args.gauge_seeds))}" if args.gauge_seeds else ""
-    gauge += f" --masks-seeds {','.join(map(str, args.masks_seeds))}" if args.masks_seeds else ""
-    gauge += f" --per-setting-seeds {','.join(map(str, args.per_setting_seeds))}" if args.per_setting_seeds else ""
-    gauge += f" --two-model-seeds {','.join(map(str, args.two_model_seeds))}" if args.two_model_seeds else ""
-    gauge += f" --obs-seeds {','.join(map(str, args.obs_seeds))}" if args.obs_seeds else ""
-    gauge += f" --units-seeds {','.join(map(str, args.units_seeds))}" if args.units_seeds else ""
-    gauge += (f" --units-two-model-seeds {','.join(map(str, args.units_two_model_seeds))}"
-              if args.units_two_model_seeds else "")
+    # The command's search flags: every --*-seeds option given, in the order main() declares them.
+    gauge = "".join(f" --{name.replace('_', '-')} {','.join(map(str, getattr(args, name)))}"
+                    for name in SEED_FLAGS if getattr(args, name))
     seeds = ",".join(map(str, args.seeds)) or '""'  # '' (no joint search) must stay visible in the command
     # A budget other than the default is part of the command: the run that starts the search needs it.
     budget = f" --population {args.population}" if args.population != POPULATION else ""
@@ -365,7 +363,7 @@ def main() -> None:
                          "holds RIA (names units-masks-seedS)")
     ap.add_argument("--units-two-model-seeds", type=seed_list, default=[],
                     help="also these seeds of the units search with the fitness over SmolLM2 and Gemma-3-270M "
-                         "(names units-two-models-seedS; about 15 h each on 2 AVX2 cores, resumable)")
+                         "(names units-two-models-seedS; resumable)")
     ap.add_argument("--section", default="search-seeds",
                     help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
                          "before (search-seeds was written from run folders this machine no longer has), e.g. "
