@@ -25,10 +25,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import BIN, ROOT, WIKI, machine, replace_section, seed_list  # noqa: E402
+
+from prunerzero.io import append_jsonl  # noqa: E402
 
 RUNS = ROOT / "runs" / "seeds"
 ARCHIVE = ROOT / "bench" / "results" / "seeds"
@@ -36,8 +39,12 @@ ARCHIVE = ROOT / "bench" / "results" / "seeds"
 # (stats*.safetensors, hundreds of MB, derived exactly from the model and the calibration windows).
 # The checkpoint is copied before the log: the copied log then holds at least every record the copied
 # checkpoint counts (a log ahead of its checkpoint is what a kill leaves, and resume expects it).
+# One line per sitting of a search (when it started or resumed, on which machine): a search spread over
+# sittings may run on different CPUs, and --write states the ones that ran it, not the one that writes.
+SITTINGS = "sittings.jsonl"
 KEPT = ("job.json", "config.json", "checkpoint.json", "hall_of_fame.json", "evaluations.jsonl", "leaderboard.jsonl",
-        "best_metric.txt", "best_tree.json", "best_metric.json", "best_genes.json", "timing.json", "timing-1.json")
+        "best_metric.txt", "best_tree.json", "best_metric.json", "best_genes.json", "timing.json", "timing-1.json",
+        SITTINGS)
 COMMON = ["--model", "smollm2-135m", "--nsamples", "32", "--seqlen", "512", "--eval-dtype", "bfloat16",
           "--calib-seeds", "0,1,2", "--report-tokens", "8192", "--leaderboard-top", "2",
           "--baselines", "magnitude,wanda,gblm,ria,pruner-zero,sparsegpt"]
@@ -107,6 +114,9 @@ def run_search(cmd: list[str], out: Path, archive: Path, every: float = 60.0) ->
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    out.mkdir(parents=True, exist_ok=True)
+    append_jsonl(out / SITTINGS, {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                                  "machine": machine()})
     proc = subprocess.Popen(cmd)
     try:
         while proc.poll() is None:
@@ -201,6 +211,25 @@ def _robustness(cells: list[tuple[str, dict[str, float]]], searched: set[str]) -
     return lines
 
 
+def machines_line(names: list[str]) -> str:
+    """Which machines ran the searches, from their sittings.jsonl (runs started before it existed
+    have none: then the line says so and names the machine writing the section, that is all it knows)."""
+    seen: list[str] = []
+    unrecorded = []
+    for name in names:
+        path = run_dir(name) / SITTINGS
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        if not rows:
+            unrecorded.append(name)
+        seen += [r["machine"] for r in rows if r["machine"] not in seen]
+    line = (f"Machines (in the order their sittings began): {'; '.join(seen)}." if len(seen) > 1
+            else f"Machine (every sitting): {seen[0]}." if seen else "")
+    if unrecorded:
+        line += (f" {'Searches' if seen else 'The searches'} {', '.join(unrecorded)} recorded no machine (they predate "
+                 f"{SITTINGS}); this section was written on {machine()}.")
+    return line.strip()
+
+
 def write(args: argparse.Namespace) -> str:
     names = [n for n in searches(args) if (run_dir(n) / "checkpoint.json").exists()]
     if not names:
@@ -216,7 +245,7 @@ def write(args: argparse.Namespace) -> str:
     lines += [f"Model(s) scored by the fitness: {'; '.join(f'`{m}`' for m in models)}. Each search: population {first_job['search']['population']}, "
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
-              f"Machine: {machine()}."
+              f"{machines_line(names)}"
               + (f" Every mask, in the fitness and in the tables below (the hand-made metrics' too), is followed by "
                  f"the `--reconstruct {'/'.join(updates)}` weight update." if updates else ""), "",
               "| search | settings | evaluated | invalid | distinct masks (cheap / top rung) | replaced as duplicates "
