@@ -11,6 +11,8 @@ The run folders' small files (settings, evaluation log, checkpoint, hall of fame
 the statistics, which a resume computes again exactly) are mirrored every minute into
 bench/results/seeds/<name>/, which is kept in git: a machine that does not keep runs/ between
 sittings restores the folder from there and resumes, and `--write` reads it when runs/ is gone.
+Each start or resume adds a line to the folder's sittings.jsonl (when, on which machine): `--write`
+names the machines that ran the searches, which may not be the one writing.
 
     .venv/bin/python bench/search_seeds.py                 # run (or resume) every search
     .venv/bin/python bench/search_seeds.py --write         # the section
