@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import BIN, ROOT, WIKI, machine, replace_section, seed_list  # noqa: E402
 
-from prunerzero.io import append_jsonl  # noqa: E402
+from prunerzero.io import append_jsonl, read_jsonl  # noqa: E402
 
 RUNS = ROOT / "runs" / "seeds"
 ARCHIVE = ROOT / "bench" / "results" / "seeds"
@@ -219,11 +219,10 @@ def machines_line(names: list[str]) -> str:
     seen: list[str] = []
     unrecorded = []
     for name in names:
-        path = run_dir(name) / SITTINGS
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        rows = read_jsonl(run_dir(name) / SITTINGS)  # none when the file is missing; a torn last line left out
         if not rows:
             unrecorded.append(name)
-        seen += [r["machine"] for r in rows if r["machine"] not in seen]
+        seen += [m for m in dict.fromkeys(r["machine"] for r in rows) if m not in seen]  # each machine once
     line = (f"Machines (in the order their sittings began): {'; '.join(seen)}." if len(seen) > 1
             else f"Machine (every sitting): {seen[0]}." if seen else "")
     if unrecorded:
