@@ -412,3 +412,21 @@ def test_obs_nm_sweep_is_the_textbook_algorithm(pattern, blocksize):
     got = obs_prune(w, h, parse_target(n / m, pattern), blocksize=blocksize)
     assert torch.equal(got == 0, want == 0)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocksize", [32, 30, 128, 17])
+def test_obs_fixed_mask_sweep_is_the_textbook_update(blocksize):
+    """With the mask given, the blocked sweep (rank-1 updates inside a block, one product for the columns
+    after it) is the column-by-column OBS update over the whole layer up to rounding, partial blocks too."""
+    w, x = _random_layer(out=12, inp=70, tokens=384, seed=9)
+    h = x.t() @ x / x.shape[0]
+    mask = torch.rand(w.shape, generator=torch.Generator().manual_seed(2)) < 0.5
+    want = w.clone()
+    hinv = inverse_hessian_factor(h, 0.01)
+    for i in range(w.shape[1]):  # one column at a time over the whole layer, no blocks at all
+        err = want[:, i] * mask[:, i] / hinv[i, i]
+        want[:, i:] -= torch.outer(err, hinv[i, i:])
+    want = want.masked_fill(mask, 0.0)
+    got = obs_prune(w, h, parse_target(0.5), blocksize=blocksize, fixed_mask=mask)
+    assert torch.equal(got == 0, mask)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
