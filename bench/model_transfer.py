@@ -47,6 +47,9 @@ SEARCHED = {
     "W * rown(X) * (coln(W) + rown(G * (coln(W) * (G * W))))": "units-masks-seed0 #2",
     "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))": "units-masks-seed1 #2",
     "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))": "units-masks-seed2 #1 (no G)",
+    # Fitness over SmolLM2 and Gemma-3 jointly (section search-units-two-models): Gemma-3 is not unseen for these.
+    "W * coln(W) * sqrt(sqr(X * G) * sqrt(coln(W)))": "units-two-models-seed0 #1 (fitness on SmolLM2 + Gemma-3)",
+    "W * X * (W * W * mms(G))": "units-two-models-seed0 #2 (fitness on SmolLM2 + Gemma-3)",
 }
 # Measured first within each seed: the comparison that decides the verdict (the metric docs/METRICS.md
 # recommends against the hand-made ones), then the rest.
@@ -55,7 +58,8 @@ ORDER = ("wanda", "ria", "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "gblm", "sqr
          "tanh(coln(coln(zsn(G * W))) + mms(rown(W * sqrt(X))))", "mms(X * W) * (tanh(G * W) + sqr(mms(W)))",
          "magnitude", "sparsegpt --group layer", "wanda + admm gradual", "ria + admm gradual", "ria + admm",
          "W * rown(X) * (coln(W) + rown(G * (coln(W) * (G * W))))",
-         "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))", "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))")
+         "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))", "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))",
+         "W * coln(W) * sqrt(sqr(X * G) * sqrt(coln(W)))", "W * X * (W * W * mms(G))")
 SEED_FREE = {"magnitude"}  # no calibration: one draw is every draw
 # SparseGPT as the reference code selects unstructured weights: across all rows of each column block.
 # `sparsegpt` itself compares within output rows since 2026-12-05 (methods/sparsegpt.py); rows measured
