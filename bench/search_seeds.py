@@ -55,7 +55,7 @@ TWO_MODELS = ("smollm2-135m", "gemma3-270m")  # Llama and Gemma-3: a metric must
 POPULATION, GENERATIONS = 40, 17  # each search's budget unless the command says otherwise
 # The options naming the searches beyond the joint ones (their runs' names: see searches()).
 SEED_FLAGS = ("gauge_seeds", "masks_seeds", "per_setting_seeds", "two_model_seeds", "obs_seeds", "units_seeds",
-              "units_two_model_seeds")
+              "units_two_model_seeds", "sweep_mask_seeds")
 GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
              "add", "sub", "mul", "div")
 
@@ -68,8 +68,8 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
         return ["--seed", str(seed), "--settings", settings, "--invariance", "gauge", "--dedup", dedup,
                 "--ops", ",".join(GAUGE_OPS)]
 
-    def units(seed: int) -> list[str]:  # the gauge-masks options with the wider units-invariant language
-        return [a if a != "gauge" else "units" for a in gauge(seed, "0.5,2:4", "masks")]
+    def units(seed: int, settings: str = "0.5,2:4") -> list[str]:  # gauge-masks with the units-invariant language
+        return [a if a != "gauge" else "units" for a in gauge(seed, settings, "masks")]
 
     for s in args.gauge_seeds:  # only gauge-invariant formulas, with per-row / per-column normalisers to build sums
         out[f"gauge-seed{s}"] = gauge(s, "0.5,2:4", "formula")
@@ -90,6 +90,11 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
     for s in args.units_two_model_seeds:  # the units search scored on SmolLM2 and Gemma-3 at once: the language
         # whose winner travelled best (docs/METRICS.md), with a fitness that sees two families
         out[f"units-two-models-seed{s}"] = units(s) + ["--model", ",".join(TWO_MODELS)]
+    for s in args.sweep_mask_seeds:  # the units search at 2:4 with each candidate's mask chosen inside the OBS
+        # sweep and the update discarded (--mask-only), baselines too: the sequential mask choice that gives
+        # SparseGPT its 2:4 mask, open to every formula (2:4 alone: at 50% SparseGPT's sweep mask lost to Wanda)
+        out[f"sweep-mask24-seed{s}"] = units(s, "2:4") + ["--reconstruct", "obs", "--reconstruct-mode", "block",
+                                                          "--mask-only"]
     return out
 
 
@@ -363,7 +368,9 @@ def write(args: argparse.Namespace) -> str:
                  "`--dedup masks` for gauge-masks-seedS and, with `--settings 2:4` or `0.5` alone, for only24-seedS / "
                  f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS, with `--reconstruct obs` for "
                  "update-obs-seedS, with `--invariance units` in place of gauge for units-masks-seedS and, with "
-                 f"`--model {','.join(TWO_MODELS)}` too, for units-two-models-seedS." if gauge else ".")]
+                 f"`--model {','.join(TWO_MODELS)}` too, for units-two-models-seedS, and with `--settings 2:4 "
+                 "--reconstruct obs --reconstruct-mode block --mask-only` for sweep-mask24-seedS."
+                 if gauge else ".")]
     text = "\n".join(lines)
     replace_section(args.section, text)
     return text
@@ -394,6 +401,9 @@ def main() -> None:
     ap.add_argument("--units-two-model-seeds", type=seed_list, default=[],
                     help="also these seeds of the units search with the fitness over SmolLM2 and Gemma-3-270M "
                          "(names units-two-models-seedS; resumable)")
+    ap.add_argument("--sweep-mask-seeds", type=seed_list, default=[],
+                    help="also these seeds of the units search at 2:4 with every mask chosen inside the OBS sweep, the "
+                         "update discarded (names sweep-mask24-seedS; resumable)")
     ap.add_argument("--section", default="search-seeds",
                     help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
                          "before (search-seeds was written from run folders this machine no longer has), e.g. "

@@ -74,6 +74,10 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], str]] = {
     "eval-empty-file": (lambda c: ["--quiet", "eval", "--model", str(c["model"]), "--eval-data", str(c["empty_txt"])],
                         "is empty"),
     "blocksize-0": (lambda c: _prune(c, "--method", "sparsegpt", "--blocksize", "0"), "--blocksize must be >= 1"),
+    "mask-only-no-update": (lambda c: _prune(c, "--method", "wanda", "--mask-only"), "needs --reconstruct obs"),
+    "mask-only-fixed": (lambda c: _prune(c, "--reconstruct", "obs", "--mask-only"), "the metric's own mask"),
+    "search-mask-only-no-update": (lambda c: _search(c, "--out", str(c["out"]), "--mask-only"),
+                                   "needs --reconstruct obs"),
     "percdamp-nan": (lambda c: _prune(c, "--method", "sparsegpt", "--percdamp", "nan"), "--percdamp"),
     "sweep-batch-size-0": (lambda c: _sweep(c, "--out", str(c["out"]), "--batch-size", "0"), "--batch-size"),
     # where results go: checked before the work

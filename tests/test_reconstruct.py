@@ -10,7 +10,7 @@ from prunerzero.errors import UserError
 from prunerzero.masks import parse_target, row_counts
 from prunerzero.methods import get_method
 from prunerzero.methods.obs import obs_prune
-from prunerzero.methods.reconstruct import with_reconstruction
+from prunerzero.methods.reconstruct import check_mask_only, mask_only, with_reconstruction
 
 NAMED = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
 
@@ -233,3 +233,70 @@ def test_prune_with_admm_end_to_end(tiny_model_dir, wikitext_test, tmp_path):
     results = json.loads((again / "results.json").read_text())
     assert results["method"] == "ria+admm" and results["actual_sparsity"] == pytest.approx(0.5)
     assert results["method_details"]["reconstruct"]["mode"] == "gradual"
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+@pytest.mark.parametrize("build", ["sparsegpt", "wanda+obs-block", "ria+admm-gradual"])
+def test_mask_only_keeps_the_updates_mask_on_the_dense_weights(build, pattern):
+    """--mask-only: the zeros of the updating method, every kept weight its dense value to the bit,
+    the input untouched; for a mask that moves with the update, not the metric's own mask."""
+    weight, stats, _ = _layer(3)
+    target = parse_target(0.5, pattern)
+    if build == "sparsegpt":
+        method = get_method("sparsegpt", blocksize=32)
+    elif build == "wanda+obs-block":
+        method = with_reconstruction(get_method("wanda"), "block", blocksize=32)
+    else:
+        method = with_reconstruction(get_method("ria"), "gradual", kind="admm")
+    dense = weight.clone()
+    updated = method.prune(weight, stats, target)
+    kept = mask_only(method)
+    masked = kept.prune(weight, stats, target)
+    assert torch.equal(weight, dense)  # neither run changed its input
+    assert torch.equal(masked == 0, updated == 0)
+    assert torch.equal(masked[masked != 0], dense[masked != 0])  # no weight moved
+    assert not torch.equal(masked, updated)  # the update was there, and was dropped
+    assert kept.name == f"{method.name}-mask" and kept.describe["mask_only"] is True
+    if build != "sparsegpt":
+        own = get_method(build.split("+")[0]).prune(weight, stats, target)
+        assert not torch.equal(masked == 0, own == 0)  # chosen with the update, not from the dense scores
+
+
+def test_mask_only_needs_an_update_whose_mask_moves():
+    check_mask_only("none", "fixed", False)
+    check_mask_only("none", "fixed", True, method_reconstructs=True)  # --method sparsegpt --mask-only
+    check_mask_only("obs", "block", True)
+    check_mask_only("admm", "gradual", True)
+    with pytest.raises(UserError, match="needs --reconstruct obs"):
+        check_mask_only("none", "fixed", True)
+    for kind in ("obs", "admm"):
+        with pytest.raises(UserError, match="is the metric's own mask"):
+            check_mask_only(kind, "fixed", True)
+
+
+def test_prune_mask_only_end_to_end_leaves_kept_weights_dense(tiny_model_dir, wikitext_test, tmp_path):
+    """The whole pipeline with --mask-only: the saved checkpoint reloads, holds exactly the target's
+    zeros per linear, and every other weight is the original model's."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from prunerzero.cli import main
+
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    for label, extra in {"sparsegpt": ["--method", "sparsegpt"],
+                         "block": ["--method", "wanda", "--reconstruct", "obs", "--reconstruct-mode", "block"]}.items():
+        out = tmp_path / label
+        assert main(["--quiet", "prune", "--model", str(tiny_model_dir), *extra, "--pattern", "2:4", "--mask-only",
+                     "--blocksize", "16", "--nsamples", "4", "--seqlen", "32", "--eval-data", str(wikitext_test),
+                     "--eval-tokens", "128", "--save", str(out), "--save-model"]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["config"]["mask_only"] is True and results["method"].endswith("-mask")
+        assert results["actual_sparsity"] == pytest.approx(0.5)
+        saved = load_file(str(next((out).rglob("model.safetensors"))))
+        linears = [k for k in original if k.startswith("model.layers.") and k.endswith("proj.weight")]
+        assert linears
+        for key in linears:
+            new, old = saved[key], original[key]
+            assert ((new.reshape(-1, 4) == 0).sum(1) == 2).all(), key
+            assert torch.equal(new[new != 0], old[new != 0]), key

@@ -153,7 +153,7 @@ def test_fast_path_admm_gradual_moves_the_mask_and_the_leaderboard_says_so(tiny_
     masks = {mode: torch.cat([(w == 0).flatten() for w in ws.values()]) for mode, ws in pruned.items()}
     assert torch.equal(masks["none"], masks["fixed"]) and not torch.equal(masks["none"], masks["gradual"])
     assert int(masks["gradual"].sum()) == int(masks["none"].sum())
-    job = SimpleNamespace(reconstruct="admm", reconstruct_mode="gradual", allocation="uniform")
+    job = SimpleNamespace(reconstruct="admm", reconstruct_mode="gradual", allocation="uniform", mask_only=False)
     assert "chosen again from the updated weights" in _levers(job)
     assert "chosen again" not in _levers(SimpleNamespace(**{**vars(job), "reconstruct_mode": "fixed"}))
 
@@ -275,3 +275,44 @@ def test_search_over_two_model_families(tiny_model_dir, tiny_qwen_dir, wikitext_
     assert [m["model"] for m in config["fitness"]["models"]] == [str(tiny_model_dir), str(tiny_qwen_dir)]
     board = (tmp_path / "both" / "leaderboard.md").read_text()
     assert board.count(f", model `{tiny_model_dir}`") == 1 and board.count(f", model `{tiny_qwen_dir}`") == 1
+
+
+def test_fast_path_mask_only_scores_the_sweeps_mask_on_dense_weights(tiny_model_dir, wikitext_test):
+    """--reconstruct obs --reconstruct-mode block --mask-only reaches the fitness: the candidate's mask
+    is the one chosen inside the OBS sweep (the block run's zeros, not the plain mask) and every kept
+    weight is the dense one; the leaderboard's text says the update is discarded."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from prunerzero.masks import parse_target
+    from prunerzero.models import load_model, weight_matrix
+    from prunerzero.pipeline import collect_dense_stats
+    from prunerzero.search.fitness import FitnessSettings, ProxyFitness
+    from prunerzero.search.leaderboard import _levers
+    from prunerzero.symbolic import named_metric
+
+    lm = load_model(str(tiny_model_dir))
+    dense = {n: weight_matrix(m).detach().clone() for n, m in lm.model.named_modules() if n.endswith("_proj")}
+    calib = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))
+    stats = collect_dense_stats(lm.model, calib, frozenset({"X", "H"}), progress=False)
+    tokens = torch.randint(0, 1000, (1, 256), generator=torch.Generator().manual_seed(1))
+    pruned = {}
+    for label, extra in {"plain": {}, "block": {"reconstruct": "obs", "reconstruct_mode": "block", "blocksize": 16},
+                         "mask": {"reconstruct": "obs", "reconstruct_mode": "block", "blocksize": 16,
+                                  "mask_only": True}}.items():
+        fitness = ProxyFitness(lm.model, tokens, stats, FitnessSettings(fidelity_tokens=(64,), eval_seqlen=32, **extra))
+        fitness.apply(named_metric("wanda"), parse_target(0.5, "2:4"))
+        pruned[label] = {n: weight_matrix(m).detach().clone() for n, m in fitness.linears.items()}
+        fitness.restore()
+    assert FitnessSettings(mask_only=True).to_dict()["mask_only"] is True
+    assert "mask_only" not in FitnessSettings().to_dict()  # earlier runs' config.json unchanged: they resume
+    assert FitnessSettings(seq_nsamples=16).to_dict()["seq_nsamples"] == 16  # (a non-default int once crashed here)
+    changed = 0
+    for name, w in pruned["mask"].items():
+        assert torch.equal(w == 0, pruned["block"][name] == 0)
+        assert torch.equal(w[w != 0], dense[name][w != 0].to(w.dtype))
+        changed += not torch.equal(w == 0, pruned["plain"][name] == 0)
+    assert changed > 0  # the sweep chose other weights than the dense scores would
+    job = SimpleNamespace(reconstruct="obs", reconstruct_mode="block", allocation="uniform", mask_only=True)
+    assert "update is discarded" in _levers(job)

@@ -22,7 +22,7 @@ from .eval.perplexity import perplexity
 from .masks import SparsityTarget
 from .memory import peak_rss_mib, release_free_heap
 from .methods import METHODS, Method, get_method
-from .methods.reconstruct import with_reconstruction
+from .methods.reconstruct import mask_only, with_reconstruction
 from .models import LoadedModel, cache_dir, max_context
 from .pipeline import collect_dense_stats, prune_model, prune_output_head
 from .placement import devices_of, input_device
@@ -59,7 +59,7 @@ def build_method(cfg: PruneConfig) -> Method:
     if cfg.reconstruct != "none":
         method = with_reconstruction(method, cfg.reconstruct_mode, percdamp=cfg.percdamp, blocksize=cfg.blocksize,
                                      kind=cfg.reconstruct, **cfg.reconstruct_options())
-    return method
+    return mask_only(method) if cfg.mask_only else method
 
 
 def check_output_dir(save: str | None, overwrite: bool) -> None:
@@ -104,7 +104,7 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
         raise UserError(f"--grad-chunk-layers must be >= 1, not {cfg.grad_chunk_layers}")
     if cfg.save_model and not cfg.save:
         raise UserError("--save-model needs --save DIR")
-    cfg.check_levers([target])
+    cfg.check_levers([target], method_reconstructs=not cfg.metric and cfg.method == "sparsegpt")
     if cfg.metric is not None and not str(cfg.metric).strip():
         raise UserError("--metric is empty: pass a formula, a named metric or a metric file")
     if not cfg.metric and cfg.method not in METHODS:

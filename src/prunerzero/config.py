@@ -45,7 +45,7 @@ class PruneConfig(OffloadSettings, CalibSettings, EvalSettings, TargetSettings, 
         "model", "method", "metric", "sparsity", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed", "bos",
         "eval_data", "eval_seqlen", "eval_tokens", "batch_size", "within_layer", "device", "dtype", "device_map",
         "max_memory", "offload_folder", "calib_dtype", "percdamp", "blocksize", "gradients", "grad_chunk_layers",
-        "reconstruct", "reconstruct_mode", "admm_iters", "cg_iters", "allocation", "owl_m", "owl_lambda",
+        "reconstruct", "reconstruct_mode", "admm_iters", "cg_iters", "mask_only", "allocation", "owl_m", "owl_lambda",
         "prune_head", "zero_shot", "zero_shot_limit", "save", "save_model", "overwrite", "skip_dense")
 
     @classmethod

@@ -354,6 +354,8 @@ class LeverSettings(Settings):
                                    "column block as the update runs; gradual (admm): the mask chosen again from the "
                                    "updated weights as the sparsity grows to the target",
                                    choices=("fixed", "block", "gradual"))
+    mask_only: bool = option(False, "keep the mask the weight update chose (reconstruct-mode block or gradual, or "
+                             "--method sparsegpt) on the dense weights, the update discarded")
     allocation: str = option("uniform", "layer-wise sparsity: uniform, or owl (outlier-weighted, unstructured only)",
                              choices=("uniform", "owl"))
     owl_m: float = option(5.0, "OWL's outlier threshold M (scores above M x mean)")
@@ -363,13 +365,16 @@ class LeverSettings(Settings):
         """Options of the reconstruction besides kind and mode (a run config may add some)."""
         return {}
 
-    def check_levers(self, targets: Sequence[SparsityTarget], lambdas: Sequence[float] = ()) -> None:
+    def check_levers(self, targets: Sequence[SparsityTarget], lambdas: Sequence[float] = (),
+                     method_reconstructs: bool = False) -> None:
         """The levers against the run's targets; ``lambdas``: OWL lambdas besides ``owl_lambda``
-        (the search may evolve it)."""
+        (the search may evolve it); ``method_reconstructs``: the method updates weights by itself
+        (sparsegpt), so --mask-only has an update to discard without --reconstruct."""
         from .allocation import check_allocation, check_owl
-        from .methods.reconstruct import check_reconstruct
+        from .methods.reconstruct import check_mask_only, check_reconstruct
 
         check_reconstruct(self.reconstruct, self.reconstruct_mode, **self.reconstruct_options())
+        check_mask_only(self.reconstruct, self.reconstruct_mode, self.mask_only, method_reconstructs)
         check_allocation(self.allocation)
         if self.allocation != "owl":
             return

@@ -14,7 +14,7 @@ from .options import add_settings, given, nonempty, parse_text
 OPTIONS = ("model", "method", "metric", "sparsity", "pattern", "group", "calib_data", "nsamples", "seqlen", "seed",
            "bos", "batch_size", "within_layer", "device", "dtype", "device_map", "max_memory", "offload_folder",
            "calib_dtype", "percdamp", "blocksize", "gradients", "grad_chunk_layers", "prune_head", "reconstruct",
-           "reconstruct_mode", "admm_iters", "cg_iters", "allocation", "owl_m", "owl_lambda", "eval_data",
+           "reconstruct_mode", "admm_iters", "cg_iters", "mask_only", "allocation", "owl_m", "owl_lambda", "eval_data",
            "eval_seqlen", "eval_tokens", "zero_shot", "zero_shot_limit", "save", "save_model", "overwrite",
            "skip_dense")
 

@@ -108,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  rescore_fraction={"help": "share of each generation's best (by the previous rung) scored again at "
                                            f"the next rung (default {CLI_SEARCH_DEFAULTS['rescore_fraction']:g})"})
     add_settings(p, SearchJob, ("report_tokens", "leaderboard_top", "baselines", "reconstruct", "reconstruct_mode",
-                                "allocation", "owl_m", "owl_lambda"))
+                                "mask_only", "allocation", "owl_m", "owl_lambda"))
     add_settings(p, SearchConfig, ("owl_lambdas", "invariance", "dedup", "ops"),
                  invariance={"help": "only formulas whose masks do not change when W, X, G are rescaled: gauge "
                                      "(their overall size, and the per-channel / per-row rescalings that keep the "

@@ -22,6 +22,13 @@ ablations:
   SparseGPT's saliency). The metric then sees the block's columns only: X and G of those input
   channels, and any row/column normalisation (rown, coln, mms) is taken over the block.
   Unstructured blocks are compared within output rows when the target's group is "row".
+
+``--mask-only`` (``mask_only``) keeps the mask such a run chose and discards its weight update: the
+dense weights with that mask. Worth it where the mask moves with the update (obs ``block``, admm
+``gradual``, SparseGPT itself), whose masks are chosen from compensated weights: at 2:4 on SmolLM2
+that mask alone is far better than any fixed one (docs/BENCHMARKS.md, the sweep-mask reading), and
+the weights stay the original values (to fine-tune or quantise them later, or to compare masks).
+With a ``fixed`` mode it would be the metric's own mask, so that pairing is refused.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ import torch
 
 from ..calib.stats import LinearStats
 from ..errors import UserError
-from ..masks import SparsityTarget, make_mask
+from ..masks import SparsityTarget, make_mask, zero_masked
 from .base import Method
 from .admm import admm_update
 from .obs import FactorMemo, block_group_for, obs_prune
@@ -52,6 +59,34 @@ def check_reconstruct(kind: str, mode: str, admm_iters: int = ADMM_ITERS, cg_ite
         raise UserError(f"--reconstruct {kind} takes --reconstruct-mode {' or '.join(MODES_OF[kind])}, not {mode}")
     if not (isinstance(admm_iters, int) and isinstance(cg_iters, int)) or admm_iters < 0 or cg_iters < 0:
         raise UserError(f"--admm-iters and --cg-iters must be integers >= 0, not {admm_iters!r}, {cg_iters!r}")
+
+
+def check_mask_only(kind: str, mode: str, mask_only: bool, method_reconstructs: bool = False) -> None:
+    """One-line errors for a --mask-only that would keep nothing but the metric's own mask.
+    `method_reconstructs`: the method updates weights by itself (sparsegpt)."""
+    if not mask_only:
+        return
+    if kind == "none" and not method_reconstructs:
+        raise UserError("--mask-only keeps the mask a weight update chose: it needs --reconstruct obs "
+                        "--reconstruct-mode block, --reconstruct admm --reconstruct-mode gradual, "
+                        "or --method sparsegpt")
+    if kind != "none" and mode == "fixed":
+        raise UserError("--mask-only with --reconstruct-mode fixed is the metric's own mask: use --reconstruct none, "
+                        "or --reconstruct-mode block (obs) / gradual (admm)")
+
+
+def mask_only(method: Method) -> Method:
+    """`method` (one that updates weights) -> the mask it chose on the *dense* weights, its update
+    discarded. The mask is read off the result's exact zeros: OBS and ADMM set every removed weight
+    to 0.0, and a kept weight that the update moved to exactly 0.0 (not seen in practice) would be
+    removed too. Every Method.prune leaves its input weight unchanged, so that weight is the dense one."""
+    inner = method.prune
+
+    def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
+        updated = inner(weight, stats, target)  # (out, in)
+        return zero_masked(weight, updated == 0)
+
+    return Method(f"{method.name}-mask", method.needs, prune, {**method.describe, "mask_only": True}, method.score)
 
 
 def gradual_mask(score: torch.Tensor, target: SparsityTarget, share: float) -> torch.Tensor:

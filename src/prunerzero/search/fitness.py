@@ -21,6 +21,8 @@ Levers beyond the mask (issue "beyond metrics"), fixed for a run:
 - ``allocation="owl"``: OWL's per-layer sparsities from the dense X and W, computed once per
   run; unstructured settings only (N:M settings stay uniform). A candidate's ``owl_lambda``
   gene (``Metric.genes``, when the search evolves lambda) replaces the run's lambda.
+- ``mask_only``: with ``block`` / ``gradual``, the mask the update chose on the dense weights,
+  the update discarded (the sequential choice of the mask, scored as a mask).
 Like every fast-path statistic, H is the *dense* model's: the full sequential pipeline (the
 leaderboard, ``prunerzero prune``) recomputes it from each pruned layer's inputs.
 """
@@ -40,7 +42,7 @@ from ..eval.perplexity import logits_chunks, window_nll
 from ..masks import SparsityTarget, make_mask, parse_setting, zero_masked
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
-from ..methods.reconstruct import reconstruct_prune, with_reconstruction
+from ..methods.reconstruct import mask_only, reconstruct_prune, with_reconstruction
 from ..models import weight_matrix
 from ..placement import input_device
 from ..precision import bf16_autocast
@@ -61,6 +63,7 @@ class FitnessSettings:
     eval_dtype: str = "float32"  # bfloat16 = autocast forwards (~2.5x faster on AMX CPUs)
     reconstruct: str = "none"  # or "obs", "admm"
     reconstruct_mode: str = "fixed"  # or "block" (obs), "gradual" (admm)
+    mask_only: bool = False  # keep the mask the update chose (block / gradual), discard the update
     percdamp: float = 0.01
     blocksize: int = 128
     allocation: str = "uniform"  # or "owl"
@@ -77,8 +80,8 @@ class FitnessSettings:
         """As recorded in a run's config.json: fields added later are left out at their default, so
         a run started before them still resumes (resume compares this record)."""
         d = asdict(self)
-        for key, default in (("ladder", ()), ("terminal_scale", "raw"), ("seq_nsamples", 32)):
-            if d[key] == default or d[key] == list(default):
+        for key, default in (("ladder", ()), ("terminal_scale", "raw"), ("seq_nsamples", 32), ("mask_only", False)):
+            if d[key] == default or (isinstance(default, tuple) and d[key] == list(default)):
                 del d[key]
         return d
 
@@ -89,11 +92,12 @@ class FitnessSettings:
 
     def wrap(self, method: Method) -> Method:
         """`method` with this run's reconstruction (methods that do not score weights, such as
-        sparsegpt, are returned as they are: they reconstruct already)."""
-        if self.reconstruct == "none" or method.score is None:
-            return method
-        return with_reconstruction(method, self.reconstruct_mode, percdamp=self.percdamp, blocksize=self.blocksize,
-                                   kind=self.reconstruct)
+        sparsegpt, keep their own: they reconstruct already), and with --mask-only the mask alone
+        (sparsegpt's too: every entry is measured under the same lever)."""
+        if self.reconstruct != "none" and method.score is not None:
+            method = with_reconstruction(method, self.reconstruct_mode, percdamp=self.percdamp,
+                                         blocksize=self.blocksize, kind=self.reconstruct)
+        return mask_only(method) if self.mask_only else method
 
 
 @dataclass
@@ -208,7 +212,7 @@ class ProxyFitness:
         def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
             return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
 
-        def prune(name: str, weight: torch.Tensor) -> torch.Tensor:  # weight (out, in) float32
+        def reconstructed(name: str, weight: torch.Tensor) -> torch.Tensor:  # weight (out, in) float32
             stats = self.stats[name]
             layer = self.snapshot.layer_of[name]
             t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[layer])
@@ -220,7 +224,13 @@ class ProxyFitness:
                                          percdamp=cfg.percdamp)
             return zero_masked(weight, make_mask(score(weight, stats), t))
 
-        return prune
+        if not cfg.mask_only:
+            return reconstructed
+
+        def masked(name: str, weight: torch.Tensor) -> torch.Tensor:  # the update's mask on the dense weight
+            return zero_masked(weight, reconstructed(name, weight) == 0)
+
+        return masked
 
     @torch.no_grad()
     def apply(self, metric: Metric, target: SparsityTarget) -> None:

@@ -69,7 +69,7 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
         "model", "settings", "calib_data", "nsamples", "seqlen", "seed", "bos", "fitness_data", "fidelity_tokens",
         "ladder", "terminal_scale", "seq_nsamples", "eval_dtype", "device", "dtype", "device_map", "max_memory",
         "report_data", "report_tokens", "calib_seeds", "leaderboard_top", "baselines", "reconstruct",
-        "reconstruct_mode", "allocation", "owl_m", "owl_lambda", "search")
+        "reconstruct_mode", "mask_only", "allocation", "owl_m", "owl_lambda", "search")
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "search": self.search.to_dict()}
@@ -110,6 +110,7 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
 
         return FitnessSettings(self.settings, self.fidelity_tokens, self.seqlen, self.eval_dtype,
                                reconstruct=self.reconstruct, reconstruct_mode=self.reconstruct_mode,
+                               mask_only=self.mask_only,
                                allocation=self.allocation, owl_m=self.owl_m, owl_lambda=self.owl_lambda,
                                ladder=self.ladder, terminal_scale=self.terminal_scale, seq_nsamples=self.seq_nsamples)
 

@@ -109,7 +109,8 @@ def _cache_file(ctx: JobContext, job: SearchJob, ident: dict) -> Path:
         version = "?"
     parts = {"v": CACHE_VERSION, "prunerzero": version, "model": ctx.lm.path, "stamp": stamp, "dtype": job.dtype,
              "windowing": ctx.windowing.to_dict(), "calib": [job.calib_data, job.nsamples, job.seqlen],
-             "levers": [job.reconstruct, job.reconstruct_mode, job.allocation, job.owl_m, job.owl_lambda], **ident}
+             "levers": [job.reconstruct, job.reconstruct_mode, job.allocation, job.owl_m, job.owl_lambda]
+             + (["mask-only"] if job.mask_only else []), **ident}  # (earlier runs' keys unchanged)
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return cache_dir() / "leaderboard" / f"{key}.json"
 
@@ -267,6 +268,9 @@ def _levers(job: SearchJob) -> str:
         moving = "the mask chosen again from the updated weights as the sparsity grows; "
         parts.append("every metric's mask is followed by the ADMM weight update for that mask ("
                      + (moving if job.reconstruct_mode == "gradual" else "") + "sparsegpt reconstructs by itself)")
+    if job.mask_only:
+        parts.append("then the update is discarded: every entry keeps the mask the update chose (sparsegpt's "
+                     "too) on the dense weights")
     if job.allocation == "owl":
         parts.append(f"unstructured settings use OWL layer-wise sparsity (M={job.owl_m:g}, lambda={job.owl_lambda:g})")
     return (" Levers: " + "; ".join(parts) + ".") if parts else ""
