@@ -300,3 +300,26 @@ def test_prune_mask_only_end_to_end_leaves_kept_weights_dense(tiny_model_dir, wi
             new, old = saved[key], original[key]
             assert ((new.reshape(-1, 4) == 0).sum(1) == 2).all(), key
             assert torch.equal(new[new != 0], old[new != 0]), key
+
+
+def test_block_sweep_checks_each_block_once_then_rescores():
+    """At N:M the block sweep scores a block once per group of M columns: the first scoring of each
+    block is the checked `score`, the rest `rescore`, and the result is what `score` alone gives."""
+    from prunerzero.methods.base import metric_method
+
+    weight, stats, _ = _layer(4)
+    calls = {"score": 0, "rescore": 0}
+    wanda = get_method("wanda")
+
+    def counted(kind):
+        def score(w, st):
+            calls[kind] += 1
+            return wanda.score(w, st)
+        return score
+
+    target = parse_target(0.5, "2:4")
+    both = metric_method("w", wanda.needs, counted("score"), rescore=counted("rescore"))
+    result = with_reconstruction(both, "block", blocksize=32).prune(weight, stats, target)
+    assert calls == {"score": 3, "rescore": 3 * (32 // 4 - 1)}  # 96 columns: 3 blocks of 8 groups
+    alone = with_reconstruction(get_method("wanda"), "block", blocksize=32).prune(weight, stats, target)
+    assert torch.equal(result, alone)

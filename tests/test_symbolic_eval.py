@@ -146,3 +146,33 @@ def test_terminal_spec_dict() -> None:
     for bad in ({"w": "abs", "colour": 1}, {"w": "square"}, {"g_scale": 0}, {"g_scale": "x"}, [1]):
         with pytest.raises(UserError):
             TerminalSpec.from_dict(bad)
+
+
+def test_unvalidated_scores_check_nan_and_inf_only(terms) -> None:
+    """validate=False (the OBS sweep's repeated scoring of a block) skips the constant and tie checks,
+    not nan / inf; the values are those of the checked call."""
+    assert torch.equal(evaluate(parse("W * X"), terms, validate=False), evaluate(parse("W * X"), terms))
+    for formula in ("W / W", "0 * W + 1"):  # cannot rank: refused when checked, returned when not
+        with pytest.raises(InvalidMetricError):
+            evaluate(parse(formula), terms)
+        assert evaluate(parse(formula), terms, validate=False).shape == (OUT, IN)
+    for formula, reason in (("exp(W * 1e6)", "inf"), ("exp(W * 1e6) - exp(W * 1e6)", "nan")):
+        for validate in (True, False):
+            with pytest.raises(InvalidMetricError, match=reason):
+                evaluate(parse(formula), terms, validate=validate)
+
+
+def test_finite_scores_whose_sum_overflows_are_valid(terms) -> None:
+    """The finite check sums first; a sum that overflows float32 is not an inf score."""
+    big = {**terms, "W": torch.full((OUT, IN), 3e38) * torch.linspace(0.5, 1.0, IN)}
+    scores = evaluate(parse("W"), big)
+    assert torch.isfinite(scores).all() and not torch.isfinite(scores.sum())
+
+
+def test_scores_never_alias_the_callers_weight(terms) -> None:
+    """A formula that is W itself, given a transposed (non-contiguous) W, returns a copy: callers may
+    write into scores."""
+    w_t = terms["W"].t().contiguous().t()  # (OUT, IN), column-major like the sweep's block
+    scores = evaluate(parse("W"), {**terms, "W": w_t})
+    scores.zero_()
+    assert w_t.abs().sum() > 0

@@ -21,6 +21,9 @@ class Method:
     describe: what results.json records about the method (formula, settings).
     score: for methods that only rank weights, (weight (out, in), stats) -> scores (out, in);
            reconstruction (``methods.reconstruct``) reuses it to choose the mask.
+    rescore: the same scores without the checks `score` makes once per linear (a formula's constant
+           and tie checks; nan / inf stay), for scoring one block again and again: the OBS sweep's
+           N:M groups. None: `score` is used.
     """
 
     name: str
@@ -28,11 +31,12 @@ class Method:
     prune: Callable[[torch.Tensor, LinearStats, SparsityTarget], torch.Tensor]
     describe: dict = field(default_factory=dict)
     score: Callable[[torch.Tensor, LinearStats], torch.Tensor] | None = None
+    rescore: Callable[[torch.Tensor, LinearStats], torch.Tensor] | None = None
 
 
 def metric_method(
     name: str, needs: frozenset[str], score: Callable[[torch.Tensor, LinearStats], torch.Tensor],
-    describe: dict | None = None,
+    describe: dict | None = None, rescore: Callable[[torch.Tensor, LinearStats], torch.Tensor] | None = None,
 ) -> Method:
     """A method that only ranks weights: score -> shared mask module -> zero the lowest."""
 
@@ -40,7 +44,7 @@ def metric_method(
         mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
         return zero_masked(weight, mask)
 
-    return Method(name, needs, prune, describe or {}, score)
+    return Method(name, needs, prune, describe or {}, score, rescore)
 
 
 # name -> factory(**options) -> Method. Options come from the CLI/config (e.g. damping).

@@ -86,7 +86,8 @@ def mask_only(method: Method) -> Method:
         updated = inner(weight, stats, target)  # (out, in)
         return zero_masked(weight, updated == 0)
 
-    return Method(f"{method.name}-mask", method.needs, prune, {**method.describe, "mask_only": True}, method.score)
+    return Method(f"{method.name}-mask", method.needs, prune, {**method.describe, "mask_only": True}, method.score,
+                  method.rescore)
 
 
 def gradual_mask(score: torch.Tensor, target: SparsityTarget, share: float) -> torch.Tensor:
@@ -126,11 +127,15 @@ def reconstruct_prune(
     kind: str = "obs",
     admm_iters: int = ADMM_ITERS,
     cg_iters: int = CG_ITERS,
+    rescore: Callable[[torch.Tensor, LinearStats], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """weight (out, in) float32 -> pruned and updated weight (out, in).
 
     `score` ranks weights (lowest removed); stats.hessian (in, in) is used unless `hinv`, the
     precomputed ``obs.inverse_hessian_factor``, is given (the search computes it once per run).
+    `rescore`: `score` without its once-per-linear checks (``Method.rescore``), for mode "block"'s
+    later scorings of a column block (N:M: one per group of M columns); each block's first scoring
+    is `score`.
     kind "admm": the best weights for the metric's mask (``methods.admm``; `hinv` unused), the mask
     chosen on the dense weights (mode "fixed") or moving with the update (mode "gradual").
     """
@@ -151,8 +156,13 @@ def reconstruct_prune(
         return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, fixed_mask=mask,
                          hinv=hinv)
 
-    def saliency(block: torch.Tensor, _hinv_diag: torch.Tensor, cols: slice) -> torch.Tensor:
-        return score(block, stats.columns(cols))  # (out, b)
+    of_block: dict[int, LinearStats] = {}  # block start -> its columns' statistics, once scored with every check
+
+    def saliency(block: torch.Tensor, _hinv_diag: torch.Tensor, cols: slice) -> torch.Tensor:  # -> (out, b)
+        if cols.start in of_block:
+            return (rescore or score)(block, of_block[cols.start])
+        of_block[cols.start] = stats.columns(cols)
+        return score(block, of_block[cols.start])
 
     return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, saliency=saliency,
                      block_group=block_group_for(target), hinv=hinv)
@@ -173,9 +183,9 @@ def with_reconstruction(method: Method, mode: str = "fixed", *, percdamp: float 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
         hinv = factor(stats.hessian) if kind == "obs" else None
         return reconstruct_prune(weight, stats, target, score, mode, percdamp=percdamp, blocksize=blocksize,
-                                 hinv=hinv, kind=kind, admm_iters=admm_iters, cg_iters=cg_iters)
+                                 hinv=hinv, kind=kind, admm_iters=admm_iters, cg_iters=cg_iters, rescore=method.rescore)
 
     details = {"kind": kind, "mode": mode, "percdamp": percdamp}
     details.update({"blocksize": blocksize} if kind == "obs" else {"admm_iters": admm_iters, "cg_iters": cg_iters})
     return Method(f"{method.name}+{kind}", method.needs | {"H"}, prune, {**method.describe, "reconstruct": details},
-                  score)
+                  score, method.rescore)

@@ -22,12 +22,15 @@ def symbolic_method(metric: Metric) -> Method:
         # weight (out, in); the metric raises InvalidMetricError on NaN/inf/constant scores.
         return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)
 
+    def rescore(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:  # nan / inf checked, not ties
+        return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2, validate=False)
+
     describe = {
         "metric": metric.to_dict(),
         "formula": format_expr(metric.expr),
         "canonical_key": canonical_key(metric.expr, metric.spec),
     }
-    return metric_method(metric.name or "metric", metric_needs(metric), score, describe)
+    return metric_method(metric.name or "metric", metric_needs(metric), score, describe, rescore)
 
 
 def _register_named(name: str) -> None:

@@ -212,13 +212,16 @@ class ProxyFitness:
         def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
             return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
 
+        def rescore(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:  # the block sweep's later groups
+            return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2, validate=False)
+
         def reconstructed(name: str, weight: torch.Tensor) -> torch.Tensor:  # weight (out, in) float32
             stats = self.stats[name]
             layer = self.snapshot.layer_of[name]
             t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[layer])
             if cfg.reconstruct == "obs":
                 return reconstruct_prune(weight, stats, t, score, cfg.reconstruct_mode, percdamp=cfg.percdamp,
-                                         blocksize=cfg.blocksize, hinv=self._hinv_of(name))
+                                         blocksize=cfg.blocksize, hinv=self._hinv_of(name), rescore=rescore)
             if cfg.reconstruct == "admm":
                 return reconstruct_prune(weight, stats.to(weight.device), t, score, cfg.reconstruct_mode, kind="admm",
                                          percdamp=cfg.percdamp)

@@ -63,10 +63,11 @@ class Metric:
         return cls(expr, spec, name)
 
     def scores(self, weight: Tensor, x_mean_sq: Tensor | None = None, grad_l1: Tensor | None = None,
-               grad_l2: Tensor | None = None) -> Tensor:
-        """Scores (out, in) for one layer; raises InvalidMetricError (see ``evaluate``)."""
+               grad_l2: Tensor | None = None, validate: bool = True) -> Tensor:
+        """Scores (out, in) for one layer; raises InvalidMetricError (see ``evaluate``; ``validate=False``
+        checks only nan / inf, for scoring the same linear again)."""
         terms = prepare_terminals(self.spec, weight, x_mean_sq, grad_l1, grad_l2, needed=terminals_used(self.expr))
-        return evaluate(self.expr, terms)
+        return evaluate(self.expr, terms, validate)
 
 
 def degenerate_reason(metric: Metric) -> str | None:

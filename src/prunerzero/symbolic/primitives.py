@@ -162,11 +162,14 @@ def _run(node: "Node", env: dict[str, Tensor], dev: torch.device) -> Tensor:
     return PRIMITIVES[node.op].fn(*(_run(c, env, dev) for c in node.children))
 
 
-def evaluate(expr: "Node", terminals: dict[str, Tensor]) -> Tensor:
+def evaluate(expr: "Node", terminals: dict[str, Tensor], validate: bool = True) -> Tensor:
     """Scores of shape W.shape (out, in), float32, on W's device; raises InvalidMetricError.
 
     ``terminals`` must hold "W" (it fixes the shape even if the formula does not use it)
     and every other terminal the formula uses (see ``prepare_terminals``).
+    ``validate=False`` keeps only the shape and nan / inf checks, not constant and ties: for scoring
+    the same weights again after a checked call (the OBS sweep rescores a column block once per N:M
+    group, 32 times per block at 2:4, and the full checks cost about 20x the formula there).
     """
     if "W" not in terminals:
         raise UserError("evaluate needs terminals['W'] (it fixes the score shape)")
@@ -176,29 +179,39 @@ def evaluate(expr: "Node", terminals: dict[str, Tensor]) -> Tensor:
     try:
         with torch.no_grad():
             out = _run(expr, env, dev)
-            try:
-                ok = torch.broadcast_shapes(out.shape, shape) == shape
-            except RuntimeError:
-                ok = False
-            if not ok:
-                raise InvalidMetricError(f"shape {tuple(out.shape)} does not broadcast to {tuple(shape)}")
-            if torch.isnan(out).any():
-                raise InvalidMetricError("nan")
-            if torch.isinf(out).any():
-                raise InvalidMetricError("inf")
-            if out.numel() == 0 or bool(out.min() == out.max()):
-                raise InvalidMetricError("constant")
-            share = tie_share(out.expand(shape), env["W"])
-            if share > MAX_TIE_SHARE:
-                raise InvalidMetricError(f"ties: {share:.0%} of the weights share one score value with most of their "
-                                         "row, so position, not the score, would choose the mask")
+            if out.shape != shape:
+                try:
+                    ok = torch.broadcast_shapes(out.shape, shape) == shape
+                except RuntimeError:
+                    ok = False
+                if not ok:
+                    raise InvalidMetricError(f"shape {tuple(out.shape)} does not broadcast to {tuple(shape)}")
+            # A finite sum means every score is finite (a nan or inf would make it nan or inf), at a
+            # fraction of isfinite's cost; only a sum that overflows needs the per-element check.
+            if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
+                raise InvalidMetricError("nan" if torch.isnan(out).any() else "inf")
+            if validate:
+                _check_ranks(out.expand(shape), env["W"])
     except (InvalidMetricError, UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # torch errors (e.g. out of memory) become invalid metrics
         raise InvalidMetricError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if any(out is t for t in env.values()) or any(out is t for t in terminals.values()):
         out = out.clone()  # never hand back a caller's tensor: callers may edit scores in place
-    return out.expand(shape).contiguous()  # (out, in)
+    # (out, in): a broadcast result is copied out (callers may write into it); a full one is returned
+    # in whatever layout it has (the OBS sweep scores a transposed block: no copy back)
+    return out if out.shape == shape else out.expand(shape).contiguous()
+
+
+def _check_ranks(scores: Tensor, weight: Tensor) -> None:
+    """InvalidMetricError unless scores (out, in) can rank the weights (out, in): not constant, and
+    not mostly one tie per row."""
+    if scores.numel() == 0 or bool(scores.min() == scores.max()):
+        raise InvalidMetricError("constant")
+    share = tie_share(scores, weight)
+    if share > MAX_TIE_SHARE:
+        raise InvalidMetricError(f"ties: {share:.0%} of the weights share one score value with most of their "
+                                 "row, so position, not the score, would choose the mask")
 
 
 def tie_share(scores: Tensor, weight: Tensor, rows: int = TIE_ROWS) -> float:
