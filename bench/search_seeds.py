@@ -247,13 +247,18 @@ def write(args: argparse.Namespace) -> str:
     first_job = jobs[names[0]]
     ladder = ",".join(first_job.get("ladder") or [f"{t}" for t in first_job["fidelity_tokens"]])
     models = sorted({job["model"] for job in jobs.values()})
-    updates = sorted({job.get("reconstruct", "none") for job in jobs.values()} - {"none"})
+    updates = sorted({job.get("reconstruct", "none") + (f" --reconstruct-mode {job.get('reconstruct_mode')}"
+                                                         if job.get("reconstruct_mode", "fixed") != "fixed" else "")
+                      for job in jobs.values()} - {"none"})
+    mask_only = any(job.get("mask_only") for job in jobs.values())
     lines += [f"Model(s) scored by the fitness: {'; '.join(f'`{m}`' for m in models)}. Each search: population {first_job['search']['population']}, "
               f"{first_job['search']['generations']} generations, fitness ladder `{ladder}` on the general mix's "
               f"search split, 32x512 calibration on its calib split, parsimony {first_job['search'].get('parsimony', 0)}. "
               f"{machines_line(names)}"
               + (f" Every mask, in the fitness and in the tables below (the hand-made metrics' too), is followed by "
-                 f"the `--reconstruct {'/'.join(updates)}` weight update." if updates else ""), "",
+                 f"the `--reconstruct {'/'.join(updates)}` weight update"
+                 + (" and, with `--mask-only`, the update is then discarded: every entry (sparsegpt's too) is the mask "
+                    "the update chose, on the dense weights." if mask_only else ".") if updates else ""), "",
               "| search | settings | evaluated | invalid | distinct masks (cheap / top rung) | replaced as duplicates "
               "(same masks) | wall h (first to last evaluation, pauses included) | rung agreement (Spearman / Kendall) | winner | size |",
               "|---|---|---|---|---|---|---|---|---|---|"]
