@@ -75,16 +75,21 @@ def check_mask_only(kind: str, mode: str, mask_only: bool, method_reconstructs: 
                         "or --reconstruct-mode block (obs) / gradual (admm)")
 
 
+def dense_under_mask(weight: torch.Tensor, updated: torch.Tensor) -> torch.Tensor:
+    """weight (out, in), the dense one; updated (out, in), what a weight update made of it -> the
+    dense weight with the update's mask. The mask is read off the exact zeros: OBS and ADMM set every
+    removed weight to 0.0, and a kept weight that the update moved to exactly 0.0 (not seen in
+    practice) would be removed too."""
+    return zero_masked(weight, updated == 0)
+
+
 def mask_only(method: Method) -> Method:
     """`method` (one that updates weights) -> the mask it chose on the *dense* weights, its update
-    discarded. The mask is read off the result's exact zeros: OBS and ADMM set every removed weight
-    to 0.0, and a kept weight that the update moved to exactly 0.0 (not seen in practice) would be
-    removed too. Every Method.prune leaves its input weight unchanged, so that weight is the dense one."""
+    discarded. Every Method.prune leaves its input weight unchanged, so that weight is the dense one."""
     inner = method.prune
 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
-        updated = inner(weight, stats, target)  # (out, in)
-        return zero_masked(weight, updated == 0)
+        return dense_under_mask(weight, inner(weight, stats, target))
 
     return Method(f"{method.name}-mask", method.needs, prune, {**method.describe, "mask_only": True}, method.score,
                   method.rescore)

@@ -5,6 +5,8 @@ The named metrics gblm, ria and pruner-zero are registered here from their formu
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..calib.stats import LinearStats
@@ -17,14 +19,23 @@ def metric_needs(metric: Metric) -> frozenset[str]:
     return frozenset(t for t in ("X", "G") if t in used)
 
 
-def symbolic_method(metric: Metric) -> Method:
-    def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
-        # weight (out, in); the metric raises InvalidMetricError on NaN/inf/constant scores.
+Scorer = Callable[[torch.Tensor, LinearStats], torch.Tensor]
+
+
+def metric_scorers(metric: Metric) -> tuple[Scorer, Scorer]:
+    """The metric as ``Method.score`` (every check: InvalidMetricError on nan / inf / constant /
+    ties) and ``Method.rescore`` (nan / inf only); the search's fast path uses them too."""
+    def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:  # weight (out, in) -> (out, in)
         return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)
 
-    def rescore(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:  # nan / inf checked, not ties
+    def rescore(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
         return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2, validate=False)
 
+    return score, rescore
+
+
+def symbolic_method(metric: Metric) -> Method:
+    score, rescore = metric_scorers(metric)
     describe = {
         "metric": metric.to_dict(),
         "formula": format_expr(metric.expr),

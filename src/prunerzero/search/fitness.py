@@ -42,7 +42,8 @@ from ..eval.perplexity import logits_chunks, window_nll
 from ..masks import SparsityTarget, make_mask, parse_setting, zero_masked
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
-from ..methods.reconstruct import mask_only, reconstruct_prune, with_reconstruction
+from ..methods.reconstruct import dense_under_mask, mask_only, reconstruct_prune, with_reconstruction
+from ..methods.symbolic import metric_scorers
 from ..models import weight_matrix
 from ..placement import input_device
 from ..precision import bf16_autocast
@@ -209,11 +210,7 @@ class ProxyFitness:
         layer_sparsity = self.layer_sparsities(target, dict(metric.genes).get("owl_lambda"))
         cfg = self.config
 
-        def score(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
-            return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2)  # (out, in)
-
-        def rescore(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:  # the block sweep's later groups
-            return metric.scores(weight, stats.x_mean_sq, stats.grad_l1, stats.grad_l2, validate=False)
+        score, rescore = metric_scorers(metric)  # rescore: the block sweep's later groups
 
         def reconstructed(name: str, weight: torch.Tensor) -> torch.Tensor:  # weight (out, in) float32
             stats = self.stats[name]
@@ -231,7 +228,7 @@ class ProxyFitness:
             return reconstructed
 
         def masked(name: str, weight: torch.Tensor) -> torch.Tensor:  # the update's mask on the dense weight
-            return zero_masked(weight, reconstructed(name, weight) == 0)
+            return dense_under_mask(weight, reconstructed(name, weight))
 
         return masked
 
