@@ -152,6 +152,8 @@ def run_all(args: argparse.Namespace) -> None:
             mirror(ARCHIVE / name, out)
         if (out / "job.json").exists():
             cmd = [str(BIN / "prunerzero"), "--quiet", "search", "--resume", str(out)]
+            if args.budget_given:  # a resumed search's budget changes only when the command says so
+                cmd += ["--generations", str(args.generations)]
         else:
             cmd = [str(BIN / "prunerzero"), "--quiet", "search", *COMMON, *own, "--population", str(args.population),
                    "--generations", str(args.generations), "--report-data", report, "--out", str(out),
@@ -345,7 +347,7 @@ def write(args: argparse.Namespace) -> str:
             # measured (1-2 draws) must not be named best on a smaller, noisier sample.
             draws = max(map(len, by_seed.values()), default=0)
             found = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
-                     if k in winners and len(v.get(setting, {})) >= draws]
+                     if k in winners and setting in v and len(v[setting]) >= draws]  # (a 2:4-only search: no 0.5)
             if hand and found and dense:
                 (hk, hv), (fk, fv) = min(hand, key=lambda t: t[1]), min(found, key=lambda t: t[1])
                 paired = sorted(set(entries[fk][setting]) & set(entries[hk][setting]))
@@ -386,7 +388,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2],
                     help="seeds of the unconstrained joint search (names joint-seedS); '' for none")
     ap.add_argument("--population", type=int, default=POPULATION)
-    ap.add_argument("--generations", type=int, default=GENERATIONS)
+    ap.add_argument("--generations", type=int, default=None,
+                    help=f"generations of a new search (default {GENERATIONS}); given with a resumed one, its new "
+                         "budget (more to extend it, or fewer, not below what it has run, to end it and write the "
+                         "leaderboard now)")
     ap.add_argument("--gauge-seeds", type=seed_list, default=[],
                     help="also these seeds of the search with --invariance gauge (names gauge-seedS)")
     ap.add_argument("--masks-seeds", type=seed_list, default=[],
@@ -415,6 +420,8 @@ def main() -> None:
                          "search-two-models")
     ap.add_argument("--write", action="store_true")
     args, args.extra = ap.parse_known_args()
+    args.budget_given = args.generations is not None
+    args.generations = GENERATIONS if args.generations is None else args.generations
     if args.write:
         print(write(args))
     else:
