@@ -9,7 +9,7 @@ from prunerzero.calib.stats import LinearStats
 from prunerzero.errors import UserError
 from prunerzero.masks import parse_target, row_counts
 from prunerzero.methods import get_method
-from prunerzero.methods.obs import obs_prune
+from prunerzero.methods.obs import mask_block_counts, obs_prune
 from prunerzero.methods.reconstruct import check_mask_only, mask_only, with_reconstruction
 
 NAMED = ("magnitude", "wanda", "gblm", "ria", "pruner-zero")
@@ -92,6 +92,31 @@ def test_block_mode_counts_are_exact(group):
     assert int(pruned.sum()) == round(0.37 * 700)
     if group == "row":
         assert torch.equal(pruned.sum(1), row_counts(10, 70, 0.37))
+
+
+@pytest.mark.parametrize("group", ["row", "layer"])
+def test_block_mode_takes_each_blocks_count_from_the_metrics_mask(group):
+    """Unstructured block sweeps prune, in every (row, block) ("layer": every block), as many weights as
+    the metric's mask of the dense weights removes there, not an even share; which ones is the sweep's
+    choice, from the updated weights."""
+    weight, stats, _ = _layer(5, out=16, inp=70)
+    weight[:, :20] *= 4.0  # the first columns matter more: the metric spares them, an even share could not
+    target = parse_target(0.5, "unstructured", group)
+    fixed = get_method("wanda").prune(weight.clone(), stats, target) == 0
+    swept = with_reconstruction(get_method("wanda"), "block", blocksize=32).prune(weight.clone(), stats, target) == 0
+    per_row = group == "row"
+    expected = mask_block_counts(fixed, 32, per_row)
+    assert tuple(expected.shape) == ((16, 3) if per_row else (3,))
+    assert torch.equal(mask_block_counts(swept, 32, per_row), expected)
+    assert not torch.equal(expected, mask_block_counts(torch.ones_like(fixed), 32, per_row) // 2)  # uneven
+    assert not torch.equal(swept, fixed)  # later blocks chosen from updated weights
+
+
+def test_obs_prune_refuses_counts_of_the_wrong_shape():
+    weight, stats, _ = _layer(6, out=8, inp=64)
+    with pytest.raises(ValueError, match="counts of shape"):
+        obs_prune(weight, stats.hessian, parse_target(0.5), blocksize=32, block_group="row",
+                  counts=torch.full((2,), 16))
 
 
 def test_block_mode_respects_n_m():

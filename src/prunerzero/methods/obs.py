@@ -111,6 +111,16 @@ def _block_counts(rows: int, cols: int, blocksize: int, sparsity: float, per_row
     return cumulative_counts(grid, sparsity).reshape(rows, -1)
 
 
+def mask_block_counts(mask: torch.Tensor, blocksize: int, per_row: bool) -> torch.Tensor:
+    """How many weights `mask` (out, in; True = remove) removes in each column block of the sweep:
+    (rows, blocks) per output row, else (blocks,); the last block may be narrower."""
+    rows, cols = mask.shape
+    blocks = -(-cols // blocksize)
+    padded = torch.nn.functional.pad(mask.long(), (0, blocks * blocksize - cols))  # (rows, blocks * blocksize)
+    per = padded.reshape(rows, blocks, blocksize).sum(-1).cpu()  # (rows, blocks)
+    return per if per_row else per.sum(0)
+
+
 @torch.no_grad()
 def obs_prune(
     weight: torch.Tensor,
@@ -123,6 +133,7 @@ def obs_prune(
     saliency: BlockSaliency = obs_saliency,
     block_group: str = "block",
     hinv: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """weight (out, in), hessian (in, in) -> pruned and reconstructed weight (out, in).
 
@@ -130,7 +141,9 @@ def obs_prune(
     column block from `saliency` of the partially updated weights. Unstructured: each block
     prunes its exact share of the layer's total (cumulative rounding), compared across the whole
     block (``block_group="block"``, SparseGPT) or within each row of the block (``"row"``, for
-    metrics that compare within output rows). N:M: each group of M columns is chosen when the
+    metrics that compare within output rows); `counts` ((rows, blocks) for "row", (blocks,) for
+    "block"; ``mask_block_counts``) replaces that even share with given counts. N:M: each group of M
+    columns is chosen when the
     sweep reaches it, from the saliency of the current block. `hinv` is the precomputed
     ``inverse_hessian_factor`` (the search reuses it across candidates); then `hessian` may be None.
     """
@@ -144,7 +157,12 @@ def obs_prune(
         hinv = inverse_hessian_factor(hessian.to(w.device), percdamp)  # (in, in) upper
     hinv = hinv.to(w.device)
     per_row = block_group == "row"
-    counts = _block_counts(rows, cols, blocksize, target.sparsity, per_row)  # (blocks,) or (rows, blocks)
+    blocks = -(-cols // blocksize)
+    if counts is None:
+        counts = _block_counts(rows, cols, blocksize, target.sparsity, per_row)  # (blocks,) or (rows, blocks)
+    elif tuple(counts.shape) != ((rows, blocks) if per_row else (blocks,)):
+        raise ValueError(f"counts of shape {tuple(counts.shape)} for {rows} rows and {blocks} column blocks "
+                         f"(block_group {block_group!r})")
     choose_groups = fixed_mask is None and target.structured  # N:M chosen group by group in the sweep
     if choose_groups:
         check_nm_width(cols, target.n, target.m)
