@@ -176,7 +176,8 @@ def reconstruct_prune(
     if not target.structured:
         # How many each (row, block) prunes: as many as the metric's own mask on the dense weights removes
         # there; the sweep then chooses which. An even share of every row's block instead imposes a
-        # structure no metric asked for (SmolLM2 50%, Wanda + OBS: 74.29 against 76.29, three draws; BENCHMARKS).
+        # structure no metric asked for (SmolLM2 50%, three draws: Wanda's sweep mask has a gap to dense
+        # 6.6% / 6.2% smaller on WikiText-2 / QASPER; docs/BENCHMARKS.md, "Each block's count").
         counts = mask_block_counts(make_mask(score(weight, stats), target), blocksize, per_row=group == "row")
     return obs_prune(weight, stats.hessian, target, percdamp=percdamp, blocksize=blocksize, saliency=saliency,
                      block_group=group, hinv=hinv, counts=counts)
