@@ -143,9 +143,9 @@ def obs_prune(
     block (``block_group="block"``, SparseGPT) or within each row of the block (``"row"``, for
     metrics that compare within output rows); `counts` ((rows, blocks) for "row", (blocks,) for
     "block"; ``mask_block_counts``) replaces that even share with given counts. N:M: each group of M
-    columns is chosen when the
-    sweep reaches it, from the saliency of the current block. `hinv` is the precomputed
-    ``inverse_hessian_factor`` (the search reuses it across candidates); then `hessian` may be None.
+    columns is chosen when the sweep reaches it, from the saliency of the current block. `hinv` is
+    the precomputed ``inverse_hessian_factor`` (the search reuses it across candidates); then
+    `hessian` may be None.
     """
     if block_group not in ("block", "row"):
         raise ValueError(f"block_group must be block or row, not {block_group!r}")
