@@ -112,7 +112,8 @@ def _cache_file(ctx: JobContext, job: SearchJob, ident: dict) -> Path:
              "levers": [job.reconstruct, job.reconstruct_mode, job.allocation, job.owl_m, job.owl_lambda]
              + (["mask-only"] if job.mask_only else []), **ident}  # (earlier runs' keys unchanged)
     setting = ident.get("setting")
-    if job.reconstruct == "obs" and job.reconstruct_mode == "block" and setting is not None and ":" not in setting:
+    if job.reconstruct == "obs" and job.reconstruct_mode == "block" and setting is not None \
+            and not parse_setting(setting).structured:
         # Since 2026-12-07 an unstructured sweep takes each block's count from the metric's mask: not the
         # numbers cached before.
         parts["block_counts"] = "metric"
