@@ -18,7 +18,7 @@ from prunerzero.calib.stats import (
 from prunerzero.errors import UserError
 from prunerzero.masks import make_mask, parse_target
 from prunerzero.methods import METHODS, get_method
-from prunerzero.methods import obs
+from prunerzero.methods import obs, obs_sweep
 from prunerzero.methods.obs import FactorMemo, inverse_hessian_factor, obs_prune
 from prunerzero.methods.wanda import wanda_score
 
@@ -400,10 +400,20 @@ def _textbook_sparsegpt(w: torch.Tensor, h: torch.Tensor, n: int, m: int, blocks
     return w
 
 
+@pytest.fixture(params=["eager", "compiled"])
+def sweep_mode(request, monkeypatch):
+    """Run a test with the eager torch sweep and with the compiled one (methods/obs_sweep.py)."""
+    monkeypatch.setenv("PRUNERZERO_OBS_SWEEP", request.param)
+    if request.param == "compiled" and not obs_sweep.available():
+        pytest.skip("numba is not importable here")
+    return request.param
+
+
 @pytest.mark.parametrize("pattern, blocksize", [("2:4", 32), ("4:8", 24), ("2:4", 128)])
-def test_obs_nm_sweep_is_the_textbook_algorithm(pattern, blocksize):
-    """The transposed sweep with its broadcast group choice is SparseGPT's algorithm: the same mask and,
-    up to rounding, the same weights. Quantised weights put exact ties into the first groups' choice."""
+def test_obs_nm_sweep_is_the_textbook_algorithm(pattern, blocksize, sweep_mode):
+    """The transposed sweep with its group choice (broadcast in eager torch, compiled loops in numba) is
+    SparseGPT's algorithm: the same mask and, up to rounding, the same weights. Quantised weights put
+    exact ties into the first groups' choice."""
     w, x = _random_layer(out=24, inp=96, tokens=384, seed=8)
     w = (w * 4).round() / 4
     h = x.t() @ x / x.shape[0]
@@ -415,7 +425,7 @@ def test_obs_nm_sweep_is_the_textbook_algorithm(pattern, blocksize):
 
 
 @pytest.mark.parametrize("blocksize", [32, 30, 128, 17])
-def test_obs_fixed_mask_sweep_is_the_textbook_update(blocksize):
+def test_obs_fixed_mask_sweep_is_the_textbook_update(blocksize, sweep_mode):
     """With the mask given, the blocked sweep (rank-1 updates inside a block, one product for the columns
     after it) is the column-by-column OBS update over the whole layer up to rounding, partial blocks too."""
     w, x = _random_layer(out=12, inp=70, tokens=384, seed=9)
@@ -430,3 +440,38 @@ def test_obs_fixed_mask_sweep_is_the_textbook_update(blocksize):
     got = obs_prune(w, h, parse_target(0.5), blocksize=blocksize, fixed_mask=mask)
     assert torch.equal(got == 0, mask)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "unstructured"])
+@pytest.mark.parametrize("given_mask", [False, True])
+def test_compiled_sweep_equals_the_eager_one(monkeypatch, pattern, given_mask):
+    """The compiled sweep is the eager one: the same mask and weights within float32 rounding of the
+    rank-1 updates, on a layer of 150 rows (two full chunks of 64 and a partial one), partial blocks,
+    ties from quantised weights, and 2 threads (chunks run in parallel)."""
+    if not obs_sweep.available():
+        pytest.skip("numba is not importable here")
+    w, x = _random_layer(out=150, inp=200, tokens=512, seed=11)
+    w = (w * 8).round() / 8
+    h = x.t() @ x / x.shape[0]
+    target = parse_target(0.5, pattern)
+    mask = (torch.rand(w.shape, generator=torch.Generator().manual_seed(3)) < 0.5) if given_mask else None
+    torch.set_num_threads(2)  # the module's single_thread fixture restores the count afterwards
+    got = {}
+    for mode in ("eager", "compiled"):
+        monkeypatch.setenv("PRUNERZERO_OBS_SWEEP", mode)
+        got[mode] = obs_prune(w, h, target, blocksize=64, fixed_mask=mask)
+    assert torch.equal(got["compiled"] == 0, got["eager"] == 0)
+    torch.testing.assert_close(got["compiled"], got["eager"], rtol=1e-5, atol=1e-6)
+
+
+def test_nm_groups_chosen_by_a_metric_run_the_eager_sweep(monkeypatch):
+    """A metric's saliency reads the whole block at each N:M group, which the compiled sweep cannot
+    call: those sweeps take the eager loop (and the compiled one is never entered)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled sweep used for a metric's N:M choice")
+
+    monkeypatch.setattr(obs_sweep, "sweep_block", refuse)
+    w, x = _random_layer(out=16, inp=32, tokens=128, seed=12)
+    h = x.t() @ x / x.shape[0]
+    out = obs_prune(w, h, parse_target(0.5, "2:4"), saliency=lambda block, d, cols: block.abs())
+    assert torch.equal((out == 0).reshape(16, 8, 4).sum(-1), torch.full((16, 8), 2))

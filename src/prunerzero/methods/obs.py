@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from . import obs_sweep
 from ..masks import SparsityTarget, check_nm_width, cumulative_counts, nm_lowest_by_column, prune_lowest
 
 # (block weights (out, b), diag of the block's inverse-Hessian factor (b,), the block's columns in the
@@ -167,6 +168,10 @@ def obs_prune(
     if choose_groups:
         check_nm_width(cols, target.n, target.m)
 
+    # The compiled sweep chooses N:M groups by SparseGPT's own saliency only; a metric's saliency
+    # (methods.reconstruct) reads the whole block at each group and runs the eager loop.
+    compiled = (w.device.type == "cpu" and obs_sweep.available()
+                and (not choose_groups or saliency is obs_saliency))
     for block_index, i1 in enumerate(range(0, cols, blocksize)):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
@@ -175,8 +180,7 @@ def obs_prune(
         d = torch.diag(hinv1)  # (b,)
         span = slice(i1, i2)
 
-        # The sweep works on the block transposed, (b, out): each column is a contiguous row, which
-        # makes the per-column steps (the only sequential part) about twice as fast.
+        # The sweep works on the block transposed, (b, out): each column a contiguous row.
         if fixed_mask is not None:
             mask1t = fixed_mask[:, i1:i2].to(w.device).t().contiguous()  # (b, out)
         elif choose_groups:
@@ -186,31 +190,48 @@ def obs_prune(
         else:
             k = counts[block_index : block_index + 1]
             mask1t = prune_lowest(saliency(w1, d, span).reshape(1, -1), k).reshape(rows, count).t().contiguous()
-        d_col = d.unsqueeze(1)  # (b, 1)
-        # err of column i = its current value / d_i where pruned, 0 where kept: one multiply per column.
-        scale_t = mask1t / d_col  # (b, out)
         w1t = w1.t().contiguous()  # (b, out)
         err1t = torch.empty_like(w1t)  # (b, out)
-        # One view per column, made once: the sweep's steps are small enough that indexing shows.
-        w_rows, scale_rows, err_rows, hinv_rows = w1t.unbind(0), scale_t.unbind(0), err1t.unbind(0), hinv1.unbind(0)
-
-        for i in range(count):
-            if choose_groups and i % target.m == 0:
-                group = slice(i, i + target.m)
-                # Saliency of the whole current block (columns before i are final, the rest updated),
-                # so a metric's row/column normalisations see the block, not just M columns.
-                if saliency is obs_saliency:  # elementwise: the group's columns suffice, (m, out)
-                    scores_t = w1t[group].pow(2) / d_col[group].pow(2)
-                else:
-                    scores_t = saliency(w1t.t(), d, span)[:, group].t()
-                nm_lowest_by_column(scores_t, target.n, out=mask1t[group])
-                torch.div(mask1t[group], d_col[group], out=scale_t[group])
-            err = torch.mul(w_rows[i], scale_rows[i], out=err_rows[i])  # (out,)
-            # Rank-1 update of column i and the rest of the block; column i becomes its pruned value
-            # (w - w/d*d: 0 up to rounding where pruned, unchanged where kept).
-            w1t[i:].addr_(hinv_rows[i][i:], err, alpha=-1.0)
+        nm = (target.n, target.m) if choose_groups else None
+        if compiled:
+            obs_sweep.sweep_block(w1t, hinv1.float().contiguous(), mask1t, err1t, nm)
+        else:
+            _sweep_block_eager(w1t, hinv1, d, mask1t, err1t, nm, saliency, span)
 
         w[:, i1:i2] = w1t.masked_fill_(mask1t, 0.0).t()  # exact zeros where pruned
         err1 = err1t.t()  # (out, b)
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of the columns after the block
     return w
+
+
+def _sweep_block_eager(w1t: torch.Tensor, hinv1: torch.Tensor, d: torch.Tensor, mask1t: torch.Tensor,
+                       err1t: torch.Tensor, nm: tuple[int, int] | None, saliency: BlockSaliency,
+                       span: slice) -> None:
+    """The block's sweep in eager torch, in place (the reference of ``obs_sweep.sweep_block``, and
+    the path for GPU tensors and for N:M groups chosen by a metric's saliency).
+
+    w1t (b, out) the block transposed: each column is a contiguous row, which makes the per-column
+    steps (the only sequential part) about twice as fast; hinv1 (b, b); d (b,) its diagonal; mask1t
+    (b, out), filled group by group when `nm` = (n, m) is given; err1t (b, out) receives the errors.
+    """
+    count = w1t.shape[0]
+    d_col = d.unsqueeze(1)  # (b, 1)
+    # err of column i = its current value / d_i where pruned, 0 where kept: one multiply per column.
+    scale_t = mask1t / d_col  # (b, out)
+    # One view per column, made once: the sweep's steps are small enough that indexing shows.
+    w_rows, scale_rows, err_rows, hinv_rows = w1t.unbind(0), scale_t.unbind(0), err1t.unbind(0), hinv1.unbind(0)
+    for i in range(count):
+        if nm is not None and i % nm[1] == 0:
+            group = slice(i, i + nm[1])
+            # Saliency of the whole current block (columns before i are final, the rest updated),
+            # so a metric's row/column normalisations see the block, not just M columns.
+            if saliency is obs_saliency:  # elementwise: the group's columns suffice, (m, out)
+                scores_t = w1t[group].pow(2) / d_col[group].pow(2)
+            else:
+                scores_t = saliency(w1t.t(), d, span)[:, group].t()
+            nm_lowest_by_column(scores_t, nm[0], out=mask1t[group])
+            torch.div(mask1t[group], d_col[group], out=scale_t[group])
+        err = torch.mul(w_rows[i], scale_rows[i], out=err_rows[i])  # (out,)
+        # Rank-1 update of column i and the rest of the block; column i becomes its pruned value
+        # (w - w/d*d: 0 up to rounding where pruned, unchanged where kept).
+        w1t[i:].addr_(hinv_rows[i][i:], err, alpha=-1.0)
