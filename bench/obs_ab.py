@@ -1,5 +1,7 @@
 """SparseGPT with the OBS sweep of an earlier commit against the current one, timed alternately in one
-process, with a check that both give the same weights to the bit.
+process, with a check that both give the same weights to the bit; or (``--sweep``) the eager torch
+sweep against the compiled one (``methods/obs_sweep.py``), with how far their weights differ and
+each one's WikiText-2 perplexity (8192 tokens).
 
 Same model, calibration windows and statistics (SmolLM2, 32x512 of the general mix, seed 0); only
 ``methods/obs.py`` differs: the earlier version is read from git (``--old``, default: the commit
@@ -8,11 +10,13 @@ from the dense weights and is paired with a forward pass of its own (the decoder
 in bench/floor.py. Prints the pairs and the medians; nothing is written.
 
     .venv/bin/python bench/obs_ab.py --repeats 3 [--old REV] [--settings 0.5,2:4]
+    .venv/bin/python bench/obs_ab.py --repeats 3 --sweep [--settings 0.5,2:4]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import calibration_forward  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+SWEEP_ENV = "PRUNERZERO_OBS_SWEEP"  # methods/obs_sweep.py reads it at every block
 
 
 def load_old_obs(rev: str):
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="pairs per version and setting")
     ap.add_argument("--old", default="bce08ed^", help="git revision of the earlier obs.py")
     ap.add_argument("--settings", default="0.5,2:4")
+    ap.add_argument("--sweep", action="store_true", help="eager against compiled sweep of the current obs.py")
     args = ap.parse_args()
 
     import torch
@@ -57,7 +64,10 @@ def main() -> None:
     from prunerzero.pipeline import prune_model
     from prunerzero.snapshot import DenseSnapshot
 
-    versions = {"old": load_old_obs(args.old).obs_prune, "new": sparsegpt.obs_prune}
+    if args.sweep:
+        versions = {"eager": sparsegpt.obs_prune, "compiled": sparsegpt.obs_prune}
+    else:
+        versions = {"old": load_old_obs(args.old).obs_prune, "new": sparsegpt.obs_prune}
     cfg = PruneConfig(model="smollm2-135m", calib_data="general", nsamples=32, seqlen=512, seed=0)
     lm, windowing = cfg.open_model()
     ids = cfg.calibration_windows(cfg.calibration_tokens(lm, windowing), windowing)  # (32, 512)
@@ -69,24 +79,53 @@ def main() -> None:
     for setting in args.settings.split(","):
         pairs: dict[str, list[tuple[float, float]]] = {v: [] for v in versions}
         weights: dict[str, dict[str, torch.Tensor]] = {}
+        ppl: dict[tuple[str, str], float] = {}
         for _ in range(args.repeats):
             for version, obs_prune in versions.items():  # alternate: drift of the machine hits both
                 snapshot.restore()
                 sparsegpt.obs_prune = obs_prune
+                if args.sweep:
+                    os.environ[SWEEP_ENV] = version
                 fwd = calibration_forward(model, ids)
                 start = time.perf_counter()
                 prune_model(model, method, parse_setting(setting), ids, batch_size=8, progress=False)
                 pairs[version].append((time.perf_counter() - start, fwd))
                 if version not in weights:  # one copy per version is enough to compare the bits
                     weights[version] = {n: m.weight.detach().clone() for n, m in snapshot.linears.items()}
+                    if args.sweep:
+                        ppl[(setting, version)] = wikitext_ppl(lm, windowing)
                 print(f"{setting} {version}: prune {pairs[version][-1][0]:.1f} s, forward {fwd:.1f} s", flush=True)
-        sparsegpt.obs_prune = versions["new"]
-        same = all(torch.equal(w, weights["new"][n]) for n, w in weights["old"].items())
+        sparsegpt.obs_prune = versions["new" if "new" in versions else "compiled"]
+        os.environ.pop(SWEEP_ENV, None)
         for version, got in pairs.items():
             print(f"sparsegpt {setting} {version}: median prune {statistics.median(p for p, _ in got):.1f} s, "
-                  f"median ratio to its forward {statistics.median(p / f for p, f in got):.2f}x", flush=True)
-        print(f"sparsegpt {setting}: pruned weights old == new to the bit: {same}", flush=True)
+                  f"median ratio to its forward {statistics.median(p / f for p, f in got):.2f}x"
+                  + (f", WikiText-2 ppl {ppl[(setting, version)]:.2f}" if args.sweep else ""), flush=True)
+        first, second = weights
+        if args.sweep:
+            print(f"sparsegpt {setting}: {differences(weights[first], weights[second])}", flush=True)
+        else:
+            same = all(torch.equal(w, weights[second][n]) for n, w in weights[first].items())
+            print(f"sparsegpt {setting}: pruned weights old == new to the bit: {same}", flush=True)
     snapshot.restore()
+
+
+def wikitext_ppl(lm, windowing) -> float:
+    """Perplexity of the model as pruned now on 8192 WikiText-2 test tokens (the README's setting)."""
+    from prunerzero.data import load_text
+    from prunerzero.eval.perplexity import perplexity
+    from prunerzero.windows import tokenize
+
+    tokens = tokenize(lm.tokenizer, load_text(str(WIKITEXT)), windowing)
+    return perplexity(lm.model, tokens, 512, 8192, progress=False, windowing=windowing)["ppl"]
+
+
+def differences(a: dict, b: dict) -> str:
+    """How far two versions' pruned weights are apart: masks that differ, largest relative difference."""
+    masks = sum(int(((w == 0) != (b[n] == 0)).sum()) for n, w in a.items())
+    rel = max(float((w - b[n]).abs().max() / w.abs().max()) for n, w in a.items())
+    total = sum(w.numel() for w in a.values())
+    return f"{masks} of {total} mask entries differ, largest weight difference {rel:.1e} of the linear's largest"
 
 
 if __name__ == "__main__":
