@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_bench import calibration_forward  # noqa: E402
+from run_bench import WIKI, calibration_forward  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 SWEEP_ENV = "PRUNERZERO_OBS_SWEEP"  # methods/obs_sweep.py reads it at every block
 
 
@@ -59,6 +58,7 @@ def main() -> None:
 
     from prunerzero.api import build_method
     from prunerzero.config import PruneConfig
+    from prunerzero.eval.perplexity import perplexity
     from prunerzero.masks import parse_setting
     from prunerzero.methods import sparsegpt
     from prunerzero.pipeline import prune_model
@@ -75,6 +75,7 @@ def main() -> None:
     snapshot = DenseSnapshot(model)
     method = build_method(PruneConfig(model="smollm2-135m", method="sparsegpt"))
 
+    wiki = wikitext_tokens(lm, windowing) if args.sweep else None  # tokenised once, measured after each version
     calibration_forward(model, ids)  # warm-up
     for setting in args.settings.split(","):
         pairs: dict[str, list[tuple[float, float]]] = {v: [] for v in versions}
@@ -93,7 +94,8 @@ def main() -> None:
                 if version not in weights:  # one copy per version is enough to compare the bits
                     weights[version] = {n: m.weight.detach().clone() for n, m in snapshot.linears.items()}
                     if args.sweep:
-                        ppl[(setting, version)] = wikitext_ppl(lm, windowing)
+                        ppl[(setting, version)] = perplexity(model, wiki, 512, 8192, progress=False,
+                                                             windowing=windowing)["ppl"]
                 print(f"{setting} {version}: prune {pairs[version][-1][0]:.1f} s, forward {fwd:.1f} s", flush=True)
         sparsegpt.obs_prune = versions["new" if "new" in versions else "compiled"]
         os.environ.pop(SWEEP_ENV, None)
@@ -110,14 +112,12 @@ def main() -> None:
     snapshot.restore()
 
 
-def wikitext_ppl(lm, windowing) -> float:
-    """Perplexity of the model as pruned now on 8192 WikiText-2 test tokens (the README's setting)."""
+def wikitext_tokens(lm, windowing):
+    """WikiText-2 test tokenised for the model; the A/B measures the first 8192 (the README's setting)."""
     from prunerzero.data import load_text
-    from prunerzero.eval.perplexity import perplexity
     from prunerzero.windows import tokenize
 
-    tokens = tokenize(lm.tokenizer, load_text(str(WIKITEXT)), windowing)
-    return perplexity(lm.model, tokens, 512, 8192, progress=False, windowing=windowing)["ppl"]
+    return tokenize(lm.tokenizer, load_text(str(WIKI)), windowing)
 
 
 def differences(a: dict, b: dict) -> str:
