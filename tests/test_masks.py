@@ -13,20 +13,32 @@ from fractions import Fraction
 import pytest
 import torch
 
+from prunerzero import mask_kernels
 from prunerzero.errors import UserError
 from prunerzero.masks import (
     SparsityTarget,
+    _prune_lowest_torch,
     make_mask,
     nm_lowest_by_column,
     nm_mask,
     parse_target,
     prune_lowest,
+    prune_weight,
     row_counts,
     unstructured_mask,
     zero_masked,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread", "mask_code")
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def mask_code(request, monkeypatch):
+    """Every test of this file runs on the compiled kernels (mask_kernels) and on the torch code."""
+    if request.param == "compiled" and not mask_kernels.available():
+        pytest.skip("numba is not importable here")
+    monkeypatch.setenv("PRUNERZERO_MASKS", request.param)
+    return request.param
 
 T, F = True, False
 
@@ -358,3 +370,79 @@ def test_zero_masked_is_masked_fill_to_the_bit(dtype):
     out = storage.t()  # (64, 48), not contiguous
     assert zero_masked(weight, mask, out=out).data_ptr() == storage.data_ptr()
     assert torch.equal(storage.t(), want) and torch.equal(torch.signbit(storage.t()), torch.signbit(want))
+
+
+# ----------------------------------------------------------------- compiled kernels vs the torch code
+
+def _hard_scores(kind: str, rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    """Scores that stress a selection: ties, heavy tails, signed zeros, infinities, NaN rows."""
+    x = torch.randn(rows, cols, generator=g)
+    if kind == "ties":
+        return torch.randint(0, 3, (rows, cols), generator=g).float()
+    if kind == "heavy":  # values spread over many orders of magnitude: bucketing must recurse
+        return (x * 6).exp()
+    if kind == "zeros":  # -0.0 and +0.0 compare equal: one tie group
+        z = torch.where(x > 0, torch.zeros_like(x), -torch.zeros_like(x))
+        return torch.where(x.abs() < 0.7, z, x)
+    if kind == "inf":
+        x[x > 1.5] = float("inf")
+        x[x < -1.8] = float("-inf")
+        return x
+    if kind == "nan":
+        x[::3, 1] = float("nan")
+        return x
+    if kind == "huge":  # max - min overflows to inf
+        x[:, 0], x[:, 1] = 3e38, -3e38
+        return x
+    return x
+
+
+@pytest.mark.parametrize("kind", ["plain", "ties", "heavy", "zeros", "inf", "nan", "huge"])
+@pytest.mark.parametrize("cols", [7, 48, 49, 576, 1000])
+def test_compiled_kernels_equal_the_torch_code(kind, cols, mask_code, monkeypatch):
+    """prune_lowest, nm_mask and prune_weight give what the torch code gives, bit for bit: the masks,
+    and the weights (+0.0 where removed, w + 0.0 where kept), for every kind of hard score row and
+    for counts from none to all."""
+    g = torch.Generator().manual_seed(cols * 10 + len(kind))
+    rows = 37
+    score = _hard_scores(kind, rows, cols, g)
+    weight = torch.randn(rows, cols, generator=g)
+    weight[:, :2] = -0.0
+    counts = torch.randint(0, cols + 1, (rows,), generator=g)
+    counts[0], counts[1] = 0, cols
+    got = prune_lowest(score, counts)
+    want = _prune_lowest_torch(score, counts)
+    assert torch.equal(got, want)
+    assert torch.equal(prune_lowest(score.reshape(1, -1), torch.tensor([score.numel() // 3])),
+                       _prune_lowest_torch(score.reshape(1, -1), torch.tensor([score.numel() // 3])))
+    targets = [parse_target(0.5), parse_target(0.3)]
+    if cols % 4 == 0:
+        targets += [parse_target(0.5, "2:4"), parse_target(0.25, "1:4")]
+    if cols % 8 == 0:
+        targets += [parse_target(0.5, "4:8")]
+    for target in targets:
+        got_w = prune_weight(weight, score, target)
+        monkeypatch.setenv("PRUNERZERO_MASKS", "torch")
+        want_mask = make_mask(score, target)
+        want_w = zero_masked(weight, want_mask)
+        monkeypatch.setenv("PRUNERZERO_MASKS", mask_code)
+        assert torch.equal(make_mask(score, target), want_mask), target
+        assert torch.equal(got_w, want_w) and torch.equal(got_w.signbit(), want_w.signbit()), target
+
+
+def test_prune_weight_writes_into_out_and_falls_back_where_the_kernels_do_not_apply():
+    """prune_weight writes into `out` (the module's weight, in the search), and gives
+    zero_masked(make_mask) for what the kernels do not take: bf16, a transposed (GPT-2 Conv1D) `out`,
+    the per-layer group, sparsity 0."""
+    g = torch.Generator().manual_seed(3)
+    weight, score = torch.randn(24, 32, generator=g), torch.rand(24, 32, generator=g)
+    for target in (parse_target(0.5), parse_target(0.5, "2:4"), parse_target(0.5, group="layer"), parse_target(0.0)):
+        want = zero_masked(weight, make_mask(score, target))
+        out = torch.full_like(weight, 7.0)
+        assert prune_weight(weight, score, target, out=out) is out and torch.equal(out, want)
+        storage = torch.empty(32, 24)
+        assert torch.equal(prune_weight(weight, score, target, out=storage.t()), want) and torch.equal(storage.t(), want)
+        half = prune_weight(weight.bfloat16(), score, target)
+        assert half.dtype == torch.bfloat16 and torch.equal(half, zero_masked(weight.bfloat16(), make_mask(score, target)))
+    with pytest.raises(UserError, match="divisible"):
+        prune_weight(torch.randn(4, 6), torch.rand(4, 6), parse_target(0.5, "2:4"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import mask_kernels
 from .errors import UserError
 
 GROUPS = ("row", "layer")
@@ -104,8 +105,21 @@ def prune_lowest(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     lower index goes first (exactly what a stable ascending sort would pick).
 
     O(C) per row instead of a sort: find each row's threshold (the counts[r]-th smallest value),
-    take everything below it, then fill up with the first entries equal to it.
+    take everything below it, then fill up with the first entries equal to it. CPU float32 scores
+    go to the compiled kernel (``mask_kernels``: the same mask, ~3x faster), the rest to torch.
     """
+    if mask_kernels.usable(score):
+        counts = counts.cpu()
+        mask = torch.empty_like(score, dtype=torch.bool)
+        nan_rows = mask_kernels.lowest_rows(score, counts, mask)
+        if nan_rows.numel():
+            mask[nan_rows] = _prune_lowest_torch(score[nan_rows], counts[nan_rows])
+        return mask
+    return _prune_lowest_torch(score, counts)
+
+
+def _prune_lowest_torch(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``prune_lowest`` in torch ops: any device and dtype (the reference for the compiled kernel)."""
     rows, cols = score.shape
     counts = counts.to(score.device).long()  # (R,)
     k_max = int(counts.max()) if rows else 0
@@ -155,6 +169,10 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """score (out, in) -> mask pruning the n lowest of every m consecutive inputs, vectorised."""
     rows, cols = score.shape
     check_nm_width(cols, n, m)
+    if mask_kernels.usable(score):
+        mask = torch.empty_like(score, dtype=torch.bool)
+        mask_kernels.nm_lowest(score, n, m, mask)
+        return mask
     columns = score.reshape(rows * cols // m, m).unbind(-1)  # m views of shape (G,)
     # Rank of entry i inside its group, ties by position: count the entries j that come
     # before it (s_j < s_i, or s_j == s_i with j < i). m*m elementwise comparisons over
@@ -199,6 +217,29 @@ def zero_masked(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor | No
     makes that +0.0 and changes no other value.
     (An infinite weight would become NaN where masked_fill gives 0: weights are finite.)"""
     return torch.mul(weight, mask.logical_not(), out=out).add_(0.0)
+
+
+def prune_weight(weight: torch.Tensor, score: torch.Tensor, target: SparsityTarget,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """``zero_masked(weight, make_mask(score, target), out)``: weight (out, in) with the target's
+    lowest-score entries zeroed. On CPU float32 tensors, per-row unstructured and N:M targets are
+    masked and written in one compiled pass per row (``mask_kernels``), with no mask in memory: the
+    same weights, a fraction of the memory traffic (every search candidate does this per setting)."""
+    if (score.shape != weight.shape or not mask_kernels.usable(weight, score, out)
+            or (out is not None and out.shape != weight.shape)
+            or not (target.structured or (target.sparsity > 0 and target.group == "row"))):
+        return zero_masked(weight, make_mask(score, target), out=out)
+    out = torch.empty_like(weight) if out is None else out
+    rows, cols = score.shape
+    if target.structured:
+        check_nm_width(cols, target.n, target.m)
+        mask_kernels.nm_lowest(score, target.n, target.m, None, weight, out)
+        return out
+    counts = row_counts(rows, cols, target.sparsity)
+    nan_rows = mask_kernels.lowest_rows(score, counts, None, weight, out)
+    if nan_rows.numel():
+        out[nan_rows] = zero_masked(weight[nan_rows], _prune_lowest_torch(score[nan_rows], counts[nan_rows]))
+    return out
 
 
 def make_mask(score: torch.Tensor, target: SparsityTarget) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from ..calib.stats import LinearStats
-from ..masks import SparsityTarget, make_mask, zero_masked
+from ..masks import SparsityTarget, prune_weight
 from ..registry import Registry
 
 
@@ -41,8 +41,7 @@ def metric_method(
     """A method that only ranks weights: score -> shared mask module -> zero the lowest."""
 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
-        mask = make_mask(score(weight, stats), target)  # (out, in), True = remove
-        return zero_masked(weight, mask)
+        return prune_weight(weight, score(weight, stats), target)  # the lowest scores zeroed
 
     return Method(name, needs, prune, describe or {}, score, rescore)
 

@@ -19,6 +19,8 @@ import os
 import numpy as np
 import torch
 
+from ..mask_kernels import use_torch_threads
+
 try:
     import numba
     from numba import njit, prange
@@ -95,5 +97,5 @@ def sweep_block(w1t: torch.Tensor, hinv1: torch.Tensor, mask1t: torch.Tensor, er
     mask1t (b, out) bool (True = remove; filled group by group when `nm` = (n, m) is given, else read),
     err1t (b, out) float32 receives each column's error. All contiguous CPU tensors."""
     n, m = nm if nm is not None else (0, 1)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    use_torch_threads()
     _sweep_kernel(w1t.numpy(), hinv1.numpy(), mask1t.numpy(), err1t.numpy(), m, n, nm is not None)

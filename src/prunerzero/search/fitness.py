@@ -39,7 +39,7 @@ from ..allocation import Allocation, owl_allocation, owl_sparsities
 from ..calib.stats import LinearStats
 from ..errors import UserError
 from ..eval.perplexity import logits_chunks, window_nll
-from ..masks import SparsityTarget, make_mask, parse_setting, zero_masked
+from ..masks import SparsityTarget, parse_setting, prune_weight
 from ..methods.base import Method
 from ..methods.obs import inverse_hessian_factor
 from ..methods.reconstruct import dense_under_mask, mask_only, reconstruct_prune, with_reconstruction
@@ -222,7 +222,7 @@ class ProxyFitness:
             if cfg.reconstruct == "admm":
                 return reconstruct_prune(weight, stats.to(weight.device), t, score, cfg.reconstruct_mode, kind="admm",
                                          percdamp=cfg.percdamp)
-            return zero_masked(weight, make_mask(score(weight, stats), t))
+            return prune_weight(weight, score(weight, stats), t)
 
         if not cfg.mask_only:
             return reconstructed
@@ -255,7 +255,7 @@ class ProxyFitness:
                 if self._score_cache is not None:
                     self._score_cache[name] = score
             t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[self.snapshot.layer_of[name]])
-            zero_masked(dense, make_mask(score, t), out=weight_matrix(module))
+            prune_weight(dense, score, t, out=weight_matrix(module))
 
     def restore(self) -> None:
         """The dense weights back into the model."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..masks import SparsityTarget, make_mask, zero_masked
+from ..masks import SparsityTarget, prune_weight
 from ..symbolic import Metric
 
 
@@ -42,7 +42,7 @@ class ToyFitness:
         self.calls += 1
         x = self.inputs[: self.n[fidelity]]  # (n, in)
         scores = metric.scores(self.weight, x_mean_sq=(x * x).mean(0), grad_l2=self.grad)  # (out, in)
-        pruned = zero_masked(self.weight, make_mask(scores, self.target))
+        pruned = prune_weight(self.weight, scores, self.target)
         ref = x @ self.weight.T  # (n, out)
         return float(torch.linalg.vector_norm(ref - x @ pruned.T) / torch.linalg.vector_norm(ref))
 
