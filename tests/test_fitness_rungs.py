@@ -196,3 +196,29 @@ def test_fast_mask_path_gives_the_same_fitness(make_tiny_model, calib_ids, arch)
             logs.append(fit.measure(fit.rungs["64tok"]))
         assert fast == math.exp(sum(logs) / len(logs)), name
     fit.restore()
+
+
+def test_bf16_copies_give_the_fitness_of_autocast_casting_the_float32_weights(tiny_arch, make_tiny_model, calib_ids):
+    """bf16 forwards of plain masks write the candidate as bf16 copies and swap them in for the
+    forward (search/bf16_weights.py): the same values, to the bit, as autocast rounding the float32
+    pruned weights itself, at the ppl and kl rungs, on every tiny architecture (GPT-2's Conv1D takes
+    the float32 route). The model's own weights stay dense, and a restore leaves no copy in place."""
+    model = make_tiny_model(tiny_arch.name)
+    stats = collect_dense_stats(model, calib_ids, frozenset({"X"}), progress=False)
+    tokens = torch.randint(0, 128, (1, 600), generator=torch.Generator().manual_seed(7))
+    settings = FitnessSettings(("0.5", "2:4"), eval_seqlen=32, eval_dtype="bfloat16", ladder=("ppl:128", "kl:64"))
+    fit = ProxyFitness(model, tokens, stats, settings)
+    assert (fit._bf16 is None) == (tiny_arch.name == "gpt2")
+    dense = {n: w.clone() for n, w in fit.dense.items()}
+    for name in ("wanda", "ria", "magnitude"):
+        metric = named_metric(name)
+        for rung in fit.fidelities:
+            with_copies = fit.evaluate(metric, rung)
+            if fit._bf16 is not None:
+                assert all(torch.equal(m.weight, dense[n]) for n, m in fit.linears.items())
+                assert all(m.weight.dtype == torch.float32 for m in fit.linears.values())
+            copies, fit._bf16 = fit._bf16, None
+            fit.restore()
+            assert fit.evaluate(metric, rung) == with_copies, (name, rung)
+            fit._bf16 = copies
+            fit.restore()

@@ -408,6 +408,8 @@ def test_compiled_kernels_equal_the_torch_code(kind, cols, mask_code, monkeypatc
     score = _hard_scores(kind, rows, cols, g)
     weight = torch.randn(rows, cols, generator=g)
     weight[:, :2] = -0.0
+    # bf16 rounding: halfway cases to even (down, up, negative), the largest floats, a subnormal
+    weight[2:9, 2] = torch.tensor([1.00390625, 1.01171875, -1.00390625, 1.0039063, 3.3e38, -3.3e38, 1e-40])
     counts = torch.randint(0, cols + 1, (rows,), generator=g)
     counts[0], counts[1] = 0, cols
     got = prune_lowest(score, counts)
@@ -428,6 +430,9 @@ def test_compiled_kernels_equal_the_torch_code(kind, cols, mask_code, monkeypatc
         monkeypatch.setenv("PRUNERZERO_MASKS", mask_code)
         assert torch.equal(make_mask(score, target), want_mask), target
         assert torch.equal(got_w, want_w) and torch.equal(got_w.signbit(), want_w.signbit()), target
+        # Written as bfloat16 (the search's bf16 forwards): torch's rounding of the float32 result, bit for bit.
+        half = prune_weight(weight, score, target, out=torch.empty(rows, cols, dtype=torch.bfloat16))
+        assert torch.equal(half.view(torch.int16), want_w.bfloat16().view(torch.int16)), target
 
 
 def test_prune_weight_writes_into_out_and_falls_back_where_the_kernels_do_not_apply():

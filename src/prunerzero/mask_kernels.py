@@ -28,7 +28,8 @@ import torch
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import njit, prange, types
+    from numba.extending import overload
 except ImportError:  # pragma: no cover - numba is a declared dependency; this keeps the torch path usable
     numba = None
 
@@ -48,12 +49,14 @@ def use_torch_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-def usable(*tensors: torch.Tensor | None) -> bool:
-    """Whether these (R, C) float32 tensors (None: absent) can go to the kernels: CPU and contiguous."""
+def usable(*tensors: torch.Tensor | None, out: torch.Tensor | None = None) -> bool:
+    """Whether these (R, C) float32 tensors (None: absent) and the written weight `out` (float32 or
+    bfloat16) can go to the kernels: CPU and contiguous."""
     if not available():
         return False
-    return all(t is None or (t.device.type == "cpu" and t.is_contiguous() and t.dtype == torch.float32
-                             and t.dim() == 2) for t in tensors)
+    return all(t is None or (t.device.type == "cpu" and t.is_contiguous() and t.dim() == 2
+                             and (t.dtype == torch.float32 or (t is out and t.dtype == torch.bfloat16)))
+               for t in (*tensors, out))
 
 
 if numba is not None:
@@ -143,10 +146,32 @@ if numba is not None:
             n = kept
             k -= below
 
+    def _store(out, r, j, w, w_bits, removed):  # pragma: no cover - replaced by the overload below
+        """out[r, j] = +0.0 if removed else w + 0.0, in out's dtype: float32, or bfloat16 as int16 bits."""
+
+    @overload(_store)
+    def _store_overload(out, r, j, w, w_bits, removed):  # pragma: no cover - compiled
+        if out.dtype == types.int16:
+            def store_bf16(out, r, j, w, w_bits, removed):
+                # torch's float32 -> bfloat16: round to nearest even (c10::round_to_nearest_even),
+                # NaN -> 0x7FC0; w + 0.0 first, so a kept -0.0 is +0.0 as in masks.zero_masked.
+                u = np.int64(w_bits) & 0xFFFFFFFF
+                h = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+                if (u & 0x7FFFFFFF) > 0x7F800000:
+                    h = 0x7FC0
+                if removed or (u & 0x7FFFFFFF) == 0:
+                    h = 0
+                out[r, j] = np.int16(h - 0x10000 if h >= 0x8000 else h)
+            return store_bf16
+
+        def store_float(out, r, j, w, w_bits, removed):
+            out[r, j] = np.float32(0.0) if removed else w + np.float32(0.0)
+        return store_float
+
     @njit(parallel=True, cache=True)
     def _lowest_rows_kernel(score, counts, mask, weight, out, want_mask, want_weight, nan_rows):  # pragma: no cover
         rows, cols = score.shape
-        zero = np.float32(0.0)
+        w_bits = weight.view(np.int32)
         for c in prange((rows + _ROWS - 1) // _ROWS):
             buf = np.empty(cols, dtype=np.float32)
             hist = np.empty(_BINS, dtype=np.int32)
@@ -164,7 +189,7 @@ if numba is not None:
                         if want_mask:
                             mask[r, j] = False
                         if want_weight:
-                            out[r, j] = weight[r, j] + zero
+                            _store(out, r, j, weight[r, j], w_bits[r, j], False)
                     continue
                 thr = _kth_smallest(row, cols, k - 1, buf, hist)
                 below = 0
@@ -179,7 +204,7 @@ if numba is not None:
                         if want_mask:
                             mask[r, j] = removed
                         if want_weight:
-                            out[r, j] = zero if removed else weight[r, j] + zero
+                            _store(out, r, j, weight[r, j], w_bits[r, j], removed)
                 else:
                     for j in range(cols):
                         v = row[j]
@@ -190,7 +215,7 @@ if numba is not None:
                         if want_mask:
                             mask[r, j] = removed
                         if want_weight:
-                            out[r, j] = zero if removed else weight[r, j] + zero
+                            _store(out, r, j, weight[r, j], w_bits[r, j], removed)
 
     @njit(inline="always")
     def _ahead(a, b):  # pragma: no cover - compiled
@@ -201,7 +226,7 @@ if numba is not None:
     @njit(parallel=True, cache=True)
     def _nm_kernel(score, n, m, mask, weight, out, want_mask, want_weight):  # pragma: no cover - compiled
         rows, cols = score.shape
-        zero = np.float32(0.0)
+        w_bits = weight.view(np.int32)
         for c in prange((rows + _ROWS - 1) // _ROWS):
             removed = np.empty(cols, dtype=np.bool_)
             rank = np.empty(m, dtype=np.int32)
@@ -235,7 +260,7 @@ if numba is not None:
                     if want_mask:
                         mask[r, j] = removed[j]
                     if want_weight:
-                        out[r, j] = zero if removed[j] else weight[r, j] + zero
+                        _store(out, r, j, weight[r, j], w_bits[r, j], removed[j])
 
 
 _NO_MASK = np.zeros((0, 0), dtype=np.bool_)
@@ -243,8 +268,11 @@ _NO_WEIGHT = np.zeros((0, 0), dtype=np.float32)
 
 
 def _arrays(mask: torch.Tensor | None, weight: torch.Tensor | None, out: torch.Tensor | None):
-    return (_NO_MASK if mask is None else mask.numpy(), _NO_WEIGHT if weight is None else weight.numpy(),
-            _NO_WEIGHT if out is None else out.numpy())
+    if out is not None and out.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits, as int16
+        out_array = out.view(torch.int16).numpy()
+    else:
+        out_array = _NO_WEIGHT if out is None else out.numpy()
+    return (_NO_MASK if mask is None else mask.numpy(), _NO_WEIGHT if weight is None else weight.numpy(), out_array)
 
 
 def lowest_rows(score: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor | None,

@@ -222,10 +222,11 @@ def zero_masked(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor | No
 def prune_weight(weight: torch.Tensor, score: torch.Tensor, target: SparsityTarget,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """``zero_masked(weight, make_mask(score, target), out)``: weight (out, in) with the target's
-    lowest-score entries zeroed. On CPU float32 tensors, per-row unstructured and N:M targets are
-    masked and written in one compiled pass per row (``mask_kernels``), with no mask in memory: the
-    same weights, a fraction of the memory traffic (every search candidate does this per setting)."""
-    if (score.shape != weight.shape or not mask_kernels.usable(weight, score, out)
+    lowest-score entries zeroed, into `out` when given (its dtype: e.g. bfloat16 weights for a bf16
+    forward, rounded as torch rounds). On CPU float32 tensors, per-row unstructured and N:M targets
+    are masked and written in one compiled pass per row (``mask_kernels``), with no mask in memory:
+    the same weights, a fraction of the memory traffic (every search candidate does this per setting)."""
+    if (score.shape != weight.shape or not mask_kernels.usable(weight, score, out=out)
             or (out is not None and out.shape != weight.shape)
             or not (target.structured or (target.sparsity > 0 and target.group == "row"))):
         return zero_masked(weight, make_mask(score, target), out=out)
@@ -238,7 +239,7 @@ def prune_weight(weight: torch.Tensor, score: torch.Tensor, target: SparsityTarg
     counts = row_counts(rows, cols, target.sparsity)
     nan_rows = mask_kernels.lowest_rows(score, counts, None, weight, out)
     if nan_rows.numel():
-        out[nan_rows] = zero_masked(weight[nan_rows], _prune_lowest_torch(score[nan_rows], counts[nan_rows]))
+        out[nan_rows] = zero_masked(weight[nan_rows], _prune_lowest_torch(score[nan_rows], counts[nan_rows])).to(out.dtype)
     return out
 
 

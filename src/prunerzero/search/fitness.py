@@ -28,6 +28,7 @@ leaderboard, ``prunerzero prune``) recomputes it from each pruned layer's inputs
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ from ..precision import bf16_autocast
 from ..snapshot import DenseSnapshot, PruneOne
 from ..symbolic import InvalidMetricError, Metric, TerminalSpec
 from ..windows import NO_BOS, Windowing, eval_windows
+from .bf16_weights import Bf16Weights
 from .proxies import Rung, dense_top_k, kl_top_k, parse_rung, relative_output_error
 
 
@@ -115,6 +117,10 @@ class ProxyFitness:
 
     def __post_init__(self) -> None:
         self.snapshot = DenseSnapshot(self.model)  # every candidate starts from the dense weights
+        # bf16 forwards of plain masks on CPU: the masks are written as bf16 copies (bf16_weights.py)
+        self._bf16 = (Bf16Weights(self.model, self.snapshot.linears)
+                      if self.config.eval_dtype == "bfloat16" and self.config.reconstruct == "none"
+                      and Bf16Weights.supported(self.model, self.snapshot.linears) else None)
         # A candidate's scores do not depend on the sparsity setting: within one evaluation they are
         # computed once and reused by every setting, when they fit SCORE_CACHE_BYTES.
         self._score_cache: dict[str, torch.Tensor] | None = None
@@ -234,7 +240,8 @@ class ProxyFitness:
 
     @torch.no_grad()
     def apply(self, metric: Metric, target: SparsityTarget) -> None:
-        """Write the candidate's pruned weights into the model (raises InvalidMetricError)."""
+        """Write the candidate's pruned weights into the model, or, for bf16 forwards of plain masks
+        on CPU, into the bf16 copies the next ``measure`` puts in the model (raises InvalidMetricError)."""
         start = time.perf_counter()
         if self.config.reconstruct == "none":
             self._apply_mask_only(metric, target)
@@ -255,10 +262,12 @@ class ProxyFitness:
                 if self._score_cache is not None:
                     self._score_cache[name] = score
             t = target if layer_sparsity is None else target.with_sparsity(layer_sparsity[self.snapshot.layer_of[name]])
-            prune_weight(dense, score, t, out=weight_matrix(module))
+            prune_weight(dense, score, t, out=self._bf16.target(name) if self._bf16 else weight_matrix(module))
 
     def restore(self) -> None:
         """The dense weights back into the model."""
+        if self._bf16 is not None:
+            self._bf16.holds_candidate = False
         self.snapshot.restore()
 
     @torch.no_grad()
@@ -310,7 +319,7 @@ class ProxyFitness:
         """The rung's value for the weights now in the model (ppl rungs: the mean NLL)."""
         windows = self._windows[rung.name]
         start = time.perf_counter()
-        with self._autocast():
+        with self._autocast(), (self._bf16.in_model() if self._bf16 else contextlib.nullcontext()):
             value = self._mean_kl(windows) if rung.kind == "kl" else float(window_nll(self.model, windows).mean())
         self.seconds["eval"] += time.perf_counter() - start
         return value

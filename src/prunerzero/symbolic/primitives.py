@@ -186,12 +186,17 @@ def evaluate(expr: "Node", terminals: dict[str, Tensor], validate: bool = True) 
                     ok = False
                 if not ok:
                     raise InvalidMetricError(f"shape {tuple(out.shape)} does not broadcast to {tuple(shape)}")
+            if validate:
+                # One pass for the finiteness and constant checks: min and max propagate NaN, so both
+                # finite means every score is finite.
+                low, high = torch.aminmax(out) if out.numel() else (out.new_zeros(()), out.new_zeros(()))
+                if not bool(torch.isfinite(low) & torch.isfinite(high)):
+                    raise InvalidMetricError("nan" if torch.isnan(out).any() else "inf")
+                _check_ranks(out.expand(shape), env["W"], bool(low == high))
             # A finite sum means every score is finite (a nan or inf would make it nan or inf), at a
             # fraction of isfinite's cost; only a sum that overflows needs the per-element check.
-            if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
+            elif not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
                 raise InvalidMetricError("nan" if torch.isnan(out).any() else "inf")
-            if validate:
-                _check_ranks(out.expand(shape), env["W"])
     except (InvalidMetricError, UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # torch errors (e.g. out of memory) become invalid metrics
@@ -203,10 +208,10 @@ def evaluate(expr: "Node", terminals: dict[str, Tensor], validate: bool = True) 
     return out if out.shape == shape else out.expand(shape).contiguous()
 
 
-def _check_ranks(scores: Tensor, weight: Tensor) -> None:
-    """InvalidMetricError unless scores (out, in) can rank the weights (out, in): not constant, and
-    not mostly one tie per row."""
-    if scores.numel() == 0 or bool(scores.min() == scores.max()):
+def _check_ranks(scores: Tensor, weight: Tensor, constant: bool) -> None:
+    """InvalidMetricError unless scores (out, in) can rank the weights (out, in): not `constant` (its
+    minimum equals its maximum), and not mostly one tie per row."""
+    if scores.numel() == 0 or constant:
         raise InvalidMetricError("constant")
     share = tie_share(scores, weight)
     if share > MAX_TIE_SHARE:
