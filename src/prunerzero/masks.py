@@ -239,7 +239,8 @@ def prune_weight(weight: torch.Tensor, score: torch.Tensor, target: SparsityTarg
     counts = row_counts(rows, cols, target.sparsity)
     nan_rows = mask_kernels.lowest_rows(score, counts, None, weight, out)
     if nan_rows.numel():
-        out[nan_rows] = zero_masked(weight[nan_rows], _prune_lowest_torch(score[nan_rows], counts[nan_rows])).to(out.dtype)
+        removed = _prune_lowest_torch(score[nan_rows], counts[nan_rows])
+        out[nan_rows] = zero_masked(weight[nan_rows], removed).to(out.dtype)
     return out
 
 
