@@ -106,21 +106,26 @@ def main() -> None:
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
     ap.add_argument("--write", action="store_true", help="write the section (with --compare: before / after)")
     ap.add_argument("--note", default="")
+    ap.add_argument("--version", default="", help="a name for the code measured (e.g. its commit), kept in --json")
     args = ap.parse_args()
     if args.compare:
         old, new = (json.loads(p.read_text()) for p in args.compare)
-        text = ("## Seconds per search candidate, before / after\n\n"
+        text = (breakdown(new).rsplit("\n\nCommand:", 1)[0]
+                + f"\n\n### Before / after ({old.get('version', 'old')} -> {new.get('version', 'new')})\n\n"
                 f"Cheapest rung `{new['rung']}` of `{new['run']}` (settings {', '.join(new['settings'])}, forwards "
                 f"in {new['eval_dtype']}), median of {new['repeats']} evaluations per candidate after one warm-up, "
                 f"{new['threads']} threads, both versions measured in one sitting, one after the other. "
                 f"Machine: {machine()}.\n\n" + compare(old, new)
                 + (f"\n\n{args.note}" if args.note else "")
-                + "\n\nCommand: `bench/candidate_speed.py --json` once per code version, then `--compare OLD NEW --write`.")
+                + "\n\nCommand: `bench/candidate_speed.py --json FILE [--version NAME]` once per code version "
+                "(the older one with `PYTHONPATH=<its checkout>/src`), then `--compare OLD NEW --write`.")
         print(text)
         if args.write:
             replace_section("candidate-speed", text)
         return
     result = json.loads(args.from_json.read_text()) if args.from_json else measure(args.run, args.repeats, args.threads)
+    if args.version:
+        result["version"] = args.version
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.write:  # one version: where a candidate's seconds go
