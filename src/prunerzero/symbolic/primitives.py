@@ -76,7 +76,7 @@ def _exp(x: Tensor) -> Tensor:
 
 
 def _mms(x: Tensor) -> Tensor:
-    lo, hi = x.min(), x.max()  # scalars over the whole tensor
+    lo, hi = torch.aminmax(x)  # scalars over the whole tensor, one pass (NaN propagates as in min / max)
     return (x - lo) / (hi - lo + EPS)
 
 
