@@ -112,3 +112,78 @@ def test_qasper_is_a_second_reporting_text():
     calib, test = load_text("qasper", "calib"), load_text("qasper", "test")
     assert len(test) > 1_000_000 and not set(calib.split("\n\n")) & set(test.split("\n\n")) - {""}
     assert evaluation_split("qasper") == "test" and "1.1em" not in test
+
+
+# ----------------------------------------------------------------- hub sources, without the hub
+
+def _no_download(*args, **kwargs):
+    raise AssertionError("load_dataset must not be called when the hub does not answer")
+
+
+def test_an_unreachable_hub_fails_at_once_with_what_to_pass(monkeypatch):
+    """Offline, load_dataset retries for half a minute; one quick request decides first, and the
+    error names the local file to pass and the offline switch for a cached copy."""
+    import datasets
+
+    from prunerzero import data, hub
+    from prunerzero.errors import DataUnavailableError
+
+    monkeypatch.setattr(hub, "offline_mode", lambda: False)
+    monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: ("unreachable", "ConnectError"))
+    monkeypatch.setattr(datasets, "load_dataset", _no_download)
+    with pytest.raises(DataUnavailableError, match=r"wikitext2 \(test\).*ConnectError.*--eval-data.*HF_HUB_OFFLINE=1"):
+        data._hub_text("wikitext2", "test")
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_hub_text_is_read_without_asking_when_offline_and_after_asking_otherwise(monkeypatch, offline):
+    import datasets
+
+    from prunerzero import data, hub
+
+    asked = []
+    monkeypatch.setattr(hub, "offline_mode", lambda: offline)
+    monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: asked.append((repo, kind)) or ("found", ""))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"text": ["one", "two"]})
+    assert data._hub_text("wikitext2", "test") == "one\n\ntwo"
+    assert asked == ([] if offline else [("wikitext", "dataset")])
+
+
+def test_offline_mode_without_a_cached_copy_says_so(monkeypatch):
+    import datasets
+
+    from prunerzero import data, hub
+    from prunerzero.errors import DataUnavailableError
+
+    def missing(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(hub, "offline_mode", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(DataUnavailableError, match=r"not in the Hugging Face cache \(offline mode is set\)"):
+        data._hub_text("c4", "validation")
+
+
+@pytest.mark.parametrize("answer, message", [("missing", "no model 'org/name' on the Hugging Face hub"),
+                                             ("unreachable", r"hub is unreachable \(ConnectError\)")])
+def test_a_hub_model_that_is_not_cached_is_checked_with_one_request(monkeypatch, answer, message):
+    from prunerzero import hub, models
+
+    monkeypatch.setattr(hub, "offline_mode", lambda: False)
+    monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: (answer, "ConnectError"))
+    with pytest.raises(UserError, match=message):
+        models._check_hub_model("org/name")
+    monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: ("found", ""))
+    models._check_hub_model("org/name")  # found: from_pretrained downloads it
+
+
+def test_hub_ask_reports_no_answer_as_unreachable(monkeypatch):
+    import huggingface_hub
+
+    from prunerzero import hub
+
+    def refuse(self, *args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", refuse)
+    assert hub.ask("org/name", "dataset") == ("unreachable", "OSError")

@@ -34,6 +34,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from . import hub
 from .errors import DataUnavailableError, UserError
 
 NAMED_SOURCES = ("wikitext2", "general", "lambada", "squad", "qasper", "c4", "ptb")
@@ -53,7 +54,18 @@ def _read_local(path: Path) -> str:
     return text
 
 
+_HUB_DATASETS = {"wikitext2": "wikitext", "ptb": "ptb_text_only", "c4": "allenai/c4"}
+
+
 def _hub_text(source: str, split: str) -> str:
+    hint = "--eval-data path/to/wiki.test.raw" if source == "wikitext2" else "a local text file"
+    if source in _HUB_DATASETS and not hub.offline_mode():
+        # One quick request first: offline, load_dataset retries for half a minute before it fails.
+        answer, why = hub.ask(_HUB_DATASETS[source], "dataset")
+        if answer == "unreachable":
+            raise DataUnavailableError(
+                f"{source} ({split}) is not reachable: the Hugging Face hub does not answer ({why}); pass {hint} "
+                "instead, or set HF_HUB_OFFLINE=1 to read a copy in the Hugging Face cache")
     try:
         from datasets import load_dataset
 
@@ -71,10 +83,9 @@ def _hub_text(source: str, split: str) -> str:
             rows = load_dataset("allenai/c4", data_files={split: files[split]}, split=split)["text"]
             return "\n\n".join(rows[:20000])
     except Exception as exc:  # datasets raises many kinds of errors when offline
-        hint = "--eval-data path/to/wiki.test.raw" if source == "wikitext2" else "a local text file"
-        raise DataUnavailableError(
-            f"{source} ({split}) is not reachable on the Hugging Face hub ({type(exc).__name__}); pass {hint} instead"
-        ) from None
+        where = ("in the Hugging Face cache (offline mode is set)" if hub.offline_mode()
+                 else f"reachable on the Hugging Face hub ({type(exc).__name__})")
+        raise DataUnavailableError(f"{source} ({split}) is not {where}; pass {hint} instead") from None
     raise UserError(f"unknown data source {source!r}")
 
 

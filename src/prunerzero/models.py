@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import hub
 from .io import atomic_directory
 from .errors import UserError, clip, path_kind, short
 
@@ -177,25 +178,21 @@ def _check_hub_model(spec: str) -> None:
     """A hub id must be in the local Hugging Face cache or reachable now: one quick request
     instead of from_pretrained's half a minute of retries when the machine is offline."""
     try:
-        from huggingface_hub import constants, model_info, try_to_load_from_cache
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:  # an unexpected huggingface_hub: leave the reporting to from_pretrained
         return
     if isinstance(try_to_load_from_cache(spec, "config.json"), str):
         return
-    if constants.HF_HUB_OFFLINE:
+    if hub.offline_mode():
         raise UserError(f"model {clip(spec)} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                         "pass a local model folder or a .gguf file")
-    try:
-        model_info(spec, timeout=10)
-    except GatedRepoError:
-        return  # it exists; from_pretrained says what access it needs
-    except RepositoryNotFoundError:
+    answer, why = hub.ask(spec, "model")
+    if answer == "missing":
         raise UserError(f"no model {clip(spec)} on the Hugging Face hub (or it is private: log in with "
-                        "`hf auth login`)") from None
-    except Exception as exc:  # noqa: BLE001 -- connection errors come in many kinds
+                        "`hf auth login`)")
+    if answer == "unreachable":
         raise UserError(f"model {clip(spec)} is not in the local Hugging Face cache and the hub is unreachable "
-                        f"({type(exc).__name__}): pass a local model folder or a .gguf file") from None
+                        f"({why}): pass a local model folder or a .gguf file")
 
 
 def resolve_model_path(spec: str, check_hub: bool = False) -> str:
