@@ -168,6 +168,15 @@ if numba is not None:
             out[r, j] = np.float32(0.0) if removed else w + np.float32(0.0)
         return store_float
 
+    @njit(inline="always")
+    def _write_row(r, removed, mask, weight, w_bits, out, want_mask, want_weight):  # pragma: no cover
+        """Row r of the mask and / or of the pruned weight from removed (C,) bool."""
+        for j in range(removed.shape[0]):
+            if want_mask:
+                mask[r, j] = removed[j]
+            if want_weight:
+                _store(out, r, j, weight[r, j], w_bits[r, j], removed[j])
+
     @njit(parallel=True, cache=True)
     def _lowest_rows_kernel(score, counts, mask, weight, out, want_mask, want_weight, nan_rows):  # pragma: no cover
         rows, cols = score.shape
@@ -175,6 +184,7 @@ if numba is not None:
         for c in prange((rows + _ROWS - 1) // _ROWS):
             buf = np.empty(cols, dtype=np.float32)
             hist = np.empty(_BINS, dtype=np.int32)
+            removed = np.empty(cols, dtype=np.bool_)
             for r in range(c * _ROWS, min(rows, (c + 1) * _ROWS)):
                 row = score[r]
                 k = min(counts[r], cols)
@@ -185,37 +195,26 @@ if numba is not None:
                     nan_rows[r] = True
                     continue
                 if k <= 0:
-                    for j in range(cols):
-                        if want_mask:
-                            mask[r, j] = False
-                        if want_weight:
-                            _store(out, r, j, weight[r, j], w_bits[r, j], False)
-                    continue
-                thr = _kth_smallest(row, cols, k - 1, buf, hist)
-                below = 0
-                at = 0
-                for j in range(cols):
-                    below += row[j] < thr
-                    at += row[j] == thr
-                need = k - below  # entries equal to thr still to remove, the first ones by position
-                if at == need:  # usual for real-valued scores: every tie goes, no running count
-                    for j in range(cols):
-                        removed = row[j] <= thr
-                        if want_mask:
-                            mask[r, j] = removed
-                        if want_weight:
-                            _store(out, r, j, weight[r, j], w_bits[r, j], removed)
+                    removed[:] = False
                 else:
+                    thr = _kth_smallest(row, cols, k - 1, buf, hist)
+                    below = 0
+                    at = 0
                     for j in range(cols):
-                        v = row[j]
-                        removed = v < thr
-                        if v == thr:
-                            removed = need > 0
-                            need -= 1
-                        if want_mask:
-                            mask[r, j] = removed
-                        if want_weight:
-                            _store(out, r, j, weight[r, j], w_bits[r, j], removed)
+                        below += row[j] < thr
+                        at += row[j] == thr
+                    need = k - below  # entries equal to thr still to remove, the first ones by position
+                    if at == need:  # usual for real-valued scores: every tie goes, no running count
+                        for j in range(cols):
+                            removed[j] = row[j] <= thr
+                    else:
+                        for j in range(cols):
+                            v = row[j]
+                            removed[j] = v < thr
+                            if v == thr:
+                                removed[j] = need > 0
+                                need -= 1
+                _write_row(r, removed, mask, weight, w_bits, out, want_mask, want_weight)
 
     @njit(inline="always")
     def _ahead(a, b):  # pragma: no cover - compiled
@@ -256,11 +255,7 @@ if numba is not None:
                                 rank[j] += earlier_ahead
                         for i in range(m):
                             removed[g + i] = rank[i] < n
-                for j in range(cols):
-                    if want_mask:
-                        mask[r, j] = removed[j]
-                    if want_weight:
-                        _store(out, r, j, weight[r, j], w_bits[r, j], removed[j])
+                _write_row(r, removed, mask, weight, w_bits, out, want_mask, want_weight)
 
 
 _NO_MASK = np.zeros((0, 0), dtype=np.bool_)
