@@ -66,7 +66,12 @@ class Metric:
                grad_l2: Tensor | None = None, validate: bool = True) -> Tensor:
         """Scores (out, in) for one layer; raises InvalidMetricError (see ``evaluate``; ``validate=False``
         checks only nan / inf, for scoring the same linear again)."""
-        terms = prepare_terminals(self.spec, weight, x_mean_sq, grad_l1, grad_l2, needed=terminals_used(self.expr))
+        used = terminals_used(self.expr)
+        if "G" not in used:  # building G is a full pass over (out, in): skip it when the formula never reads it
+            grad_l1 = grad_l2 = None
+        if "X" not in used:
+            x_mean_sq = None
+        terms = prepare_terminals(self.spec, weight, x_mean_sq, grad_l1, grad_l2, needed=used)
         return evaluate(self.expr, terms, validate)
 
 
