@@ -451,3 +451,18 @@ def test_prune_weight_writes_into_out_and_falls_back_where_the_kernels_do_not_ap
         assert half.dtype == torch.bfloat16 and torch.equal(half, zero_masked(weight.bfloat16(), make_mask(score, target)))
     with pytest.raises(UserError, match="divisible"):
         prune_weight(torch.randn(4, 6), torch.rand(4, 6), parse_target(0.5, "2:4"))
+
+
+def test_kernels_take_tensors_that_require_grad(mask_code):
+    """A weight or score that requires grad (a Parameter, outside no_grad) goes through the same code:
+    numpy() would refuse it, the kernels read its storage."""
+    g = torch.Generator().manual_seed(5)
+    weight = torch.nn.Parameter(torch.randn(8, 16, generator=g))
+    score = torch.rand(8, 16, generator=g).requires_grad_()
+    for target in (parse_target(0.5), parse_target(0.5, "2:4")):
+        want = zero_masked(weight.detach(), make_mask(score.detach(), target))
+        assert torch.equal(prune_weight(weight, score, target).detach(), want)
+        if mask_code == "compiled":  # torch refuses out= when an input requires grad; the kernels write it
+            out = torch.empty(8, 16)
+            assert prune_weight(weight, score, target, out=out) is out and torch.equal(out, want)
+        assert torch.equal(make_mask(score, target), make_mask(score.detach(), target))

@@ -8,11 +8,11 @@ its own pass over memory (0.75-0.8 s of a 3.6 s candidate at 50%, docs/BENCHMARK
 and does everything on a row while it is in cache.
 
 The masks are the same, bit for bit, as ``masks``' torch code (tests/test_masks.py compares them):
-- Per row: the k-th smallest value, found exactly by bucketing the row's values between its minimum
-  and maximum (a monotone map, so the k-th smallest lies in a known bucket; repeat inside it until it
-  is small, then quickselect), then everything below it and, among entries equal to it, the first
-  ones by position. Rows holding a NaN are left to the torch code (its topk orders NaN its own way):
-  the kernel reports them and ``masks`` recomputes those rows.
+- Per row: the k-th smallest value, found exactly by bucketing the row's values by the top bits of
+  their float bits taken in float order (a monotone map, so the k-th smallest lies in a known bucket;
+  repeat inside it until it is small, then quickselect), then everything below it and, among entries
+  equal to it, the first ones by position. Rows holding a NaN are left to the torch code (its topk
+  orders NaN its own way): the kernel reports them and ``masks`` recomputes those rows.
 - N:M: the comparisons of ``masks.nm_mask`` (an entry ranks behind a lower one, and behind an equal
   one before it), NaN included.
 - The weight written is ``masks.zero_masked``'s: +0.0 where removed, ``w + 0.0`` where kept.
@@ -263,11 +263,13 @@ _NO_WEIGHT = np.zeros((0, 0), dtype=np.float32)
 
 
 def _arrays(mask: torch.Tensor | None, weight: torch.Tensor | None, out: torch.Tensor | None):
+    # detach(): the same storage (writes go through), and numpy() refuses tensors that require grad
     if out is not None and out.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits, as int16
-        out_array = out.view(torch.int16).numpy()
+        out_array = out.detach().view(torch.int16).numpy()
     else:
-        out_array = _NO_WEIGHT if out is None else out.numpy()
-    return (_NO_MASK if mask is None else mask.numpy(), _NO_WEIGHT if weight is None else weight.numpy(), out_array)
+        out_array = _NO_WEIGHT if out is None else out.detach().numpy()
+    return (_NO_MASK if mask is None else mask.numpy(), _NO_WEIGHT if weight is None else weight.detach().numpy(),
+            out_array)
 
 
 def lowest_rows(score: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor | None,
@@ -278,7 +280,7 @@ def lowest_rows(score: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor | 
     use_torch_threads()
     nan_rows = np.zeros(score.shape[0], dtype=np.bool_)
     m, w, o = _arrays(mask, weight, out)
-    _lowest_rows_kernel(score.numpy(), counts.to(torch.int64).numpy(), m, w, o, mask is not None,
+    _lowest_rows_kernel(score.detach().numpy(), counts.to(torch.int64).numpy(), m, w, o, mask is not None,
                         out is not None, nan_rows)
     return torch.from_numpy(nan_rows).nonzero().squeeze(-1)
 
@@ -289,4 +291,4 @@ def nm_lowest(score: torch.Tensor, n: int, m: int, mask: torch.Tensor | None,
     ``masks.nm_mask``: into mask (R, C) bool when given, and weight zeroed there into out when given."""
     use_torch_threads()
     mk, w, o = _arrays(mask, weight, out)
-    _nm_kernel(score.numpy(), n, m, mk, w, o, mask is not None, out is not None)
+    _nm_kernel(score.detach().numpy(), n, m, mk, w, o, mask is not None, out is not None)
