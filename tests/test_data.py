@@ -128,7 +128,7 @@ def test_an_unreachable_hub_fails_at_once_with_what_to_pass(monkeypatch):
     from prunerzero import data, hub
     from prunerzero.errors import DataUnavailableError
 
-    monkeypatch.setattr(hub, "offline_mode", lambda: False)
+    monkeypatch.setattr(hub, "offline_mode", lambda data=False: False)
     monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: ("unreachable", "ConnectError"))
     monkeypatch.setattr(datasets, "load_dataset", _no_download)
     with pytest.raises(DataUnavailableError, match=r"wikitext2 \(test\).*ConnectError.*--eval-data.*HF_HUB_OFFLINE=1"):
@@ -142,7 +142,7 @@ def test_hub_text_is_read_without_asking_when_offline_and_after_asking_otherwise
     from prunerzero import data, hub
 
     asked = []
-    monkeypatch.setattr(hub, "offline_mode", lambda: offline)
+    monkeypatch.setattr(hub, "offline_mode", lambda data=False: offline)
     monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: asked.append((repo, kind)) or ("found", ""))
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"text": ["one", "two"]})
     assert data._hub_text("wikitext2", "test") == "one\n\ntwo"
@@ -158,7 +158,7 @@ def test_offline_mode_without_a_cached_copy_says_so(monkeypatch):
     def missing(*args, **kwargs):
         raise ConnectionError("offline")
 
-    monkeypatch.setattr(hub, "offline_mode", lambda: True)
+    monkeypatch.setattr(hub, "offline_mode", lambda data=False: True)
     monkeypatch.setattr(datasets, "load_dataset", missing)
     with pytest.raises(DataUnavailableError, match=r"not in the Hugging Face cache \(offline mode is set\)"):
         data._hub_text("c4", "validation")
@@ -169,7 +169,7 @@ def test_offline_mode_without_a_cached_copy_says_so(monkeypatch):
 def test_a_hub_model_that_is_not_cached_is_checked_with_one_request(monkeypatch, answer, message):
     from prunerzero import hub, models
 
-    monkeypatch.setattr(hub, "offline_mode", lambda: False)
+    monkeypatch.setattr(hub, "offline_mode", lambda data=False: False)
     monkeypatch.setattr(hub, "ask", lambda repo, kind="model", timeout=10: (answer, "ConnectError"))
     with pytest.raises(UserError, match=message):
         models._check_hub_model("org/name")
@@ -187,3 +187,15 @@ def test_hub_ask_reports_no_answer_as_unreachable(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", refuse)
     assert hub.ask("org/name", "dataset") == ("unreachable", "OSError")
+
+
+def test_datasets_offline_switch_counts_for_data_only(monkeypatch):
+    from huggingface_hub import constants
+
+    from prunerzero import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert hub.offline_mode(data=True) and not hub.offline_mode()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.offline_mode() and hub.offline_mode(data=True)

@@ -59,7 +59,7 @@ _HUB_DATASETS = {"wikitext2": "wikitext", "ptb": "ptb_text_only", "c4": "allenai
 
 def _hub_text(source: str, split: str) -> str:
     hint = "--eval-data path/to/wiki.test.raw" if source == "wikitext2" else "a local text file"
-    if source in _HUB_DATASETS and not hub.offline_mode():
+    if source in _HUB_DATASETS and not hub.offline_mode(data=True):
         # One quick request first: offline, load_dataset retries for half a minute before it fails.
         answer, why = hub.ask(_HUB_DATASETS[source], "dataset")
         if answer == "unreachable":
@@ -83,7 +83,7 @@ def _hub_text(source: str, split: str) -> str:
             rows = load_dataset("allenai/c4", data_files={split: files[split]}, split=split)["text"]
             return "\n\n".join(rows[:20000])
     except Exception as exc:  # datasets raises many kinds of errors when offline
-        where = ("in the Hugging Face cache (offline mode is set)" if hub.offline_mode()
+        where = ("in the Hugging Face cache (offline mode is set)" if hub.offline_mode(data=True)
                  else f"reachable on the Hugging Face hub ({type(exc).__name__})")
         raise DataUnavailableError(f"{source} ({split}) is not {where}; pass {hint} instead") from None
     raise UserError(f"unknown data source {source!r}")

@@ -12,15 +12,15 @@ from typing import Literal
 Answer = Literal["found", "missing", "unreachable", "unknown"]
 
 
-def offline_mode() -> bool:
-    """Whether the user asked for offline mode (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE for data):
+def offline_mode(data: bool = False) -> bool:
+    """Whether the user asked for offline mode (HF_HUB_OFFLINE; for `data`, HF_DATASETS_OFFLINE too):
     then the downloads read the local cache and never ask the hub."""
     try:
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         return False
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "0").upper() in ("1", "ON", "YES",
-                                                                                                  "TRUE")
+    datasets_offline = os.environ.get("HF_DATASETS_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE) or (data and datasets_offline)
 
 
 def ask(repo_id: str, repo_type: Literal["model", "dataset"] = "model", timeout: float = 10) -> tuple[Answer, str]:
