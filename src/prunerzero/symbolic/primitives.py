@@ -108,58 +108,6 @@ def _pdiv(x: Tensor, y: Tensor) -> Tensor:
     return x / torch.where(y.abs() <= EPS, small, y)
 
 
-# In-place forms for the evaluator: applied only to a tensor the evaluation itself made (never a
-# terminal or a caller's tensor) whose shape is the result's. Each does the arithmetic of its ``fn``
-# in the same order, into its first argument, so the scores are the same to the bit (tested over
-# random formulas) without a full-size temporary per operator.
-def _mms_(x: Tensor) -> Tensor:
-    lo, hi = torch.aminmax(x)
-    return x.sub_(lo).div_(hi - lo + EPS)
-
-
-def _zsn_(x: Tensor) -> Tensor:
-    std = x.std() if x.numel() > 1 else torch.zeros((), dtype=x.dtype, device=x.device)
-    return x.sub_(x.mean()).div_(std + EPS)
-
-
-def _rown_(x: Tensor) -> Tensor:
-    return x.div_(x.abs().clamp_min(EPS) if x.dim() == 0 else x.abs().sum(dim=-1, keepdim=True).clamp_min(EPS))
-
-
-def _coln_(x: Tensor) -> Tensor:
-    return x.div_(x.abs().clamp_min(EPS) if x.dim() == 0 else x.abs().sum(dim=0, keepdim=True).clamp_min(EPS))
-
-
-def _div_(x: Tensor, y: Tensor) -> Tensor:
-    return x.div_(torch.linalg.vector_norm(torch.broadcast_tensors(x, y)[1]).clamp_min(EPS))
-
-
-def _pdiv_(x: Tensor, y: Tensor) -> Tensor:
-    small = torch.where(y < 0, -EPS, EPS).to(y.dtype)
-    return x.div_(torch.where(y.abs() <= EPS, small, y))
-
-
-IN_PLACE: dict[str, Callable[..., Tensor]] = {
-    "sqr": lambda x: x.mul_(x),
-    "neg": Tensor.neg_,
-    "abs": Tensor.abs_,
-    "log": lambda x: x.abs_().add_(LOG_EPS).log_(),
-    "exp": lambda x: x.clamp_(max=EXP_CLAMP).exp_(),
-    "sqrt": lambda x: x.abs_().sqrt_(),
-    "tanh": Tensor.tanh_,
-    "pow": lambda x: x.pow_(2),
-    "mms": _mms_,
-    "zsn": _zsn_,
-    "rown": _rown_,
-    "coln": _coln_,
-    "add": Tensor.add_,
-    "sub": Tensor.sub_,
-    "mul": Tensor.mul_,
-    "div": _div_,
-    "pdiv": _pdiv_,
-}
-
-
 def _table(*prims: Primitive) -> dict[str, Primitive]:
     return {p.name: p for p in prims}
 
@@ -205,32 +153,13 @@ class InvalidMetricError(Exception):
 
 
 def _run(node: "Node", env: dict[str, Tensor], dev: torch.device) -> Tensor:
-    return _run_owned(node, env, dev)[0]
-
-
-def _run_owned(node: "Node", env: dict[str, Tensor], dev: torch.device) -> tuple[Tensor, bool]:
-    """(value, owned): owned = made by this evaluation and used nowhere else (a tree uses each value
-    once), so the parent may write into it (IN_PLACE) when it has the result's shape."""
     if node.op == "const":
-        return torch.tensor(node.value, dtype=torch.float32, device=dev), True  # 0-d
+        return torch.tensor(node.value, dtype=torch.float32, device=dev)  # 0-d
     if not node.children:
         if node.op not in env:
             raise UserError(f"the metric uses terminal {node.op} but it was not given (got {', '.join(sorted(env))})")
-        return env[node.op], False
-    if node.op == "skp":
-        return _run_owned(node.children[0], env, dev)
-    args = [_run_owned(c, env, dev) for c in node.children]
-    values = [v for v, _ in args]
-    if len(args) == 1:
-        (x, owned), = args
-        return (IN_PLACE[node.op](x), True) if owned else (PRIMITIVES[node.op].fn(x), True)
-    (x, x_owned), (y, y_owned) = args
-    shape = torch.broadcast_shapes(x.shape, y.shape)
-    if x_owned and x.shape == shape:
-        return IN_PLACE[node.op](x, y), True
-    if y_owned and y.shape == shape and node.op in COMMUTATIVE:  # x + y and x * y are y + x and y * x, bit for bit
-        return IN_PLACE[node.op](y, x), True
-    return PRIMITIVES[node.op].fn(*values), True
+        return env[node.op]
+    return PRIMITIVES[node.op].fn(*(_run(c, env, dev) for c in node.children))
 
 
 def evaluate(expr: "Node", terminals: dict[str, Tensor], validate: bool = True) -> Tensor:
