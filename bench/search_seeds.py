@@ -55,7 +55,7 @@ TWO_MODELS = ("smollm2-135m", "gemma3-270m")  # Llama and Gemma-3: a metric must
 POPULATION, GENERATIONS = 40, 17  # each search's budget unless the command says otherwise
 # The options naming the searches beyond the joint ones (their runs' names: see searches()).
 SEED_FLAGS = ("gauge_seeds", "masks_seeds", "per_setting_seeds", "two_model_seeds", "obs_seeds", "units_seeds",
-              "units_two_model_seeds", "sweep_mask_seeds")
+              "units_two_model_seeds", "sweep_mask_seeds", "layer_seeds")
 GAUGE_OPS = ("sqr", "neg", "abs", "log", "exp", "sqrt", "tanh", "pow", "skp", "mms", "zsn", "rown", "coln",
              "add", "sub", "mul", "div")
 
@@ -95,6 +95,10 @@ def searches(args: argparse.Namespace) -> dict[str, list[str]]:
         # SparseGPT its 2:4 mask, open to every formula (2:4 alone: at 50% SparseGPT's sweep mask lost to Wanda)
         out[f"sweep-mask24-seed{s}"] = units(s, "2:4") + ["--reconstruct", "obs", "--reconstruct-mode", "block",
                                                           "--mask-only"]
+    for s in args.layer_seeds:  # the units search at 50% with the scores compared across each whole layer
+        # ('0.5:layer'): the formula also decides how many weights each output row loses (per row, as
+        # Wanda compares, every row loses half); its leaderboard measures every entry per row too
+        out[f"layer50-seed{s}"] = units(s, "0.5:layer")
     return out
 
 
@@ -196,6 +200,35 @@ def _distinct_masks(evaluations: list[dict], fids: tuple[str, ...], config: dict
             fingerprints[expression] = mask_fingerprint(Metric(parse(expression), spec))
         counts.append(f"{len({fingerprints[x] for x in valid})} of {len(valid)}")
     return " / ".join(counts)
+
+
+# Table columns, in this order when present; other settings follow as the runs name them.
+COLUMN_ORDER = ("0.5", "0.5:layer", "2:4")
+COLUMN_NAMES = {"0.5": "50%", "0.5:layer": "50% across the layer", "2:4": "2:4"}
+EITHER = "0.5, either group"  # 50%, each entry in its better comparison group (a layer search's own view)
+
+
+def _columns(settings: set[str]) -> list[str]:
+    """The settings measured, as table columns: 50% and 2:4 always (older sections have both), the
+    rest after them."""
+    return [c for c in COLUMN_ORDER if c in settings or c in ("0.5", "2:4")] + sorted(settings - set(COLUMN_ORDER))
+
+
+def _comparisons(columns: list[str], entries: dict[str, dict[str, dict[int, float]]]
+                 ) -> list[tuple[str, dict[str, dict[str, dict[int, float]]]]]:
+    """(setting, entries) pairs to compare the best searched with the best hand-made metric on: each
+    column, and with a layer-compared 50% the two groups together, each entry taking the group with the
+    lower mean (per row is how the hand-made metrics were made; across the layer is how a layer search
+    scored its candidates: the goal is to beat either)."""
+    out = [(c, entries) for c in columns]
+    if "0.5:layer" in columns:
+        either = {}
+        for key, by_setting in entries.items():
+            groups = [by_setting[c] for c in ("0.5", "0.5:layer") if c in by_setting]
+            if groups:
+                either[key] = {**by_setting, EITHER: min(groups, key=lambda v: _mean_sd(list(v.values()))[0])}
+        out.append((EITHER, either))
+    return out
 
 
 def _robustness(cells: list[tuple[str, dict[str, float]]], searched: set[str]) -> list[str]:
@@ -310,8 +343,10 @@ def write(args: argparse.Namespace) -> str:
                 continue
             key = r["label"] if not r["label"].startswith("searched") else r["formula"]
             entries.setdefault(key, {}).setdefault(r["setting"], {})[r["seed"]] = r["ppl"]
+        columns = _columns({r["setting"] for r in rows if r.get("setting")})
         lines += ["", f"### {label} ({rows[0]['tokens']} tokens), dense {dense:.2f}; mean ± sd over calibration seeds",
-                  "", "| metric | found by | ppl 50% | ppl 2:4 |", "|---|---|---|---|"]
+                  "", "| metric | found by | " + " | ".join(f"ppl {COLUMN_NAMES.get(c, c)}" for c in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
 
         def cell(values: dict[int, float] | None) -> str:
             if not values:
@@ -336,26 +371,32 @@ def write(args: argparse.Namespace) -> str:
             found = ", ".join(f"{n} {lab}" for n, lab in found_by.get(key, [])) or "hand-made" \
                 if key not in ("sparsegpt",) else "weight update"
             shown = f"`{key}`" if key in winners else key
-            lines.append(f"| {shown} | {found} | {cell(entries[key].get('0.5'))} | {cell(entries[key].get('2:4'))} |")
-        for setting in ("0.5", "2:4"):
-            if dense:
+            lines.append(f"| {shown} | {found} | " + " | ".join(cell(entries[key].get(c)) for c in columns) + " |")
+        # Robustness cells: one per setting; with a layer-compared 50%, its "either group" view stands for 50%.
+        cell_settings = ("2:4", EITHER) if "0.5:layer" in columns else ("0.5", "2:4")
+        for setting, group in _comparisons(columns, entries):
+            if dense and setting in cell_settings:
                 cells.append((f"{label}, {setting}", {k: _mean_sd(list(v[setting].values()))[0] - dense
-                                                       for k, v in entries.items() if setting in v}))
-            by_seed = {k: v[setting] for k, v in entries.items() if k in HAND_MADE and setting in v}
+                                                       for k, v in group.items() if setting in v}))
+            by_seed = {k: v[setting] for k, v in group.items() if k in HAND_MADE and setting in v}
             hand = [(k, _mean_sd(list(values.values()))[0]) for k, values in by_seed.items()]
             # Only entries measured on every calibration draw the hand-made ones were: a winner still being
             # measured (1-2 draws) must not be named best on a smaller, noisier sample.
             draws = max(map(len, by_seed.values()), default=0)
-            found = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in entries.items()
+            found = [(k, _mean_sd(list(v[setting].values()))[0]) for k, v in group.items()
                      if k in winners and setting in v and len(v[setting]) >= draws]  # (a 2:4-only search: no 0.5)
             if hand and found and dense:
                 (hk, hv), (fk, fv) = min(hand, key=lambda t: t[1]), min(found, key=lambda t: t[1])
-                paired = sorted(set(entries[fk][setting]) & set(entries[hk][setting]))
-                per_seed = ", ".join(f"seed {sd}: {100 * (1 - (entries[fk][setting][sd] - dense) / (entries[hk][setting][sd] - dense)):+.1f}%"
+                paired = sorted(set(group[fk][setting]) & set(group[hk][setting]))
+                per_seed = ", ".join(f"seed {sd}: {100 * (1 - (group[fk][setting][sd] - dense) / (group[hk][setting][sd] - dense)):+.1f}%"
                                      for sd in paired)
-                lines.append(f"\n{setting}: best searched `{fk}` gap to dense {fv - dense:.2f} vs best hand-made "
-                             f"{hk} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% smaller "
-                             f"(paired by calibration draw: {per_seed}).")
+
+                def named(k: str) -> str:  # the "either group" view says which group each side took
+                    return next((f" ({c})" for c in ("0.5", "0.5:layer") if group[k].get(c) is group[k][setting]), "") \
+                        if setting == EITHER else ""
+                lines.append(f"\n{setting}: best searched `{fk}`{named(fk)} gap to dense {fv - dense:.2f} vs best "
+                             f"hand-made {hk}{named(hk)} {hv - dense:.2f}: {100 * (1 - (fv - dense) / (hv - dense)):+.1f}% "
+                             f"smaller (paired by calibration draw: {per_seed}).")
     lines += _robustness(cells, set(winners))
     # The command's search flags: every --*-seeds option given, in the order main() declares them.
     gauge = "".join(f" --{name.replace('_', '-')} {','.join(map(str, getattr(args, name)))}"
@@ -414,6 +455,8 @@ def main() -> None:
     ap.add_argument("--sweep-mask-seeds", type=seed_list, default=[],
                     help="also these seeds of the units search at 2:4 with every mask chosen inside the OBS sweep, the "
                          "update discarded (names sweep-mask24-seedS; resumable)")
+    ap.add_argument("--layer-seeds", type=seed_list, default=[],
+                    help="the units search at 50%% compared across each layer (0.5:layer) with these seeds")
     ap.add_argument("--section", default="search-seeds",
                     help="the docs/BENCHMARKS.md section --write replaces: another name keeps the runs written "
                          "before (search-seeds was written from run folders this machine no longer has), e.g. "

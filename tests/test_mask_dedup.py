@@ -161,3 +161,14 @@ def test_a_slot_that_finds_no_new_mask_takes_a_free_seen_member(tmp_path: Path) 
         for r, sig in rows:
             if r["fitness"] is not None and sig is not None:
                 known.add(sig)
+
+
+def test_a_layer_group_search_tells_apart_formulas_that_differ_by_a_row_factor() -> None:
+    """Per row, rown(.) changes no mask; compared across the layer it does: the layer signature has the
+    '0.5:layer' mask too, and KnownMasks scales its tolerance with the signature's length."""
+    assert _fp("rown(sqr(W) * X)") == _fp("W * sqrt(X)")
+    layer = [mask_signature(load_metric(f), layer_group=True) for f in ("W * sqrt(X)", "rown(sqr(W) * X)", "sqr(W) * X")]
+    assert layer[0].numel() == 3 * mask_signature(load_metric("W")).numel() // 2
+    known = KnownMasks()
+    known.add(layer[0])
+    assert known.alike(layer[2]) and not known.alike(layer[1])

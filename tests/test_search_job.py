@@ -6,6 +6,7 @@ import json
 import pytest
 
 from prunerzero.cli import main
+from prunerzero.errors import UserError
 from prunerzero.symbolic import canonical_key, load_metric, named_metric
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -316,3 +317,36 @@ def test_fast_path_mask_only_scores_the_sweeps_mask_on_dense_weights(tiny_model_
     assert changed > 0  # the sweep chose other weights than the dense scores would
     job = SimpleNamespace(reconstruct="obs", reconstruct_mode="block", allocation="uniform", mask_only=True)
     assert "update is discarded" in _levers(job)
+
+
+def test_a_search_compared_across_the_layer(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+    """--settings 0.5:layer: candidates are scored with one threshold per layer (a factor constant per row
+    changes the mask), and the leaderboard measures every entry per row too, so the gap line compares the
+    searched metric with the best hand-made metric of either group."""
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "layer"
+    assert main(_search_args(tiny_model_dir, wikitext_test, out, "--settings", "0.5:layer", "--generations", "1",
+                             "--leaderboard-top", "1", "--baselines", "wanda", "--dedup", "masks")) == 0
+    rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
+    assert {(r["label"], r["setting"]) for r in rows if r["label"] == "wanda"} == {("wanda", "0.5:layer"),
+                                                                                   ("wanda", "0.5")}
+    wanda = {r["setting"]: r["ppl"] for r in rows if r["label"] == "wanda"}
+    assert wanda["0.5:layer"] != wanda["0.5"]  # another mask: one threshold for the whole layer
+    board = (out / "leaderboard.md").read_text()
+    assert "| ppl 0.5:layer | ppl 0.5 |" in board
+    assert "0.5:layer: searched #1 (0.5" in board and "% smaller)" in board
+
+
+def test_layer_settings_parse_and_their_twins():
+    from prunerzero.masks import parse_setting
+    from prunerzero.search.job import SearchJob
+
+    assert parse_setting("0.5:layer").group == "layer" == parse_setting("0.5:unstructured:layer").group
+    assert parse_setting("0.5").group == "row" == parse_setting("0.5:row").group
+    assert parse_setting("2:4").structured
+    for bad in ("2:4:layer", "0.5:layer:unstructured:x", "0.5:across"):
+        with pytest.raises(UserError):
+            parse_setting(bad)
+    assert SearchJob(settings=("0.5:layer", "2:4")).leaderboard_settings == ("0.5:layer", "2:4", "0.5")
+    assert SearchJob(settings=("0.5:layer", "0.5")).leaderboard_settings == ("0.5:layer", "0.5")
+    assert SearchJob(settings=("0.5", "2:4")).leaderboard_settings == ("0.5", "2:4")

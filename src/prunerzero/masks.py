@@ -73,13 +73,22 @@ def parse_target(sparsity: float, pattern: str = "unstructured", group: str = "r
 
 
 def parse_setting(text: str) -> SparsityTarget:
-    """One setting of the search's ``--settings``: '0.5' or '0.5:unstructured' or '2:4' -> a target.
+    """One setting of the search's ``--settings``: '0.5' or '0.5:unstructured' or '2:4' -> a target;
+    an unstructured one may name its comparison group last: '0.5:layer' (or '0.5:unstructured:layer')
+    compares the scores across the whole layer, so the formula also decides how many weights each row
+    loses ('0.5' = '0.5:row', per output row as Wanda).
     ValueError (or ZeroDivisionError) when its numbers do not parse; UserError when they are no target."""
-    if text.count(":") == 1 and "." not in text:  # N:M
+    if text.count(":") == 1 and "." not in text and not text.endswith(GROUPS):  # N:M
         n, m = (int(v) for v in text.split(":"))
         return parse_target(n / m, text)
-    sparsity, _, pattern = text.partition(":")
-    return parse_target(float(sparsity), pattern or "unstructured")
+    sparsity, *rest = text.split(":")
+    group = rest.pop() if rest and rest[-1] in GROUPS else "row"
+    if group != "row" and rest and rest[0].isdigit():
+        raise UserError(f"setting {text!r}: a comparison group applies to unstructured sparsity only (N:M compares "
+                        "within each group of M)")
+    if len(rest) > 1:
+        raise UserError(f"setting {text!r}: expected SPARSITY[:unstructured][:row|layer] or N:M")
+    return parse_target(float(sparsity), rest[0] if rest else "unstructured", group)
 
 
 def cumulative_counts(stops: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -133,6 +133,7 @@ class _Search:
         self.fitness, self.cfg, self.out, self.fids, self.executor = fitness, cfg, out, fids, executor
         self.lost = list(lost or [])
         self.spec: TerminalSpec = getattr(fitness, "spec", None) or TerminalSpec()
+        self.layer_group = bool(getattr(fitness, "layer_group", False))  # a setting compares across the layer
         self.lang = Language(cfg.ops, cfg.use_constants)
         self.limits = Limits(cfg.max_depth, cfg.max_size)
         self.attempts = MAX_ATTEMPTS if cfg.invariance == "none" else INVARIANT_ATTEMPTS
@@ -259,7 +260,7 @@ class _Search:
         if self.cfg.invariance == "none":
             return True
         if key not in self._invariant:
-            self._invariant[key] = is_invariant(Metric(e, self.spec), self.cfg.invariance)
+            self._invariant[key] = is_invariant(Metric(e, self.spec), self.cfg.invariance, self.layer_group)
         return self._invariant[key]
 
     def _signature(self, e: Node, key: str) -> tuple[Any, str]:
@@ -268,7 +269,7 @@ class _Search:
             return None, ""
         canonical = key.split(GENE_MARK, 1)[0]
         if canonical not in self._signatures:
-            self._signatures[canonical] = mask_signature(Metric(e, self.spec))
+            self._signatures[canonical] = mask_signature(Metric(e, self.spec), self.layer_group)
         return self._signatures[canonical], key[len(canonical):]
 
     def _seen_masks(self) -> None:

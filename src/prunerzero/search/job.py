@@ -37,7 +37,8 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
                         "gemma3-270m / qwen2.5-coder-0.5b; "
                         "several, comma-separated: the fitness is their geometric mean")
     settings: tuple[str, ...] = option(("0.5",), 'several sparsity settings scored together by geometric-mean '
-                                       'perplexity, e.g. "0.5,2:4" (a bare number is unstructured)', items=str)
+                                       'perplexity, e.g. "0.5,2:4" (a bare number is unstructured, compared per '
+                                       'output row; "0.5:layer" compares across the whole layer)', items=str)
     fitness_data: str = option("general", "scored on its search split (general: 20% of the mix's documents; lambada: "
                                "last 20% of passages; squad: last 20% of articles)")
     fidelity_tokens: tuple[int, ...] = option((1024, 4096), "perplexity token budgets, cheapest first (when no "
@@ -100,6 +101,20 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
     @property
     def report_sources(self) -> list[str]:
         return [r.strip() for r in (self.report_data or "").split(",") if r.strip()]
+
+    @property
+    def leaderboard_settings(self) -> tuple[str, ...]:
+        """The search's settings and, for each one compared across the layer ('0.5:layer'), its per-row
+        twin ('0.5'), so that the leaderboard holds every metric in both comparison groups: the
+        hand-made metrics were made per row (Wanda's across a layer is far worse), and the best of
+        either group is what a searched metric has to beat."""
+        out = list(self.settings)
+        for s in self.settings:
+            if s.endswith(":layer"):
+                twin = s[: -len(":layer")]
+                if twin not in out and f"{twin}:row" not in out:
+                    out.append(twin)
+        return tuple(out)
 
     @property
     def leaderboard_seeds(self) -> tuple[int, ...]:

@@ -33,14 +33,15 @@ class KnownMasks:
         self._stacked.pop(gene, None)
 
     def alike(self, signature: torch.Tensor, gene: str = "") -> bool:
-        """Whether a known signature (same gene) differs from ``signature`` in at most MAX_DIFFERENT entries."""
+        """Whether a known signature (same gene) differs from ``signature`` in at most TOLERANCE of its entries
+        (MAX_DIFFERENT with the default two masks a layer)."""
         rows = self._rows.get(gene)
         if not rows:
             return False
         if gene not in self._stacked:
             self._stacked[gene] = torch.stack(rows)
         different = (self._stacked[gene] != signature).sum(dim=1)  # (n,)
-        return bool(different.min() <= MAX_DIFFERENT)
+        return bool(different.min() <= int(TOLERANCE * signature.numel()))  # MAX_DIFFERENT for two masks a layer
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._rows.values())

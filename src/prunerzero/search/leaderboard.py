@@ -139,7 +139,8 @@ def run_leaderboard(ctx: JobContext, job: SearchJob, hall_of_fame: list[dict], o
         return label, setting, canonical_key(metric.expr, metric.spec) if metric is not None else None, seed, report
 
     wanted = [("dense", None, "dense", None, None)] + [
-        (label, metric, method, setting, seed) for label, metric, method in entries for setting in job.settings
+        (label, metric, method, setting, seed) for label, metric, method in entries
+        for setting in job.leaderboard_settings
         for seed in job.leaderboard_seeds]
     want = {ident(lab, met, st, sd, r) for lab, met, _, st, sd in wanted for r in reports}
     mine = [r for r in rows if r.get("report") in reports]  # a multi-model job: other models' rows stay
@@ -225,7 +226,7 @@ def summarize(rows: list[dict], job: SearchJob, report: str) -> tuple[list[dict]
 
 def format_table(rows: list[dict], job: SearchJob, report: str) -> str:
     ranked, dense = summarize(rows, job, report)
-    settings = list(job.settings)
+    settings = list(job.leaderboard_settings)
     head = "| rank | metric | formula | size | " + " | ".join(f"ppl {s}" for s in settings) + " |"
     lines = [head, "|" + "---|" * (4 + len(settings))]
     for i, entry in enumerate(ranked, start=1):
@@ -255,13 +256,19 @@ def gap_summary(rows: list[dict], job: SearchJob, report: str) -> str:
         return ""
     parts = []
     for s in job.settings:
-        best_hand = min((e for e in hand if s in e["ppl"]), key=lambda e: e["ppl"][s][0], default=None)
-        best_found = min((e for e in searched if s in e["ppl"]), key=lambda e: e["ppl"][s][0], default=None)
+        # A setting compared across the layer also counts its per-row twin: each side's best group.
+        cells = [c for c in job.leaderboard_settings if c == s or (s.endswith(":layer") and c == s[: -len(":layer")])]
+        best_hand = min(((e, c) for e in hand for c in cells if c in e["ppl"]), key=lambda p: p[0]["ppl"][p[1]][0],
+                        default=None)
+        best_found = min(((e, c) for e in searched for c in cells if c in e["ppl"]),
+                         key=lambda p: p[0]["ppl"][p[1]][0], default=None)
         if best_hand is None or best_found is None:
             continue
-        g_hand, g_found = best_hand["ppl"][s][0] - dense["ppl"], best_found["ppl"][s][0] - dense["ppl"]
-        parts.append(f"{s}: {best_found['label']} {g_found:.2f} vs {best_hand['label']} {g_hand:.2f} "
-                     f"({100 * (1 - g_found / g_hand):+.1f}% smaller)")
+        (hand_e, hand_c), (found_e, found_c) = best_hand, best_found
+        g_hand, g_found = hand_e["ppl"][hand_c][0] - dense["ppl"], found_e["ppl"][found_c][0] - dense["ppl"]
+        where = (lambda c: f" ({c})") if len(cells) > 1 else (lambda c: "")
+        parts.append(f"{s}: {found_e['label']}{where(found_c)} {g_found:.2f} vs {hand_e['label']}{where(hand_c)} "
+                     f"{g_hand:.2f} ({100 * (1 - g_found / g_hand):+.1f}% smaller)")
     return "Gap to dense, best searched vs best hand-made: " + "; ".join(parts) + "." if parts else ""
 
 
@@ -300,7 +307,8 @@ def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: di
         f"# Leaderboard\n\nModel `{job.model}`; each metric pruned with the full sequential pipeline "
         f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, "
         + (f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± sd over calibration seeds {', '.join(map(str, seeds))}")
-        + f"), seqlen {job.seqlen}. Settings: {', '.join(job.settings)} (a bare number is unstructured sparsity)."
+        + f"), seqlen {job.seqlen}. Settings: {', '.join(job.leaderboard_settings)} (a bare number is unstructured "
+        "sparsity compared per output row; ':layer' across the whole layer)."
         + _levers(job) + "\n"
     )
     for report, info in report_info.items():

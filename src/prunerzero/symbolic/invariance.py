@@ -68,12 +68,19 @@ def _transform(gauge: str, gen: torch.Generator, w: torch.Tensor, x: torch.Tenso
     raise ValueError(f"unknown gauge {gauge!r} (choose from {', '.join(GAUGES)})")
 
 
-def _masks(metric: "Metric", w: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """(2, out, in): the 50% row-wise and the 2:4 mask of ``metric`` on this layer."""
+def _settings(layer_group: bool) -> tuple[str, ...]:
+    """The masks that stand for a formula: 50% per row and 2:4, and with ``layer_group`` 50% across the
+    layer (a search with a '0.5:layer' setting, where a factor constant per row changes the mask)."""
+    return ("0.5", "2:4", "0.5:layer") if layer_group else ("0.5", "2:4")
+
+
+def _masks(metric: "Metric", w: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
+           settings: tuple[str, ...] = ("0.5", "2:4")) -> torch.Tensor:
+    """(len(settings), out, in): ``metric``'s masks on this layer, by default the 50% row-wise and 2:4 ones."""
     from ..masks import make_mask, parse_setting
 
     score = metric.scores(w, x, g, g)  # (out, in)
-    return torch.stack([make_mask(score, parse_setting(s)) for s in ("0.5", "2:4")])
+    return torch.stack([make_mask(score, parse_setting(s)) for s in settings])
 
 
 def _random_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,16 +91,18 @@ def _random_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, tor
     return w, x, g
 
 
-def broken_gauges(metric: "Metric", gauges: tuple[str, ...] = GAUGES, seed: int = 0) -> tuple[str, ...]:
+def broken_gauges(metric: "Metric", gauges: tuple[str, ...] = GAUGES, seed: int = 0,
+                  layer_group: bool = False) -> tuple[str, ...]:
     """The gauges (of ``gauges``) under which ``metric``'s masks change, in ``GAUGES`` order.
 
     A metric that cannot be scored on the random layer (invalid there, e.g. exp(exp(W)) overflows)
     counts as breaking every gauge asked about: nothing shows it invariant, and on a real layer of
-    another size it may well be valid."""
+    another size it may well be valid. ``layer_group``: the masks include a 50% one across the layer."""
     gen = torch.Generator().manual_seed(seed)
     w, x, g = _random_layer(gen)
+    settings = _settings(layer_group)
     try:
-        base = _masks(metric, w, x, g)
+        base = _masks(metric, w, x, g, settings)
     except InvalidMetricError:
         return tuple(gauge for gauge in GAUGES if gauge in gauges)
     broken = []
@@ -102,7 +111,7 @@ def broken_gauges(metric: "Metric", gauges: tuple[str, ...] = GAUGES, seed: int 
             continue
         for _ in range(_DRAWS):
             try:
-                changed = (_masks(metric, *_transform(gauge, gen, w, x, g)) != base).float().mean().item()
+                changed = (_masks(metric, *_transform(gauge, gen, w, x, g), settings) != base).float().mean().item()
             except InvalidMetricError:  # valid before, invalid after: the scale decided it
                 changed = 1.0
             if changed > TOLERANCE:
@@ -111,11 +120,11 @@ def broken_gauges(metric: "Metric", gauges: tuple[str, ...] = GAUGES, seed: int 
     return tuple(broken)
 
 
-def is_invariant(metric: "Metric", level: str) -> bool:
+def is_invariant(metric: "Metric", level: str, layer_group: bool = False) -> bool:
     """Whether ``metric`` keeps its masks under every gauge that ``level`` (a key of LEVELS) names."""
     if level not in LEVELS:
         raise ValueError(f"unknown invariance level {level!r} (choose from {', '.join(LEVELS)})")
-    return not LEVELS[level] or not broken_gauges(metric, LEVELS[level])
+    return not LEVELS[level] or not broken_gauges(metric, LEVELS[level], layer_group=layer_group)
 
 
 def _wide_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,11 +142,13 @@ def _wide_layer(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch
 FINGERPRINT_ENTRIES = 2 * 2 * _OUT * _IN  # two layers, two masks each
 
 
-def mask_signature(metric: "Metric") -> torch.Tensor | None:
+def mask_signature(metric: "Metric", layer_group: bool = False) -> torch.Tensor | None:
     """(FINGERPRINT_ENTRIES,) bool: ``metric``'s 50% row-wise and 2:4 masks on two fixed random layers, one
     at SmolLM2's scales (as ``broken_gauges``), one spread over orders of magnitude, so that a formula
     that ranks alike only where its values are small (log's eps, overflow) differs there; None if the
-    formula is invalid on them.
+    formula is invalid on them. ``layer_group``: a 50% mask compared across the whole layer too
+    (FINGERPRINT_ENTRIES * 3 // 2 entries), for searches with a '0.5:layer' setting, where a factor
+    constant per row changes the mask.
 
     Formulas with (nearly) the same signature prune alike: monotone transforms of one another within
     every row (W * sqrt(X), sqr(W) * X, rown(sqr(W) * X)), or differing only by a factor constant per
@@ -145,8 +156,10 @@ def mask_signature(metric: "Metric") -> torch.Tensor | None:
     differs only by float rounding (see ``search.known_masks`` for how the search uses it).
     """
     gen = torch.Generator().manual_seed(12345)  # fixed: the signature is a pure function of the formula
+    settings = _settings(layer_group)
     try:
-        return torch.cat([_masks(metric, *layer).reshape(-1) for layer in (_random_layer(gen), _wide_layer(gen))])
+        return torch.cat([_masks(metric, *layer, settings).reshape(-1)
+                          for layer in (_random_layer(gen), _wide_layer(gen))])
     except InvalidMetricError:
         return None
 
