@@ -316,8 +316,9 @@ class TargetSettings(Settings):
     """The shape of the sparsity (its amount is the run's own: one sparsity, a grid, settings)."""
 
     pattern: str = option("unstructured", "unstructured, or N:M such as 2:4 or 4:8 (then --sparsity is N/M)")
-    group: str = option("row", "comparison group for unstructured sparsity: row (each output row) or layer "
-                        "(SparseGPT: across the rows of each column block, as its reference code)")
+    group: str = option("row", "comparison group for unstructured sparsity: row (each output row loses the same "
+                        "share) or layer (a metric's scores compared across the whole layer; SparseGPT: across the "
+                        "rows of each column block, as its reference code)")
 
     def target(self, sparsity: float) -> SparsityTarget:
         from .masks import parse_target
