@@ -50,6 +50,9 @@ SEARCHED = {
     # Fitness over SmolLM2 and Gemma-3 jointly (section search-units-two-models): Gemma-3 is not unseen for these.
     "W * coln(W) * sqrt(sqr(X * G) * sqrt(coln(W)))": "units-two-models-seed0 #1 (fitness on SmolLM2 + Gemma-3)",
     "W * X * (W * W * mms(G))": "units-two-models-seed0 #2 (fitness on SmolLM2 + Gemma-3)",
+    # Searched at 50% compared across the layer ('0.5:layer', section search-layer): measure them with that setting.
+    "rown(W) * rown(X) * (W * coln(G))": "layer50-seed0 #1 (searched at 0.5:layer)",
+    "coln(W) * rown(coln(rown(W))) * (X * coln(G))": "layer50-seed0 #2 (searched at 0.5:layer)",
 }
 # Measured first within each seed: the comparison that decides the verdict (the metric docs/METRICS.md
 # recommends against the hand-made ones), then the rest.
@@ -59,7 +62,8 @@ ORDER = ("wanda", "ria", "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "gblm", "sqr
          "magnitude", "sparsegpt --group layer", "wanda + admm gradual", "ria + admm gradual", "ria + admm",
          "W * rown(X) * (coln(W) + rown(G * (coln(W) * (G * W))))",
          "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))", "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))",
-         "W * coln(W) * sqrt(sqr(X * G) * sqrt(coln(W)))", "W * X * (W * W * mms(G))")
+         "W * coln(W) * sqrt(sqr(X * G) * sqrt(coln(W)))", "W * X * (W * W * mms(G))",
+         "coln(W) * rown(coln(rown(W))) * (X * coln(G))", "rown(W) * rown(X) * (W * coln(G))")
 SEED_FREE = {"magnitude"}  # no calibration: one draw is every draw
 # SparseGPT as the reference code selects unstructured weights: across all rows of each column block.
 # `sparsegpt` itself compares within output rows since 2026-12-05 (methods/sparsegpt.py); rows measured

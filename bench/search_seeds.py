@@ -417,7 +417,8 @@ def write(args: argparse.Namespace) -> str:
                  f"only50-seedS, with `--model {','.join(TWO_MODELS)}` for two-models-seedS, with `--reconstruct obs` for "
                  "update-obs-seedS, with `--invariance units` in place of gauge for units-masks-seedS and, with "
                  f"`--model {','.join(TWO_MODELS)}` too, for units-two-models-seedS, and with `--settings 2:4 "
-                 "--reconstruct obs --reconstruct-mode block --mask-only` for sweep-mask24-seedS."
+                 "--reconstruct obs --reconstruct-mode block --mask-only` for sweep-mask24-seedS, and with `--settings "
+                 "0.5:layer` for layer50-seedS (the later `--baselines` wins)."
                  if gauge else ".")]
     text = "\n".join(lines)
     replace_section(args.section, text)
