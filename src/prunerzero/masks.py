@@ -91,6 +91,11 @@ def parse_setting(text: str) -> SparsityTarget:
     return parse_target(float(sparsity), rest[0] if rest else "unstructured", group)
 
 
+def per_row_twin(setting: str) -> str | None:
+    """The per-row form of a setting compared across the layer ('0.5:layer' -> '0.5'); None for any other."""
+    return setting[: -len(":layer")] if setting.endswith(":layer") else None
+
+
 def cumulative_counts(stops: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Counts to prune in consecutive spans ending at `stops` (ascending, element offsets), so
     that the spans add up to exactly round(stops[-1] * sparsity), halves rounded up: (len(stops),).

@@ -108,12 +108,13 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
         twin ('0.5'), so that the leaderboard holds every metric in both comparison groups: the
         hand-made metrics were made per row (Wanda's across a layer is far worse), and the best of
         either group is what a searched metric has to beat."""
+        from ..masks import per_row_twin
+
         out = list(self.settings)
         for s in self.settings:
-            if s.endswith(":layer"):
-                twin = s[: -len(":layer")]
-                if twin not in out and f"{twin}:row" not in out:
-                    out.append(twin)
+            twin = per_row_twin(s)
+            if twin is not None and twin not in out and f"{twin}:row" not in out:
+                out.append(twin)
         return tuple(out)
 
     @property

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..symbolic.invariance import FINGERPRINT_ENTRIES, TOLERANCE
-
-MAX_DIFFERENT = int(TOLERANCE * FINGERPRINT_ENTRIES)  # 32 of 16384 entries
+from ..symbolic.invariance import TOLERANCE
 
 
 class KnownMasks:
@@ -34,14 +32,14 @@ class KnownMasks:
 
     def alike(self, signature: torch.Tensor, gene: str = "") -> bool:
         """Whether a known signature (same gene) differs from ``signature`` in at most TOLERANCE of its entries
-        (MAX_DIFFERENT with the default two masks a layer)."""
+        (32 of the default signature's 16384; a layer-group search's signature is half as long again)."""
         rows = self._rows.get(gene)
         if not rows:
             return False
         if gene not in self._stacked:
             self._stacked[gene] = torch.stack(rows)
         different = (self._stacked[gene] != signature).sum(dim=1)  # (n,)
-        return bool(different.min() <= int(TOLERANCE * signature.numel()))  # MAX_DIFFERENT for two masks a layer
+        return bool(different.min() <= int(TOLERANCE * signature.numel()))
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._rows.values())

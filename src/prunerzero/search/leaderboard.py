@@ -21,7 +21,7 @@ from ..errors import UserError, short, warn
 from ..eval.perplexity import perplexity
 from ..methods import get_method
 from ..methods.symbolic import symbolic_method
-from ..masks import parse_setting
+from ..masks import parse_setting, per_row_twin
 from ..pipeline import prune_model
 from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_match, named_metric
 from .engine import genes_of
@@ -257,7 +257,7 @@ def gap_summary(rows: list[dict], job: SearchJob, report: str) -> str:
     parts = []
     for s in job.settings:
         # A setting compared across the layer also counts its per-row twin: each side's best group.
-        cells = [c for c in job.leaderboard_settings if c == s or (s.endswith(":layer") and c == s[: -len(":layer")])]
+        cells = [c for c in job.leaderboard_settings if c in (s, per_row_twin(s))]
         best_hand = min(((e, c) for e in hand for c in cells if c in e["ppl"]), key=lambda p: p[0]["ppl"][p[1]][0],
                         default=None)
         best_found = min(((e, c) for e in searched for c in cells if c in e["ppl"]),

@@ -75,8 +75,8 @@ def _settings(layer_group: bool) -> tuple[str, ...]:
 
 
 def _masks(metric: "Metric", w: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
-           settings: tuple[str, ...] = ("0.5", "2:4")) -> torch.Tensor:
-    """(len(settings), out, in): ``metric``'s masks on this layer, by default the 50% row-wise and 2:4 ones."""
+           settings: tuple[str, ...]) -> torch.Tensor:
+    """(len(settings), out, in): ``metric``'s masks on this layer for ``settings`` (``_settings``)."""
     from ..masks import make_mask, parse_setting
 
     score = metric.scores(w, x, g, g)  # (out, in)
