@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_bench import ROOT, WIKI, machine, replace_section, seed_list  # noqa: E402
 
 from prunerzero import io  # noqa: E402
+from prunerzero.masks import per_row_twin  # noqa: E402
 
 ROWS = ROOT / "bench" / "results" / "model-transfer.jsonl"
 TEXTS = {"wikitext2": (str(WIKI.resolve()), "file"), "qasper": ("qasper", "test")}
@@ -64,6 +65,7 @@ ORDER = ("wanda", "ria", "rown(tanh(sqrt(W * G) * (W * sqrt(X))))", "gblm", "sqr
          "sqr(W * (coln(rown(W)) * X)) * coln(G * sqrt(W * G))", "X * coln((tanh(W) + rown(W)) * sqr(coln(W)))",
          "W * coln(W) * sqrt(sqr(X * G) * sqrt(coln(W)))", "W * X * (W * W * mms(G))",
          "coln(W) * rown(coln(rown(W))) * (X * coln(G))", "rown(W) * rown(X) * (W * coln(G))")
+DEFAULT_SETTINGS = ["0.5", "2:4"]
 SEED_FREE = {"magnitude"}  # no calibration: one draw is every draw
 # SparseGPT as the reference code selects unstructured weights: across all rows of each column block.
 # `sparsegpt` itself compares within output rows since 2026-12-05 (methods/sparsegpt.py); rows measured
@@ -154,7 +156,7 @@ def robustness(rows: list[dict], settings: list[str]) -> list[str]:
     the smallest hand-made gap of that cell on the same calibration draws (an oracle pick of the hand-made
     metric; a cell where some hand-made metric lacks one of those draws leaves the metric out), then the geometric
     mean and the worst cell per metric. Lines of a table, or none when fewer than two models have rows."""
-    models = sorted({r["model"] for r in rows})
+    models = sorted({r["model"] for r in rows if r["setting"] in settings})  # (SmolLM2's rows: layer settings only)
     if len(models) < 2:
         return []
     # (entry, model, text, setting) -> {calibration seed: ppl}; a metric is compared with the hand-made ones
@@ -260,13 +262,52 @@ def write(args: argparse.Namespace) -> str:
                     sg = statistics.fmean(sgpt[s] for s in both) - dense[text]
                     verdicts.append(f"- {setting}, {text} (seeds {','.join(map(str, both))}): {update} gap to dense "
                                     f"{ug:.2f} vs SparseGPT's {sg:.2f}: {100 * (1 - ug / sg):+.1f}% smaller.")
+    verdicts += either_group_verdicts(rows, dense, args.settings)
     lines += ["Gap to dense, best searched against best hand-made (both over the same calibration draws):", "",
-              *verdicts, "", *robustness(done_rows(), args.settings),
-              f"Command: `.venv/bin/python bench/model_transfer.py --model {args.model}` (resumes from "
-              "bench/results/model-transfer.jsonl), then the same with `--write`."]
+              *verdicts, "", *robustness(done_rows(), [s for s in args.settings if per_row_twin(s) is None]),
+              f"Command: `.venv/bin/python bench/model_transfer.py --model {args.model}"
+              + ("" if args.settings == DEFAULT_SETTINGS else f" --settings {','.join(args.settings)}")
+              + "` (resumes from bench/results/model-transfer.jsonl), then the same with `--write`."]
     text = "\n".join(lines)
     replace_section(section_name(args.model), text)
     return text
+
+
+def either_group_verdicts(rows: list[dict], dense: dict[str, float], settings: list[str]) -> list[str]:
+    """With both comparison groups measured at a sparsity ('0.5' and '0.5:layer'): each entry in its
+    better group (by mean over the draws compared), the best searched against the best hand-made. The
+    hand-made metrics were made per row, the layer winners were searched across the layer: the goal is
+    to beat either. Paired on the draws every entry compared has in both groups."""
+    out = []
+    for layer in [s for s in settings if per_row_twin(s) in settings]:
+        row = per_row_twin(layer)
+        for text in TEXTS:
+            values: dict[str, dict[str, dict[int, float]]] = {}  # entry -> setting -> seed -> ppl of this text
+            for r in rows:
+                if r["entry"] != "dense" and r["setting"] in (row, layer) and r["entry"] not in SEED_FREE:
+                    values.setdefault(r["entry"], {}).setdefault(r["setting"], {})[r["seed"]] = r["ppl"][text]
+            both = {e: v for e, v in values.items() if len(v) == 2 and (e in SEARCHED or e in HAND_MADE)}
+            hand = [e for e in both if e in HAND_MADE]
+            if not hand or not any(e in SEARCHED for e in both):
+                continue
+            seeds = set.intersection(*(set(g) for e in hand for g in both[e].values()))
+            found = [e for e in both if e in SEARCHED and all(seeds <= set(g) for g in both[e].values())]
+            if not seeds or not found:
+                continue
+            seeds = sorted(seeds)
+
+            def best_group(entry: str) -> tuple[float, str]:
+                return min((statistics.fmean(both[entry][s][d] for d in seeds) - dense[text], s) for s in (row, layer))
+
+            hk = min(hand, key=best_group)
+            fk = min(found, key=best_group)
+            (hg, hs), (fg, fs) = best_group(hk), best_group(fk)
+            per = ", ".join(f"seed {d}: {100 * (1 - (both[fk][fs][d] - dense[text]) / (both[hk][hs][d] - dense[text])):+.1f}%"
+                            for d in seeds)
+            out.append(f"- {row}, either group, {text} (seeds {','.join(map(str, seeds))}): best searched `{fk}` "
+                       f"({fs}) gap to dense {fg:.2f} vs best hand-made {hk} ({hs}) {hg:.2f}: "
+                       f"{100 * (1 - fg / hg):+.1f}% smaller ({per}).")
+    return out
 
 
 def section_name(model: str) -> str:
@@ -278,7 +319,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="gemma3-270m")
     ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
-    ap.add_argument("--settings", type=lambda t: t.split(","), default=["0.5", "2:4"])
+    ap.add_argument("--settings", type=lambda t: t.split(","), default=DEFAULT_SETTINGS,
+                    help="'0.5:layer' next to '0.5' adds the comparison across the layer and an either-group verdict")
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--only", type=lambda t: [e.strip() for e in t.split(";") if e.strip()], default=[],
                     help="measure only these entries (;-separated, as ORDER names them): e.g. a new searched "
