@@ -138,6 +138,28 @@ def test_eval_command_and_metric_file_with_gradients(tiny_model_dir, wikitext_te
     assert json.loads((tmp_path / "run2" / "results.json").read_text())["gradients"]["cached"] is True
 
 
+def test_group_layer_is_honoured_and_said(tiny_model_dir, wikitext_test, tmp_path, capsys, monkeypatch):
+    """--group layer: a gradient score competes across the whole layer (rows lose different shares, the
+    layer half); the summary and results.json say which group ran; N:M ignores the group."""
+    monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
+    runs = {}
+    for label, extra in {"row": ["--method", "gblm"], "layer": ["--method", "gblm", "--group", "layer"],
+                         "2:4": ["--method", "gblm", "--pattern", "2:4"]}.items():
+        capsys.readouterr()
+        assert main(_prune_args(tiny_model_dir, wikitext_test, *extra, "--save", str(tmp_path / label),
+                                "--save-model")) == 0
+        runs[label] = (json.loads((tmp_path / label / "results.json").read_text()), capsys.readouterr().out)
+    assert runs["row"][0]["group"] == "row" and "compared per output row" in runs["row"][1]
+    assert runs["layer"][0]["group"] == "layer" and "compared across each layer" in runs["layer"][1]
+    assert "compared" not in runs["2:4"][1]
+    assert runs["layer"][0]["pruned"]["ppl"] != runs["row"][0]["pruned"]["ppl"]
+    assert all(row["sparsity"] == pytest.approx(0.5, abs=1e-6) for row in runs["layer"][0]["layers"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "layer" / "model")
+    _, layers = find_decoder_layers(model)
+    shares = torch.cat([(weight_matrix(m) == 0).float().mean(1) for m in find_linears(layers[0]).values()])
+    assert shares.min() < 0.5 < shares.max()  # the rows' shares differ; per row each would be exactly half
+
+
 def test_output_head_is_pruned_only_when_asked(tiny_model_dir, wikitext_test, tmp_path, capsys):
     for label, extra in {"default": [], "head": ["--prune-head"]}.items():
         out = tmp_path / label

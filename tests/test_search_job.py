@@ -319,7 +319,7 @@ def test_fast_path_mask_only_scores_the_sweeps_mask_on_dense_weights(tiny_model_
     assert "update is discarded" in _levers(job)
 
 
-def test_a_search_compared_across_the_layer(tiny_model_dir, wikitext_test, tmp_path, monkeypatch):
+def test_a_search_compared_across_the_layer(tiny_model_dir, wikitext_test, tmp_path, monkeypatch, capsys):
     """--settings 0.5:layer: candidates are scored with one threshold per layer (a factor constant per row
     changes the mask), and the leaderboard measures every entry per row too, so the gap line compares the
     searched metric with the best hand-made metric of either group."""
@@ -327,6 +327,8 @@ def test_a_search_compared_across_the_layer(tiny_model_dir, wikitext_test, tmp_p
     out = tmp_path / "layer"
     assert main(_search_args(tiny_model_dir, wikitext_test, out, "--settings", "0.5:layer", "--generations", "1",
                              "--leaderboard-top", "1", "--baselines", "wanda", "--dedup", "masks")) == 0
+    # The winner was chosen by layer-wide masks: the run says how to prune with it.
+    assert "(0.5:layer): prune with --group layer" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
     assert {(r["label"], r["setting"]) for r in rows if r["label"] == "wanda"} == {("wanda", "0.5:layer"),
                                                                                    ("wanda", "0.5")}

@@ -76,7 +76,10 @@ def print_prune_summary(results: dict[str, Any]) -> None:
     details = results.get("method_details", {})
     what = details.get("formula") or results["method"]
     print(f"method     {results['method']}  ({what})")
-    print(f"pattern    {results['pattern']}  target {results['target_sparsity']:.4f}  "
+    # Which weights compete: --group auto decides by the method, so say what it chose.
+    group = f"  compared {'per output row' if results.get('group', 'row') == 'row' else 'across each layer'}" \
+        if results["pattern"] == "unstructured" else ""
+    print(f"pattern    {results['pattern']}{group}  target {results['target_sparsity']:.4f}  "
           f"actual {results['actual_sparsity']:.4f}")
     if "allocation" in results:
         a = results["allocation"]

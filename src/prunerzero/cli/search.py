@@ -73,6 +73,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"best metric: {result.best} with scale-free terminals   (saved to {out}/best_metric.json: "
               "prune --metric-file it; the .txt and tree files hold the formula only)")
+    layer = [st for st in outcome["job"].settings if st.endswith(":layer")]
+    if layer:  # the formula was chosen by masks compared across the layer; per row it may rank low
+        print(f"searched with its scores compared across the whole layer ({', '.join(layer)}): prune with "
+              "--group layer to get the masks its fitness measured")
     s = result.stats
     print(f"evaluations {s['evaluations']}, cache hits {s['cache_hits']}, duplicates replaced "
           f"{s['duplicates_replaced']}, invalid {s['invalid']}; fidelity agreement {s.get('fidelity_spearman')}")
