@@ -76,7 +76,7 @@ def print_prune_summary(results: dict[str, Any]) -> None:
     details = results.get("method_details", {})
     what = details.get("formula") or results["method"]
     print(f"method     {results['method']}  ({what})")
-    # Which weights compete: --group auto decides by the method, so say what it chose.
+    # Which weights competed: the same formula prunes very differently per row and across the layer.
     group = f"  compared {'per output row' if results.get('group', 'row') == 'row' else 'across each layer'}" \
         if results["pattern"] == "unstructured" else ""
     print(f"pattern    {results['pattern']}{group}  target {results['target_sparsity']:.4f}  "
