@@ -19,6 +19,9 @@ keep runs/ resumes from it); a run started again measures only what is missing.
     .venv/bin/python bench/model_transfer.py --seeds 0 --only "formula;ria"       # some entries only
     .venv/bin/python bench/model_transfer.py --model qwen2.5-coder-0.5b            # a third family (optional wheels,
                                                                                     # README); its own section
+    .venv/bin/python bench/model_transfer.py --model smollm2-135m --settings 0.5:layer --only "..."
+        # the searches' own model, by the leaderboards' procedure (their GBLM rows reproduce exactly): rows for
+        # an entry a leaderboard lacks, quoted in the search sections' readings; no section of its own
 """
 from __future__ import annotations
 
