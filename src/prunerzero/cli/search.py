@@ -31,6 +31,7 @@ DEFAULT_LADDER = ("ppl:1024", "seq:4096")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from ..masks import per_row_twin
     from ..search.executors import ExecutorSpec
     from ..search.leaderboard import LEADERBOARD_MD
     from ..search.run import run_job
@@ -73,7 +74,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print(f"best metric: {result.best} with scale-free terminals   (saved to {out}/best_metric.json: "
               "prune --metric-file it; the .txt and tree files hold the formula only)")
-    layer = [st for st in outcome["job"].settings if st.endswith(":layer")]
+    layer = [st for st in outcome["job"].settings if per_row_twin(st) is not None]
     if layer:  # the formula was chosen by masks compared across the layer; per row it may rank low
         print(f"searched with its scores compared across the whole layer ({', '.join(layer)}): prune with "
               "--group layer to get the masks its fitness measured")
