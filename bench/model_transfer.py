@@ -281,19 +281,19 @@ def write(args: argparse.Namespace) -> str:
 
 
 def either_group_verdicts(rows: list[dict], dense: dict[str, float], settings: list[str]) -> list[str]:
-    """With both comparison groups measured at a sparsity ('0.5' and '0.5:layer'): each entry in its
-    better group (by mean over the draws compared), the best searched against the best hand-made. The
+    """With several comparison groups measured at a sparsity ('0.5' and '0.5:layer', '0.5:band'): each entry
+    in its best group (by mean over the draws compared), the best searched against the best hand-made. The
     hand-made metrics were made per row, the layer winners were searched across the layer: the goal is
-    to beat either. Paired on the draws every entry compared has in both groups."""
+    to beat any. Paired on the draws every entry compared has in every group."""
     out = []
-    for layer in [s for s in settings if per_row_twin(s) in settings]:
-        row = per_row_twin(layer)
+    for row in dict.fromkeys(per_row_twin(s) for s in settings if per_row_twin(s) in settings):
+        groups = (row, *(s for s in settings if per_row_twin(s) == row))
         for text in TEXTS:
             values: dict[str, dict[str, dict[int, float]]] = {}  # entry -> setting -> seed -> ppl of this text
             for r in rows:
-                if r["entry"] != "dense" and r["setting"] in (row, layer) and r["entry"] not in SEED_FREE:
+                if r["entry"] != "dense" and r["setting"] in groups and r["entry"] not in SEED_FREE:
                     values.setdefault(r["entry"], {}).setdefault(r["setting"], {})[r["seed"]] = r["ppl"][text]
-            both = {e: v for e, v in values.items() if len(v) == 2 and (e in SEARCHED or e in HAND_MADE)}
+            both = {e: v for e, v in values.items() if len(v) == len(groups) and (e in SEARCHED or e in HAND_MADE)}
             hand = [e for e in both if e in HAND_MADE]
             if not hand or not any(e in SEARCHED for e in both):
                 continue
@@ -304,13 +304,14 @@ def either_group_verdicts(rows: list[dict], dense: dict[str, float], settings: l
             seeds = sorted(seeds)
 
             def best_group(entry: str) -> tuple[float, str]:
-                return min((statistics.fmean(both[entry][s][d] for d in seeds) - dense[text], s) for s in (row, layer))
+                return min((statistics.fmean(both[entry][s][d] for d in seeds) - dense[text], s) for s in groups)
 
             hk = min(hand, key=best_group)
             fk = min(found, key=best_group)
             (hg, hs), (fg, fs) = best_group(hk), best_group(fk)
             per = _paired(both[fk][fs], both[hk][hs], dense[text], seeds)
-            out.append(f"- {row}, either group, {text} (seeds {','.join(map(str, seeds))}): best searched `{fk}` "
+            which = "either group" if len(groups) == 2 else "any group"
+            out.append(f"- {row}, {which}, {text} (seeds {','.join(map(str, seeds))}): best searched `{fk}` "
                        f"({fs}) gap to dense {fg:.2f} vs best hand-made {hk} ({hs}) {hg:.2f}: "
                        f"{100 * (1 - fg / hg):+.1f}% smaller ({per}).")
     return out

@@ -78,6 +78,12 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], str]] = {
     "mask-only-fixed": (lambda c: _prune(c, "--reconstruct", "obs", "--mask-only"), "the metric's own mask"),
     "search-mask-only-no-update": (lambda c: _search(c, "--out", str(c["out"]), "--mask-only"),
                                    "needs --reconstruct obs"),
+    "sparsegpt-band": (lambda c: _prune(c, "--method", "sparsegpt", "--group", "band"), "the band group bounds"),
+    "sweep-sparsegpt-band": (lambda c: _sweep(c, "--out", str(c["out"]), "--methods", "wanda,sparsegpt", "--group",
+                                              "band"), "the band group bounds"),
+    "search-sparsegpt-band": (lambda c: _search(c, "--out", str(c["out"]), "--settings", "0.5:band", "--baselines",
+                                                "wanda,sparsegpt"), "the band group bounds"),
+    "group-unknown": (lambda c: _prune(c, "--group", "rows"), "unknown comparison group"),
     "percdamp-nan": (lambda c: _prune(c, "--method", "sparsegpt", "--percdamp", "nan"), "--percdamp"),
     "sweep-batch-size-0": (lambda c: _sweep(c, "--out", str(c["out"]), "--batch-size", "0"), "--batch-size"),
     # where results go: checked before the work

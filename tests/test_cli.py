@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from prunerzero.cli import main
 from prunerzero.data import load_text
+from prunerzero.masks import ROW_BAND
 from prunerzero.windows import tokenize
 from prunerzero.eval.perplexity import perplexity
 from prunerzero.models import find_decoder_layers, find_linears, weight_matrix
@@ -140,10 +142,12 @@ def test_eval_command_and_metric_file_with_gradients(tiny_model_dir, wikitext_te
 
 def test_group_layer_is_honoured_and_said(tiny_model_dir, wikitext_test, tmp_path, capsys, monkeypatch):
     """--group layer: a gradient score competes across the whole layer (rows lose different shares, the
-    layer half); the summary and results.json say which group ran; N:M ignores the group."""
+    layer half); --group band too, each row's share within ROW_BAND of half; the summary and
+    results.json say which group ran; N:M ignores the group."""
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
     runs = {}
     for label, extra in {"row": ["--method", "gblm"], "layer": ["--method", "gblm", "--group", "layer"],
+                         "band": ["--method", "gblm", "--group", "band"],
                          "2:4": ["--method", "gblm", "--pattern", "2:4"]}.items():
         capsys.readouterr()
         assert main(_prune_args(tiny_model_dir, wikitext_test, *extra, "--save", str(tmp_path / label),
@@ -158,6 +162,14 @@ def test_group_layer_is_honoured_and_said(tiny_model_dir, wikitext_test, tmp_pat
     _, layers = find_decoder_layers(model)
     shares = torch.cat([(weight_matrix(m) == 0).float().mean(1) for m in find_linears(layers[0]).values()])
     assert shares.min() < 0.5 < shares.max()  # the rows' shares differ; per row each would be exactly half
+    assert runs["band"][0]["group"] == "band" and f"each row within {ROW_BAND:g} of the target" in runs["band"][1]
+    banded = AutoModelForCausalLM.from_pretrained(tmp_path / "band" / "model")
+    for module in find_linears(find_decoder_layers(banded)[1][0]).values():
+        w = weight_matrix(module)  # (out, in)
+        lo, hi = math.floor((0.5 - ROW_BAND) * w.shape[1] + 1e-9), math.ceil((0.5 + ROW_BAND) * w.shape[1] - 1e-9)
+        removed = (w == 0).sum(1)
+        assert int(removed.min()) >= lo and int(removed.max()) <= hi
+        assert int(removed.sum()) == round(w.numel() / 2)
 
 
 def test_output_head_is_pruned_only_when_asked(tiny_model_dir, wikitext_test, tmp_path, capsys):

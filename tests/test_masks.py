@@ -21,9 +21,13 @@ from prunerzero.masks import (
     make_mask,
     nm_lowest_by_column,
     nm_mask,
+    parse_setting,
     parse_target,
     prune_lowest,
     prune_weight,
+    ROW_BAND,
+    banded_layer_mask,
+    per_row_twin,
     row_counts,
     unstructured_mask,
     zero_masked,
@@ -67,6 +71,47 @@ def test_per_layer_50pct_2x4_compares_across_rows():
     expected = mask_of([[T, T, T, T],   # the four lowest of the whole layer are all in row 0
                         [F, F, F, F]])
     assert torch.equal(make_mask(score, unstructured(0.5, "layer")), expected)
+
+
+def test_band_bounds_each_rows_share_across_the_layer():
+    """'band': the layer's lowest, but each row loses between floor((s - 0.1) C) and ceil((s + 0.1) C)."""
+    score = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                          [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0]])
+    # across the layer, row 0 would lose all 10; with the band it loses at most ceil(0.6 * 10) = 6 and
+    # row 1 at least floor(0.4 * 10) = 4: its 4 lowest.
+    expected = mask_of([[T, T, T, T, T, T, F, F, F, F],
+                        [T, T, T, T, F, F, F, F, F, F]])
+    assert ROW_BAND == 0.1
+    assert torch.equal(make_mask(score, unstructured(0.5, "band")), expected)
+    assert torch.equal(make_mask(score, unstructured(0.5, "layer")), mask_of([[T] * 10, [F] * 10]))
+
+
+def test_band_ties_by_position_and_its_limits():
+    """Ties across rows go by position (row, then column), as everywhere; a band wide enough for any
+    share is the layer's mask, a zero band with a whole per-row share is the row mask."""
+    score = torch.tensor([[1.0, 0.0, 1.0, 1.0],
+                          [1.0, 1.0, 0.0, 1.0],
+                          [0.0, 1.0, 1.0, 1.0]])
+    for band in (0.0, 0.25, 0.5, 1.0):
+        got = banded_layer_mask(score, 0.5, band)
+        assert torch.equal(got, _reference_band(score, "0.5", band)), band
+    assert torch.equal(banded_layer_mask(score, 0.5, 1.0), make_mask(score, unstructured(0.5, "layer")))
+    assert torch.equal(banded_layer_mask(score, 0.5, 0.0), make_mask(score, unstructured(0.5)))
+    gen = torch.Generator().manual_seed(3)
+    wide = torch.randn(16, 40, generator=gen).round()  # many ties
+    assert torch.equal(banded_layer_mask(wide, 0.5, 1.0), make_mask(wide, unstructured(0.5, "layer")))
+    assert torch.equal(banded_layer_mask(wide, 0.5, 0.0), make_mask(wide, unstructured(0.5)))
+    shares = banded_layer_mask(wide, 0.5, 0.1).sum(1)
+    assert int(shares.sum()) == 320 and int(shares.min()) >= 16 and int(shares.max()) <= 24
+
+
+def test_band_settings_parse_and_have_a_per_row_twin():
+    assert parse_setting("0.5:band") == SparsityTarget(0.5, group="band")
+    assert parse_setting("0.5:unstructured:band") == SparsityTarget(0.5, group="band")
+    assert per_row_twin("0.5:band") == "0.5" and per_row_twin("0.5:layer") == "0.5"
+    assert per_row_twin("0.5") is None and per_row_twin("2:4") is None
+    with pytest.raises(UserError, match="unstructured"):
+        parse_setting("2:4:band")
 
 
 def test_per_row_50pct_3x6_with_a_tie():
@@ -124,7 +169,7 @@ def test_counts_add_up_exactly_for_awkward_sizes(rows, cols, sparsity):
     lo, hi = math.floor(cols * sparsity), math.ceil(cols * sparsity)
     assert all(lo <= int(c) <= hi for c in counts)  # each row gets floor or ceil of its share
     score = torch.rand(rows, cols, generator=torch.Generator().manual_seed(rows * 100 + cols))
-    for group in ("row", "layer"):
+    for group in ("row", "layer", "band"):
         mask = make_mask(score, unstructured(sparsity, group))
         assert int(mask.sum()) == total, group
     assert torch.equal(make_mask(score, unstructured(sparsity)).sum(1), counts)
@@ -145,7 +190,7 @@ def test_half_counts_round_up_despite_float_error(numel, sparsity, expected):
 
 def test_sparsity_zero_prunes_nothing():
     score = torch.randn(3, 8)
-    for group in ("row", "layer"):
+    for group in ("row", "layer", "band"):
         assert not make_mask(score, unstructured(0.0, group)).any()
         assert not unstructured_mask(score, 0.0, group).any()
 
@@ -293,11 +338,36 @@ def _reference_mask(score: torch.Tensor, sparsity: str, pattern: str, group: str
         for r, k in enumerate(_reference_row_counts(rows, cols, sparsity)):
             for j in _reference_lowest(s[r], k):
                 out[r][j] = True
-    else:
+    elif group == "layer":
         k = math.floor(Fraction(sparsity) * rows * cols + Fraction(1, 2))
         flat = [v for row in s for v in row]
         for idx in _reference_lowest(flat, k):
             out[idx // cols][idx % cols] = True
+    else:
+        return _reference_band(score, sparsity, ROW_BAND)
+    return torch.tensor(out)
+
+
+def _reference_band(score: torch.Tensor, sparsity: str, band: float) -> torch.Tensor:
+    """Greedy: every row first loses its lo lowest; then the layer's entries in (score, position) order
+    are taken while their row has fewer than hi, until the layer has lost its count."""
+    rows, cols = score.shape
+    s = score.tolist()
+    k = math.floor(Fraction(sparsity) * rows * cols + Fraction(1, 2))
+    lo = max(0, math.floor((float(sparsity) - band) * cols + 1e-9))
+    hi = min(cols, math.ceil((float(sparsity) + band) * cols - 1e-9))
+    out = [[False] * cols for _ in range(rows)]
+    for r in range(rows):
+        for j in _reference_lowest(s[r], lo):
+            out[r][j] = True
+    taken = [lo] * rows
+    left = k - rows * lo
+    for idx in sorted(range(rows * cols), key=lambda i: (s[i // cols][i % cols], i)):
+        r, j = divmod(idx, cols)
+        if left == 0:
+            break
+        if not out[r][j] and taken[r] < hi:
+            out[r][j], taken[r], left = True, taken[r] + 1, left - 1
     return torch.tensor(out)
 
 
@@ -306,6 +376,9 @@ def _reference_mask(score: torch.Tensor, sparsity: str, pattern: str, group: str
     ("0.3", "unstructured", "row"),
     ("0.7", "unstructured", "layer"),
     ("0.5", "unstructured", "layer"),
+    ("0.5", "unstructured", "band"),
+    ("0.3", "unstructured", "band"),
+    ("0.05", "unstructured", "band"),
     ("0.5", "2:4", "row"),
     ("0.5", "4:8", "row"),
     ("0.25", "1:4", "row"),

@@ -320,22 +320,24 @@ def test_fast_path_mask_only_scores_the_sweeps_mask_on_dense_weights(tiny_model_
 
 
 def test_a_search_compared_across_the_layer(tiny_model_dir, wikitext_test, tmp_path, monkeypatch, capsys):
-    """--settings 0.5:layer: candidates are scored with one threshold per layer (a factor constant per row
-    changes the mask), and the leaderboard measures every entry per row too, so the gap line compares the
-    searched metric with the best hand-made metric of either group."""
+    """--settings 0.5:layer,0.5:band: candidates are scored with one threshold per layer (a factor constant
+    per row changes the mask; band: each row within ROW_BAND of half), and the leaderboard measures every
+    entry per row too, so the gap line compares the searched metric with the best hand-made metric of
+    any group."""
     monkeypatch.setenv("PRUNERZERO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "layer"
-    assert main(_search_args(tiny_model_dir, wikitext_test, out, "--settings", "0.5:layer", "--generations", "1",
+    assert main(_search_args(tiny_model_dir, wikitext_test, out, "--settings", "0.5:layer,0.5:band", "--generations", "1",
                              "--leaderboard-top", "1", "--baselines", "wanda", "--dedup", "masks")) == 0
     # The winner was chosen by layer-wide masks: the run says how to prune with it.
-    assert "(0.5:layer): prune with --group layer" in capsys.readouterr().out
+    assert "(0.5:layer, 0.5:band): prune with --group layer or --group band" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "leaderboard.jsonl").read_text().splitlines()]
-    assert {(r["label"], r["setting"]) for r in rows if r["label"] == "wanda"} == {("wanda", "0.5:layer"),
-                                                                                   ("wanda", "0.5")}
+    assert {(r["label"], r["setting"]) for r in rows if r["label"] == "wanda"} == {
+        ("wanda", "0.5:layer"), ("wanda", "0.5:band"), ("wanda", "0.5")}
     wanda = {r["setting"]: r["ppl"] for r in rows if r["label"] == "wanda"}
     assert wanda["0.5:layer"] != wanda["0.5"]  # another mask: one threshold for the whole layer
+    assert wanda["0.5:band"] not in (wanda["0.5"], wanda["0.5:layer"])  # bounded rows: a third mask
     board = (out / "leaderboard.md").read_text()
-    assert "| ppl 0.5:layer | ppl 0.5 |" in board
+    assert "| ppl 0.5:layer | ppl 0.5:band | ppl 0.5 |" in board
     assert "0.5:layer: searched #1 (0.5" in board and "% smaller)" in board
 
 

@@ -105,6 +105,10 @@ def validate(cfg: PruneConfig) -> tuple[SparsityTarget, Method]:
     if cfg.save_model and not cfg.save:
         raise UserError("--save-model needs --save DIR")
     cfg.check_levers([target], method_reconstructs=not cfg.metric and cfg.method == "sparsegpt")
+    if not cfg.metric and cfg.method == "sparsegpt":
+        from .methods.sparsegpt import check_sparsegpt_group
+
+        check_sparsegpt_group(target)
     if cfg.metric is not None and not str(cfg.metric).strip():
         raise UserError("--metric is empty: pass a formula, a named metric or a metric file")
     if not cfg.metric and cfg.method not in METHODS:

@@ -1,7 +1,8 @@
 """Pure functions from a score tensor to a pruning mask. True = the weight is removed.
 
 Lowest scores are pruned within each comparison group: an output row (Wanda), the whole layer,
-or each group of M consecutive input weights in a row (N:M). Ties are broken by position: among
+the whole layer with each row's share held within a band around the target ("band"), or each group
+of M consecutive input weights in a row (N:M). Ties are broken by position: among
 equal scores the one with the lower index is pruned first (what a stable sort would pick, found
 without sorting), so masks are deterministic even for quantised weights, where ties are common.
 
@@ -11,6 +12,7 @@ groups take floor/ceil shares by cumulative rounding so the rows add up to that 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from fractions import Fraction
 from dataclasses import dataclass
@@ -19,8 +21,9 @@ import torch
 
 from . import mask_kernels
 from .errors import UserError
+from .settings import ROW_BAND
 
-GROUPS = ("row", "layer")
+GROUPS = ("row", "layer", "band")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ def parse_setting(text: str) -> SparsityTarget:
     """One setting of the search's ``--settings``: '0.5' or '0.5:unstructured' or '2:4' -> a target;
     an unstructured one may name its comparison group last: '0.5:layer' (or '0.5:unstructured:layer')
     compares the scores across the whole layer, so the formula also decides how many weights each row
-    loses ('0.5' = '0.5:row', per output row as Wanda).
+    loses, and '0.5:band' does so with each row's share within ROW_BAND of 0.5 ('0.5' = '0.5:row', per
+    output row as Wanda).
     ValueError (or ZeroDivisionError) when its numbers do not parse; UserError when they are no target."""
     if text.count(":") == 1 and "." not in text and not text.endswith(GROUPS):  # N:M
         n, m = (int(v) for v in text.split(":"))
@@ -87,13 +91,17 @@ def parse_setting(text: str) -> SparsityTarget:
         raise UserError(f"setting {text!r}: a comparison group applies to unstructured sparsity only (N:M compares "
                         "within each group of M)")
     if len(rest) > 1:
-        raise UserError(f"setting {text!r}: expected SPARSITY[:unstructured][:row|layer] or N:M")
+        raise UserError(f"setting {text!r}: expected SPARSITY[:unstructured][:row|layer|band] or N:M")
     return parse_target(float(sparsity), rest[0] if rest else "unstructured", group)
 
 
 def per_row_twin(setting: str) -> str | None:
-    """The per-row form of a setting compared across the layer ('0.5:layer' -> '0.5'); None for any other."""
-    return setting[: -len(":layer")] if setting.endswith(":layer") else None
+    """The per-row form of a setting compared across the layer ('0.5:layer' or '0.5:band' -> '0.5'); None for
+    any other."""
+    for group in GROUPS[1:]:
+        if setting.endswith(f":{group}"):
+            return setting[: -len(group) - 1]
+    return None
 
 
 def cumulative_counts(stops: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -170,7 +178,33 @@ def unstructured_mask(score: torch.Tensor, sparsity: float, group: str = "row") 
         k = cumulative_counts(torch.tensor([score.numel()]), sparsity).to(score.device)
         flat = prune_lowest(score.reshape(1, -1), k)
         return flat.reshape(rows, cols)
+    if group == "band":
+        return banded_layer_mask(score, sparsity, ROW_BAND)
     raise UserError(f"unknown comparison group {group!r}")
+
+
+def banded_layer_mask(score: torch.Tensor, sparsity: float, band: float) -> torch.Tensor:
+    """score (out, in) -> mask (out, in) removing round(numel * sparsity) entries, the lowest across the
+    whole layer subject to every row losing between floor((s - band) * in) and ceil((s + band) * in).
+
+    Exact, with ties by position as everywhere here: each row first loses its `lo` lowest entries
+    (forced); the rest of the count is taken across the layer from each row's entries ranked lo..hi-1
+    (its optional ones). Within a row the optional entries come in score order, so taking the layer's
+    lowest among them never skips a lower entry of the same row. Flattened row by row, in each row's
+    stable sorted order, equal scores keep the layer's position order (row, then column).
+    One stable sort per row: O(C log C), index memory 8 bytes per weight (a layer at a time).
+    """
+    rows, cols = score.shape
+    total = int(cumulative_counts(torch.tensor([score.numel()]), sparsity)[0])
+    lo = max(0, math.floor((sparsity - band) * cols + 1e-9))
+    hi = min(cols, math.ceil((sparsity + band) * cols - 1e-9))
+    ranked, order = torch.sort(score, dim=-1, stable=True)  # (R, C) each row ascending, ties by column
+    removed = torch.zeros(rows, cols, dtype=torch.bool, device=score.device)  # in each row's sorted order
+    removed[:, :lo] = True
+    optional = ranked[:, lo:hi].contiguous()  # (R, hi - lo)
+    need = torch.tensor([total - rows * lo])
+    removed[:, lo:hi] = prune_lowest(optional.reshape(1, -1), need).reshape(rows, hi - lo)
+    return torch.zeros_like(removed).scatter_(-1, order, removed)
 
 
 def check_nm_width(cols: int, n: int, m: int) -> None:

@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound="Settings")
 
+# The "band" comparison group's half-width (masks.banded_layer_mask): scores compared across the layer,
+# each row losing between sparsity - ROW_BAND and sparsity + ROW_BAND of its weights. Chosen by
+# measurement (docs/BENCHMARKS.md, "row-band"): without a bound, rows of Qwen2.5-Coder lost up to most of
+# their weights and its QASPER perplexity rose for every gradient metric on every draw.
+ROW_BAND = 0.1
+
 
 
 def option(default: Any, help: str, *, flag: str | None = None, choices: Sequence[str] | None = None,
@@ -317,8 +323,9 @@ class TargetSettings(Settings):
 
     pattern: str = option("unstructured", "unstructured, or N:M such as 2:4 or 4:8 (then --sparsity is N/M)")
     group: str = option("row", "comparison group for unstructured sparsity: row (each output row loses the same "
-                        "share) or layer (a metric's scores compared across the whole layer; SparseGPT: across the "
-                        "rows of each column block, as its reference code)")
+                        "share), layer (a metric's scores compared across the whole layer; SparseGPT: across the "
+                        "rows of each column block, as its reference code) or band (across the layer, each row "
+                        f"losing within {ROW_BAND:g} of the target share; metrics only)")
 
     def target(self, sparsity: float) -> SparsityTarget:
         from .masks import parse_target

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import PruneConfig
 from ..errors import UserError, short
-from ..settings import resolve
+from ..settings import ROW_BAND, resolve
 from .options import add_settings, given, nonempty, parse_text
 
 # In --help order; every PruneConfig field is an option (metric also comes as --metric-file).
@@ -72,12 +72,16 @@ def _ppl(record: dict | None) -> str:
     return "-" if not record else f"{record['ppl']:.2f}"
 
 
+GROUP_WORDS = {"row": "per output row", "layer": "across each layer",
+               "band": f"across each layer, each row within {ROW_BAND:g} of the target"}
+
+
 def print_prune_summary(results: dict[str, Any]) -> None:
     details = results.get("method_details", {})
     what = details.get("formula") or results["method"]
     print(f"method     {results['method']}  ({what})")
     # Which weights competed: the same formula prunes very differently per row and across the layer.
-    group = f"  compared {'per output row' if results.get('group', 'row') == 'row' else 'across each layer'}" \
+    group = f"  compared {GROUP_WORDS.get(results.get('group', 'row'), 'per output row')}" \
         if results["pattern"] == "unstructured" else ""
     print(f"pattern    {results['pattern']}{group}  target {results['target_sparsity']:.4f}  "
           f"actual {results['actual_sparsity']:.4f}")

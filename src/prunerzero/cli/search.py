@@ -76,8 +76,9 @@ def cmd_search(args: argparse.Namespace) -> int:
               "prune --metric-file it; the .txt and tree files hold the formula only)")
     layer = [st for st in outcome["job"].settings if per_row_twin(st) is not None]
     if layer:  # the formula was chosen by masks compared across the layer; per row it may rank low
+        groups = " or ".join(f"--group {st.rsplit(':', 1)[1]}" for st in layer)
         print(f"searched with its scores compared across the whole layer ({', '.join(layer)}): prune with "
-              "--group layer to get the masks its fitness measured")
+              f"{groups} to get the masks its fitness measured")
     s = result.stats
     print(f"evaluations {s['evaluations']}, cache hits {s['cache_hits']}, duplicates replaced "
           f"{s['duplicates_replaced']}, invalid {s['invalid']}; fidelity agreement {s.get('fidelity_spearman')}")

@@ -95,8 +95,9 @@ class FactorMemo:
 
 def block_group_for(target: SparsityTarget) -> str:
     """``obs_prune``'s block_group for a target's comparison group: "row" compares within each output
-    row of a block; "layer" across the block's rows, the nearest a blocked sweep comes to the layer."""
-    return "row" if target.group == "row" else "block"
+    row of a block; "layer" across the block's rows, the nearest a blocked sweep comes to the layer;
+    "band" per row, each row's count in each block given by the metric's banded mask (``counts``)."""
+    return "block" if target.group == "layer" else "row"
 
 
 def _block_counts(rows: int, cols: int, blocksize: int, sparsity: float, per_row: bool) -> torch.Tensor:

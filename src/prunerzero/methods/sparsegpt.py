@@ -13,9 +13,18 @@ from __future__ import annotations
 import torch
 
 from ..calib.stats import LinearStats
+from ..errors import UserError
 from ..masks import SparsityTarget
 from .base import METHODS, Method
 from .obs import FactorMemo, block_group_for, obs_prune
+
+
+def check_sparsegpt_group(target: SparsityTarget) -> None:
+    """SparseGPT's own selection has no scores across the layer to bound per row: "band" is for metrics."""
+    if not target.structured and target.group == "band":
+        raise UserError("SparseGPT chooses per row or across each column block (group row or layer): the band group "
+                        "bounds a metric's scores across the layer; run sparsegpt with row or layer, or a metric "
+                        "(with --reconstruct obs for the update) with band")
 
 
 @METHODS.register("sparsegpt")
@@ -23,6 +32,7 @@ def make_sparsegpt(percdamp: float = 0.01, blocksize: int = 128) -> Method:
     factor = FactorMemo(percdamp)  # q/k/v and gate/up share one H: factorised once
 
     def prune(weight: torch.Tensor, stats: LinearStats, target: SparsityTarget) -> torch.Tensor:
+        check_sparsegpt_group(target)
         hinv = factor(stats.hessian)  # on the statistics' device; obs_prune moves it to the weight's
         return obs_prune(weight, None, target, percdamp=percdamp, blocksize=blocksize, hinv=hinv,
                          block_group=block_group_for(target))

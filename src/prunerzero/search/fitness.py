@@ -125,9 +125,9 @@ class ProxyFitness:
         # computed once and reused by every setting, when they fit SCORE_CACHE_BYTES.
         self._score_cache: dict[str, torch.Tensor] | None = None
         self.targets = [parse_setting(s) for s in self.config.settings]
-        # A setting compared across the layer ('0.5:layer'): the engine's duplicate and invariance checks
-        # must look at such a mask too (a factor constant per row changes it).
-        self.layer_group = any(not t.structured and t.group == "layer" for t in self.targets)
+        # A setting compared across the layer ('0.5:layer', '0.5:band'): the engine's duplicate and invariance
+        # checks must look at such a mask too (a factor constant per row changes it).
+        self.layer_group = any(not t.structured and t.group != "row" for t in self.targets)
         self.rungs = {r.name: r for r in self.config.rungs()}
         if len(self.rungs) != len(self.config.rungs()):
             raise UserError(f"the fidelity ladder names a rung twice: {', '.join(self.config.ladder)}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import io
 from ..data import LOCAL_SOURCES
 from ..errors import UserError, clip, known_keys_only, path_kind, short
-from ..settings import CalibSettings, DeviceMapSettings, LeverSettings, check_types, option
+from ..settings import ROW_BAND, CalibSettings, DeviceMapSettings, LeverSettings, check_types, option
 from .config import SearchConfig
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
                         "several, comma-separated: the fitness is their geometric mean")
     settings: tuple[str, ...] = option(("0.5",), 'several sparsity settings scored together by geometric-mean '
                                        'perplexity, e.g. "0.5,2:4" (a bare number is unstructured, compared per '
-                                       'output row; "0.5:layer" compares across the whole layer)', items=str)
+                                       'output row; "0.5:layer" compares across the whole layer, "0.5:band" too '
+                                       f'with each row losing within {ROW_BAND:g} of 0.5)', items=str)
     fitness_data: str = option("general", "scored on its search split (general: 20% of the mix's documents; lambada: "
                                "last 20% of passages; squad: last 20% of articles)")
     fidelity_tokens: tuple[int, ...] = option((1024, 4096), "perplexity token budgets, cheapest first (when no "
@@ -104,7 +105,7 @@ class SearchJob(DeviceMapSettings, CalibSettings, LeverSettings):
 
     @property
     def leaderboard_settings(self) -> tuple[str, ...]:
-        """The search's settings and, for each one compared across the layer ('0.5:layer'), its per-row
+        """The search's settings and, for each one compared across the layer ('0.5:layer', '0.5:band'), its per-row
         twin ('0.5'), so that the leaderboard holds every metric in both comparison groups: the
         hand-made metrics were made per row (Wanda's across a layer is far worse), and the best of
         either group is what a searched metric has to beat."""
@@ -189,6 +190,11 @@ def validate_job(job: SearchJob) -> None:
         raise UserError(f"--terminals must be raw or layer, not {job.terminal_scale!r}")
     for name in job.baselines:
         METHODS.get(name)
+    if "sparsegpt" in job.baselines:
+        from ..methods.sparsegpt import check_sparsegpt_group
+
+        for target in targets:
+            check_sparsegpt_group(target)
     if job.search.owl_lambdas and job.allocation != "owl":
         raise UserError("--owl-lambdas evolves OWL's lambda: it needs --allocation owl")
     job.check_levers(targets, job.search.owl_lambdas)

@@ -22,6 +22,7 @@ from ..eval.perplexity import perplexity
 from ..methods import get_method
 from ..methods.symbolic import symbolic_method
 from ..masks import parse_setting, per_row_twin
+from ..settings import ROW_BAND
 from ..pipeline import prune_model
 from ..symbolic import Metric, TerminalSpec, canonical_key, format_expr, load_metric, named_match, named_metric
 from .engine import genes_of
@@ -308,7 +309,8 @@ def write_markdown(path: Path, rows: list[dict], job: SearchJob, report_info: di
         f"({job.nsamples}x{job.seqlen} {job.calib_data} calibration, "
         + (f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± sd over calibration seeds {', '.join(map(str, seeds))}")
         + f"), seqlen {job.seqlen}. Settings: {', '.join(job.leaderboard_settings)} (a bare number is unstructured "
-        "sparsity compared per output row; ':layer' across the whole layer)."
+        "sparsity compared per output row; ':layer' across the whole layer; ':band' across the layer with each "
+        f"row's share within {ROW_BAND:g} of the target)."
         + _levers(job) + "\n"
     )
     for report, info in report_info.items():

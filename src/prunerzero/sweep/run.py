@@ -164,6 +164,11 @@ def validate(cfg: SweepConfig) -> tuple[list[float], dict[str, Any]]:
     """Every cheap check, before loading anything big (each settings group checks its own fields)."""
     grid = sparsity_grid(cfg)
     methods = build_methods(cfg)
+    if "sparsegpt" in methods and cfg.pattern == "unstructured":
+        from ..masks import SparsityTarget
+        from ..methods.sparsegpt import check_sparsegpt_group
+
+        check_sparsegpt_group(SparsityTarget(0.5, group=cfg.group))
     cfg.check_pruning()
     if cfg.eval_data is None:
         raise UserError("a sweep measures perplexity: pass --eval-data (wikitext2, a text file, ...)")
