@@ -282,9 +282,10 @@ def write(args: argparse.Namespace) -> str:
 
 def either_group_verdicts(rows: list[dict], dense: dict[str, float], settings: list[str]) -> list[str]:
     """With several comparison groups measured at a sparsity ('0.5' and '0.5:layer', '0.5:band'): each entry
-    in its best group (by mean over the draws compared), the best searched against the best hand-made. The
-    hand-made metrics were made per row, the layer winners were searched across the layer: the goal is
-    to beat any. Paired on the draws every entry compared has in every group."""
+    measured in at least two of them in its best group (by mean over the draws compared), the best searched
+    against the best hand-made. The hand-made metrics were made per row, the layer winners were searched
+    across the layer: the goal is to beat any. Paired on the draws every hand-made metric has in each of
+    its groups; an entry's group lacking one of those draws is left out for that entry."""
     out = []
     for row in dict.fromkeys(per_row_twin(s) for s in settings if per_row_twin(s) in settings):
         groups = (row, *(s for s in settings if per_row_twin(s) == row))
@@ -293,18 +294,22 @@ def either_group_verdicts(rows: list[dict], dense: dict[str, float], settings: l
             for r in rows:
                 if r["entry"] != "dense" and r["setting"] in groups and r["entry"] not in SEED_FREE:
                     values.setdefault(r["entry"], {}).setdefault(r["setting"], {})[r["seed"]] = r["ppl"][text]
-            both = {e: v for e, v in values.items() if len(v) == len(groups) and (e in SEARCHED or e in HAND_MADE)}
+            both = {e: v for e, v in values.items() if len(v) >= 2 and (e in SEARCHED or e in HAND_MADE)}
             hand = [e for e in both if e in HAND_MADE]
             if not hand or not any(e in SEARCHED for e in both):
                 continue
             seeds = set.intersection(*(set(g) for e in hand for g in both[e].values()))
-            found = [e for e in both if e in SEARCHED and all(seeds <= set(g) for g in both[e].values())]
+
+            def measured(entry: str) -> list[str]:  # the entry's groups with every compared draw
+                return [s for s in groups if set(seeds) <= set(both[entry].get(s, {}))]
+
+            found = [e for e in both if e in SEARCHED and measured(e)]
             if not seeds or not found:
                 continue
             seeds = sorted(seeds)
 
             def best_group(entry: str) -> tuple[float, str]:
-                return min((statistics.fmean(both[entry][s][d] for d in seeds) - dense[text], s) for s in groups)
+                return min((statistics.fmean(both[entry][s][d] for d in seeds) - dense[text], s) for s in measured(entry))
 
             hk = min(hand, key=best_group)
             fk = min(found, key=best_group)

@@ -6,7 +6,8 @@ block across rows, as the reference code does. Per row is the default because it
 three model families measured at 50% (docs/BENCHMARKS.md, "sparsegpt-group" and the note after
 "model-transfer"): WikiText-2 perplexity -1.7% on SmolLM2-135M and -3.3% on Gemma-3-270M (means of
 three draws) and -23% on Qwen2.5-Coder-0.5B (one draw), where the block-wide selection was worse
-than every mask-only metric. N:M masks are the same either way.
+than every mask-only metric. N:M masks are the same either way. ``band`` (a metric's layer-wide scores
+with each row's share bounded) has no counterpart in SparseGPT's block-by-block choice and is refused.
 """
 from __future__ import annotations
 
