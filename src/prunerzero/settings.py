@@ -53,7 +53,6 @@ S = TypeVar("S", bound="Settings")
 ROW_BAND = 0.1
 
 
-
 def option(default: Any, help: str, *, flag: str | None = None, choices: Sequence[str] | None = None,
            items: type | None = None, empty_ok: bool = False, none: str | None = None) -> Any:
     """A settings field and how the command line offers it.

@@ -31,7 +31,7 @@ DEFAULT_LADDER = ("ppl:1024", "seq:4096")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..masks import per_row_twin
+    from ..masks import parse_setting, per_row_twin
     from ..search.executors import ExecutorSpec
     from ..search.leaderboard import LEADERBOARD_MD
     from ..search.run import run_job
@@ -76,7 +76,7 @@ def cmd_search(args: argparse.Namespace) -> int:
               "prune --metric-file it; the .txt and tree files hold the formula only)")
     layer = [st for st in outcome["job"].settings if per_row_twin(st) is not None]
     if layer:  # the formula was chosen by masks compared across the layer; per row it may rank low
-        groups = " or ".join(f"--group {st.rsplit(':', 1)[1]}" for st in layer)
+        groups = " or ".join(dict.fromkeys(f"--group {parse_setting(st).group}" for st in layer))
         print(f"searched with its scores compared across the whole layer ({', '.join(layer)}): prune with "
               f"{groups} to get the masks its fitness measured")
     s = result.stats
