@@ -47,7 +47,7 @@ S = TypeVar("S", bound="Settings")
 
 # The "band" comparison group's half-width (masks.banded_layer_mask): scores compared across the layer,
 # each row losing between sparsity - ROW_BAND and sparsity + ROW_BAND of its weights. Chosen by
-# measurement (docs/BENCHMARKS.md, "row-band"): without a bound single rows lose from about 10% to 99% of
+# measurement (docs/BENCHMARKS.md, "row-band"): without a bound single rows lose from about 6% to nearly 100% of
 # their weights (SmolLM2, GBLM), and Qwen2.5-Coder's QASPER perplexity rose for every gradient metric on
 # every draw; 0.2 kept too little of the fix there, 0.05 gave back WikiText-2.
 ROW_BAND = 0.1
